@@ -1,0 +1,44 @@
+# ahi_torch developer commands. `make test` builds .venv from nothing when it is missing or stale.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# pip on this machine prints one warning per local index without the package; keep the log readable.
+PIP_QUIET := 2>&1 | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
+
+.PHONY: venv test lint typecheck unit demo bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing torch==2.13.0 (CPU wheel) and ahi-torch[dev] into $(VENV)"
+	$(BIN)/python -m pip install -q torch==2.13.0 $(PIP_QUIET)
+	$(BIN)/python -m pip install -q -e '.[dev]' $(PIP_QUIET)
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check ahi_torch tests bench
+	$(BIN)/ruff format --check ahi_torch tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	$(BIN)/ahi-torch demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

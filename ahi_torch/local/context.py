@@ -1,0 +1,110 @@
+"""Settings, quotas and shared state of one local AHI service, and the operation handler registry."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ResourceNotFoundException
+from .store import Store
+
+if TYPE_CHECKING:
+    from .importer import Importer
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Service quotas AHI enforces; exceeding one raises ServiceQuotaExceededException (HTTP 402)."""
+
+    max_datastores: int = 10
+    max_concurrent_import_jobs: int = 100
+    max_files_per_import: int = 5000
+    max_frames_per_copy: int = 1000
+    max_update_payload_bytes: int = 10 * 1024
+    max_tags_per_resource: int = 50
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where import jobs read DICOM from and write their output (any S3-compatible endpoint)."""
+
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str = "local"
+    secret_access_key: str = "local"
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    """How the local service behaves.
+
+    ``transition_seconds`` is how long data stores stay CREATING/DELETING and image sets stay
+    LOCKED after an update, copy or delete, as AHI's asynchronous workflows do; writes during
+    that window get ConflictException. Set it to 0 for instant transitions.
+    """
+
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    transition_seconds: float = 0.2
+    import_workers: int = 2
+    quotas: Quotas = field(default_factory=Quotas)
+    s3: S3Settings = field(default_factory=S3Settings)
+    check_responses: bool = False
+
+
+class Context:
+    """What every handler needs: settings, the store, the clock and the import queue."""
+
+    def __init__(self, settings: ServiceSettings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.importer: Importer | None = None
+
+    @staticmethod
+    def now() -> float:
+        return time.time()
+
+    @staticmethod
+    def new_id() -> str:
+        """A 32-character lower-case hex ID, as AHI issues for data stores, image sets and frames."""
+        return uuid.uuid4().hex
+
+    def datastore_arn(self, datastore_id: str) -> str:
+        s = self.settings
+        return f"arn:aws:medical-imaging:{s.region}:{s.account_id}:datastore/{datastore_id}"
+
+    def image_set_arn(self, datastore_id: str, image_set_id: str) -> str:
+        return f"{self.datastore_arn(datastore_id)}/imageset/{image_set_id}"
+
+    def parse_arn(self, arn: str) -> tuple[str, str | None]:
+        """(datastore ID, image set ID or None) of an ARN in this region and account."""
+        found = re.fullmatch(
+            r"arn:aws[a-z-]*:medical-imaging:([a-z0-9-]+):(\d{12}):datastore/([0-9a-z]{32})(?:/imageset/([0-9a-z]{32}))?",
+            arn,
+        )
+        if not found or found.group(1) != self.settings.region or found.group(2) != self.settings.account_id:
+            raise ResourceNotFoundException(f"Resource {arn} not found")
+        return found.group(3), found.group(4)
+
+
+Handler = Callable[[Context, dict[str, Any]], dict[str, Any]]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(operation: str) -> Callable[[Handler], Handler]:
+    """Register a function as the handler of one AHI operation."""
+
+    def register(func: Handler) -> Handler:
+        HANDLERS[operation] = func
+        return func
+
+    return register
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)

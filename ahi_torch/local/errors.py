@@ -1,0 +1,69 @@
+"""The AHI error classes the local service raises, with the HTTP status the model gives each.
+
+Handlers raise these; the HTTP layer turns them into the restJson1 error wire format
+(`x-amzn-ErrorType` header and a `{"message": ...}` body) that botocore maps onto
+`client.exceptions.<Name>`.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """An error the service reports to the caller; subclasses name the modelled exception."""
+
+    code = "InternalServerException"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ValidationException(ServiceError):
+    code, status = "ValidationException", 400
+
+
+class SerializationException(ServiceError):
+    """The body is not JSON or a value has the wrong type (restJson1's framework error)."""
+
+    code, status = "SerializationException", 400
+
+
+class BadRequestException(ServiceError):
+    code, status = "BadRequestException", 400
+
+
+class AccessDeniedException(ServiceError):
+    code, status = "AccessDeniedException", 403
+
+
+class ResourceNotFoundException(ServiceError):
+    code, status = "ResourceNotFoundException", 404
+
+
+class UnknownOperationException(ServiceError):
+    code, status = "UnknownOperationException", 404
+
+
+class NotAcceptableException(ServiceError):
+    code, status = "NotAcceptableException", 406
+
+
+class ConflictException(ServiceError):
+    code, status = "ConflictException", 409
+
+
+class ServiceQuotaExceededException(ServiceError):
+    code, status = "ServiceQuotaExceededException", 402
+
+
+class ThrottlingException(ServiceError):
+    code, status = "ThrottlingException", 429
+
+
+class InternalServerException(ServiceError):
+    code, status = "InternalServerException", 500
+
+
+class ServiceUnavailableException(ServiceError):
+    code, status = "ServiceUnavailableException", 503

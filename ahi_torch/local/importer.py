@@ -1,0 +1,395 @@
+"""Run DICOM import jobs: read P10 files from S3, group them into image sets, store frames, report.
+
+Grouping follows AHI's primary image sets: all instances of a DICOM series go to the series'
+primary image set, whether imported in one job or several; re-importing an instance replaces
+it and bumps the version. Data whose Patient/Study/Series identity (see
+:data:`.levels.IDENTITY`) conflicts with the primary image set goes to a new non-primary one.
+
+Frames are written as blobs while files are processed; everything that makes them visible
+(image set rows, versions, frame references, the job's COMPLETED status) is committed in one
+SQLite transaction after the output manifests are written, so a crash at any point leaves no
+half-visible image set, and a job interrupted by a crash is run again when the service restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pydicom
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .context import Context
+from .dicom_json import merge_missing, split_levels
+from .levels import identity_of
+from .records import add_frame_refs, frame_ids_of, load_document, save_version
+from .transcode import PixelDataProblem, store_frames
+
+log = logging.getLogger(__name__)
+
+_REQUIRED = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+
+
+class JobFailure(Exception):
+    """The whole job fails; the message (AHI's error-code style) goes to GetDICOMImportJob."""
+
+
+@dataclass
+class ParsedInstance:
+    key: str
+    levels: dict[str, Any]
+    stored_syntax: str | None
+    image_frames: list[dict[str, Any]]
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.levels["Series"]["SeriesInstanceUID"]).strip(" \x00")
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.levels["Instance"]["SOPInstanceUID"]).strip(" \x00")
+
+    @property
+    def identity(self) -> str:
+        return identity_of(self.levels["Patient"], self.levels["Study"], self.levels["Series"])
+
+
+@dataclass
+class Group:
+    """Instances bound for one image set in this job."""
+
+    series_uid: str
+    identity: str
+    is_primary: bool
+    image_set_id: str | None = None
+    instances: list[ParsedInstance] = field(default_factory=list)
+
+
+def _split_uri(uri: str) -> tuple[str, str]:
+    without = uri[len("s3://") :]
+    bucket, _, prefix = without.partition("/")
+    return bucket, prefix
+
+
+class Importer:
+    """Background workers that run import jobs one per thread, resuming unfinished jobs at start."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        ctx.importer = self
+
+    def start(self) -> None:
+        with self.ctx.store.transaction() as db:
+            pending = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM import_jobs WHERE status IN ('SUBMITTED', 'IN_PROGRESS') ORDER BY submitted_at"
+                )
+            ]
+            db.execute("UPDATE import_jobs SET status = 'SUBMITTED' WHERE status = 'IN_PROGRESS'")
+        for _ in range(max(1, self.ctx.settings.import_workers)):
+            thread = threading.Thread(target=self._work, name="ahi-import", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        for job_id in pending:
+            self.submit(job_id)
+
+    def submit(self, job_id: str) -> None:
+        self._queue.put(job_id)
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self._threads.clear()
+
+    def _work(self) -> None:
+        while True:
+            job_id = self._queue.get()
+            if job_id is None:
+                return
+            try:
+                self._run(job_id)
+            except Exception:  # a bug must not kill the worker; the job is marked FAILED
+                log.exception("import job %s crashed", job_id)
+                self._finish(job_id, "FAILED", "INTERNAL_ERROR: the import job stopped unexpectedly")
+
+    def _finish(self, job_id: str, status: str, message: str | None) -> None:
+        with self.ctx.store.transaction() as db:
+            db.execute(
+                "UPDATE import_jobs SET status = ?, message = ?, ended_at = ? WHERE id = ?",
+                (status, message, self.ctx.now(), job_id),
+            )
+
+    def _run(self, job_id: str) -> None:
+        with self.ctx.store.transaction() as db:
+            job = db.execute("SELECT * FROM import_jobs WHERE id = ?", (job_id,)).fetchone()
+            if job is None or job["status"] != "SUBMITTED":
+                return
+            db.execute("UPDATE import_jobs SET status = 'IN_PROGRESS' WHERE id = ?", (job_id,))
+        try:
+            ImportRun(self.ctx, dict(job)).run()
+        except JobFailure as failure:
+            self._finish(job_id, "FAILED", str(failure))
+
+
+class ImportRun:
+    """One execution of one import job."""
+
+    def __init__(self, ctx: Context, job: dict[str, Any]) -> None:
+        self.ctx = ctx
+        self.job = job
+        s3 = ctx.settings.s3
+        self.s3 = boto3.session.Session().client(
+            "s3",
+            endpoint_url=s3.endpoint_url,
+            region_name=s3.region,
+            aws_access_key_id=s3.access_key_id,
+            aws_secret_access_key=s3.secret_access_key,
+            config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=16),
+        )
+        row = (
+            ctx.store.connection()
+            .execute("SELECT storage_format FROM datastores WHERE id = ?", (job["datastore_id"],))
+            .fetchone()
+        )
+        self.storage_format = row[0] if row else "HTJ2K"
+        self.failures: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        if self.job["import_configuration"]:
+            raise JobFailure(
+                "UNSUPPORTED_IMPORT_CONFIGURATION: DICOM JSON metadata import is not available in the local service"
+            )
+        keys = self._list_inputs()
+        limit = self.ctx.settings.quotas.max_files_per_import
+        if len(keys) > limit:
+            raise JobFailure(f"FILE_COUNTS_LIMIT_EXCEEDED: {len(keys)} files found, the limit is {limit}")
+        workers = min(4, os.cpu_count() or 2)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ahi-import-file") as pool:
+            parsed = [p for p in pool.map(self._process, keys) if p is not None]
+        self._commit(keys, parsed)
+
+    def _list_inputs(self) -> list[str]:
+        bucket, prefix = _split_uri(self.job["input_uri"])
+        output_bucket, output_prefix = _split_uri(self.job["output_uri"])
+        keys: list[str] = []
+        try:
+            for listing in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for item in listing.get("Contents", []):
+                    key = item["Key"]
+                    if key.endswith("/") or (bucket == output_bucket and key.startswith(output_prefix)):
+                        continue
+                    keys.append(key)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            raise JobFailure(f"INPUT_S3_ACCESS_FAILED: cannot list {self.job['input_uri']} ({code})") from exc
+        except BotoCoreError as exc:
+            raise JobFailure("INPUT_S3_UNREACHABLE: the S3 endpoint could not be reached") from exc
+        return sorted(keys)
+
+    def _fail(self, key: str, kind: str, message: str) -> None:
+        self.failures.append({"inputFile": key, "exception": {"exceptionType": kind, "message": message}})
+
+    def _process(self, key: str) -> ParsedInstance | None:
+        bucket, _ = _split_uri(self.job["input_uri"])
+        try:
+            data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except (ClientError, BotoCoreError) as exc:
+            self._fail(key, "InternalServerException", f"could not read the object: {type(exc).__name__}")
+            return None
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+        except Exception:  # pydicom raises InvalidDicomError and assorted parse errors
+            self._fail(key, "ValidationException", "The file is not a valid DICOM P10 object")
+            return None
+        if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
+            self._fail(key, "ValidationException", "DICOM attribute TransferSyntaxUID does not exist")
+            return None
+        for keyword in _REQUIRED:
+            if not str(ds.get(keyword, "") or "").strip():
+                self._fail(key, "ValidationException", f"DICOM attribute {keyword} does not exist")
+                return None
+        try:
+            levels = split_levels(ds)
+            syntax, frames = store_frames(ds, self.storage_format)
+        except PixelDataProblem as exc:
+            self._fail(key, "ValidationException", str(exc))
+            return None
+        except Exception as exc:
+            self._fail(key, "ValidationException", f"The file could not be parsed: {type(exc).__name__}")
+            return None
+        entries = []
+        for frame in frames:
+            frame_id = self.ctx.new_id()
+            self.ctx.store.write_frame(frame_id, frame.data)
+            entries.append(frame.image_frame_entry(frame_id))
+        return ParsedInstance(key, levels, syntax, entries)
+
+    # --- grouping and commit --------------------------------------------------------------------
+
+    def _groups(self, db: Any, parsed: list[ParsedInstance]) -> list[Group]:
+        groups: dict[tuple[str, str], Group] = {}
+        primary_identity: dict[str, str] = {}
+        for instance in parsed:
+            series = instance.series_uid
+            if series not in primary_identity:
+                existing = db.execute(
+                    "SELECT id, identity FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1"
+                    " AND deleted = 0",
+                    (self.job["datastore_id"], series),
+                ).fetchone()
+                if existing is not None:
+                    primary_identity[series] = existing["identity"]
+                    groups[(series, existing["identity"])] = Group(series, existing["identity"], True, existing["id"])
+                else:
+                    primary_identity[series] = instance.identity
+            identity = instance.identity
+            group = groups.get((series, identity))
+            if group is None:
+                group = Group(series, identity, identity == primary_identity[series])
+                groups[(series, identity)] = group
+            group.instances.append(instance)
+        return [g for g in groups.values() if g.instances]
+
+    def _document(self, group: Group, base: dict[str, Any] | None) -> dict[str, Any]:
+        document: dict[str, Any] = base or {
+            "SchemaVersion": "1.1",
+            "Patient": {"DICOM": {}},
+            "Study": {"DICOM": {}, "Series": {}},
+        }
+        patient = document["Patient"]["DICOM"]
+        study = document["Study"]["DICOM"]
+        series_entry = document["Study"]["Series"].setdefault(group.series_uid, {"DICOM": {}, "Instances": {}})
+        for instance in group.instances:
+            merge_missing(patient, instance.levels["Patient"])
+            merge_missing(study, instance.levels["Study"])
+            merge_missing(series_entry["DICOM"], instance.levels["Series"])
+            entry: dict[str, Any] = {"DICOM": instance.levels["Instance"], "DICOMVRs": instance.levels["DICOMVRs"]}
+            if instance.stored_syntax:
+                entry["StoredTransferSyntaxUID"] = instance.stored_syntax
+                entry["ImageFrames"] = instance.image_frames
+            series_entry["Instances"][instance.sop_uid] = entry
+        return document
+
+    def _commit(self, keys: list[str], parsed: list[ParsedInstance]) -> None:
+        job = self.job
+        datastore_id = job["datastore_id"]
+        with self.ctx.store.transaction() as db:
+            current = db.execute("SELECT status FROM import_jobs WHERE id = ?", (job["id"],)).fetchone()
+            if current is None or current["status"] != "IN_PROGRESS":
+                return
+            summaries = []
+            successes = []
+            for group in self._groups(db, parsed):
+                if group.image_set_id is None:
+                    group.image_set_id = self.ctx.new_id()
+                    version, base = 1, None
+                else:
+                    latest = db.execute(
+                        "SELECT latest_version FROM image_sets WHERE id = ?", (group.image_set_id,)
+                    ).fetchone()[0]
+                    version, base = latest + 1, load_document(self.ctx, group.image_set_id, latest)
+                document = self._document(group, base)
+                for instance in group.instances:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO frames (id, transfer_syntax, size) VALUES (?, ?, ?)",
+                        [(f["ID"], instance.stored_syntax, f["FrameSizeInBytes"]) for f in instance.image_frames],
+                    )
+                save_version(
+                    self.ctx,
+                    db,
+                    image_set_id=group.image_set_id,
+                    datastore_id=datastore_id,
+                    version=version,
+                    document=document,
+                    is_primary=group.is_primary,
+                    lock_status=None,
+                    settled_status="CREATED" if version == 1 else "UPDATED",
+                )
+                add_frame_refs(db, group.image_set_id, frame_ids_of(document))
+                summaries.append(
+                    {
+                        "imageSetId": group.image_set_id,
+                        "imageSetVersion": version,
+                        "isPrimary": group.is_primary,
+                        "numberOfMatchedSOPInstances": len(group.instances),
+                    }
+                )
+                for instance in group.instances:
+                    successes.append(
+                        {
+                            "inputFile": instance.key,
+                            "importResponse": {
+                                "imageSetId": group.image_set_id,
+                                "imageSetVersion": version,
+                                "isPrimary": group.is_primary,
+                            },
+                        }
+                    )
+            self._write_outputs(keys, successes, summaries)
+            db.execute(
+                "UPDATE import_jobs SET status = 'COMPLETED', ended_at = ? WHERE id = ?", (self.ctx.now(), job["id"])
+            )
+
+    def _write_outputs(self, keys: list[str], successes: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> None:
+        job = self.job
+        prefix = job["output_uri"]
+        bucket, key_prefix = _split_uri(prefix)
+        failures = sorted(self.failures, key=lambda f: f["inputFile"])
+        successes.sort(key=lambda s: s["inputFile"])
+        manifest = {
+            "jobSummary": {
+                "jobId": job["id"],
+                "datastoreId": job["datastore_id"],
+                "inputS3Uri": job["input_uri"],
+                "outputS3Uri": prefix,
+                "successOutputS3Uri": f"{prefix}SUCCESS/",
+                "failureOutputS3Uri": f"{prefix}FAILURE/",
+                "numberOfScannedFiles": len(keys),
+                "numberOfImportedFiles": len(successes),
+                "numberOfFilesWithCustomerError": sum(
+                    1 for f in failures if f["exception"]["exceptionType"] == "ValidationException"
+                ),
+                "numberOfFilesWithServerError": sum(
+                    1 for f in failures if f["exception"]["exceptionType"] != "ValidationException"
+                ),
+                "numberOfGeneratedImageSets": len(summaries),
+                "imageSetsSummary": summaries,
+            }
+        }
+        documents = {
+            "job-output-manifest.json": json.dumps(manifest, indent=2),
+            "SUCCESS/success.ndjson": "".join(json.dumps(s) + "\n" for s in successes),
+            "FAILURE/failure.ndjson": "".join(json.dumps(f) + "\n" for f in failures),
+        }
+        try:
+            for name, body in documents.items():
+                self.s3.put_object(Bucket=bucket, Key=f"{key_prefix}{name}", Body=body.encode())
+        except (ClientError, BotoCoreError) as exc:
+            raise JobFailure(f"OUTPUT_S3_ACCESS_FAILED: cannot write to {prefix}") from exc
+
+
+@contextlib.contextmanager
+def running(ctx: Context) -> Iterator[Importer]:
+    """Start an :class:`Importer` for ``ctx`` and stop it on exit."""
+    importer = Importer(ctx)
+    importer.start()
+    try:
+        yield importer
+    finally:
+        importer.stop()

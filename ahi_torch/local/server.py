@@ -1,0 +1,291 @@
+"""Run the local AHI: uvicorn in a background thread, an embedded moto S3, one data directory.
+
+>>> from ahi_torch.local import LocalAHI
+>>> with LocalAHI() as ahi:                      # temporary data dir, random free ports
+...     mi = ahi.boto3_client()                  # plain boto3, host-prefix injection off
+...     datastore_id = mi.create_datastore(datastoreName="demo")["datastoreId"]
+...     client = ahi.client()                    # an ahi_torch AHIClient for the same endpoint
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import uvicorn
+from botocore.config import Config
+
+from .app import Guard, ResponseFilter, build_app
+from .context import Context, ServiceSettings
+from .importer import Importer
+from .store import Store
+from .uploads import ImportResult, dicom_files, run_import, upload
+
+if TYPE_CHECKING:
+    from ..client import AHIClient
+
+LOOPBACK = "127.0.0.1"
+#: Credentials the local service's clients sign with unless told otherwise.
+LOCAL_CREDENTIALS = ("local", "local")
+
+
+def _free_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+class EmbeddedS3:
+    """moto's threaded S3 server on loopback (only the S3 part of moto is used)."""
+
+    def __init__(self, host: str = LOOPBACK, port: int = 0) -> None:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self._server.start()
+        bound_host, bound_port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{bound_host}:{bound_port}"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class LocalAHI:
+    """A local AWS HealthImaging service that boto3, the AWS CLI and ahi_torch talk to.
+
+    Args:
+        data_dir: where state persists (SQLite + blobs). ``None`` uses a temporary directory
+            removed on :meth:`stop`; the same directory again restores every data store,
+            image set, version, job and tag.
+        port: TCP port; 0 picks a free one.
+        host: bind address; loopback unless you mean to expose the service.
+        s3: start an embedded S3 (moto) for import jobs. Alternatively give ``s3_endpoint_url``.
+        settings: service settings (region, account, transition times, quotas).
+        guards, response_filters: request hooks (signature verification, fault injection).
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        port: int = 0,
+        host: str = LOOPBACK,
+        s3: bool = True,
+        s3_endpoint_url: str | None = None,
+        settings: ServiceSettings | None = None,
+        guards: Sequence[Guard] = (),
+        response_filters: Sequence[ResponseFilter] = (),
+        credentials: tuple[str, str] = LOCAL_CREDENTIALS,
+    ) -> None:
+        self._requested_dir = Path(data_dir) if data_dir is not None else None
+        self.port = port
+        self.host = host
+        self._want_s3 = s3 and s3_endpoint_url is None
+        self._s3_endpoint_url = s3_endpoint_url
+        self.settings = settings or ServiceSettings()
+        self._guards = list(guards)
+        self._response_filters = list(response_filters)
+        self.credentials = credentials
+        self._temp_dir: str | None = None
+        self._s3: EmbeddedS3 | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._importer: Importer | None = None
+        self.store: Store | None = None
+        self.context: Context | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> LocalAHI:
+        if self._server is not None:
+            return self
+        if self._requested_dir is None:
+            self._temp_dir = tempfile.mkdtemp(prefix="ahi-local-")
+            self.data_dir = Path(self._temp_dir)
+        else:
+            self.data_dir = self._requested_dir
+        if self._want_s3:
+            self._s3 = EmbeddedS3()
+            self._s3_endpoint_url = self._s3.endpoint_url
+        settings = replace(self.settings, s3=replace(self.settings.s3, endpoint_url=self._s3_endpoint_url))
+        self.settings = settings
+        self.store = Store(self.data_dir)
+        self.store.sweep_orphans()
+        self.context = Context(settings, self.store)
+        self._importer = Importer(self.context)
+        self._importer.start()
+        app = build_app(self.context, self._guards, self._response_filters)
+        sock = _free_socket(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_keep_alive=75,
+            server_header=False,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="ahi-local-http", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the local AHI HTTP server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._thread is not None:
+                self._thread.join(timeout=15)
+            self._server = None
+        if self._importer is not None:
+            self._importer.stop()
+            self._importer = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if self._s3 is not None:
+            self._s3.stop()
+            self._s3 = None
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    def __enter__(self) -> LocalAHI:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def serve_forever(self) -> None:
+        """Block until interrupted (used by ``ahi-torch local serve``)."""
+        self.start()
+        try:
+            while self._thread is not None and self._thread.is_alive():
+                self._thread.join(timeout=0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
+    # --- endpoints and clients ----------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if host in ("0.0.0.0", "[::]"):
+            host = LOOPBACK
+        return f"http://{host}:{self.port}"
+
+    @property
+    def s3_endpoint_url(self) -> str | None:
+        return self._s3_endpoint_url
+
+    def boto3_client(self, **config: Any) -> Any:
+        """A plain boto3 ``medical-imaging`` client for this service (host-prefix injection off)."""
+        return boto3.session.Session().client(
+            "medical-imaging",
+            endpoint_url=self.endpoint_url,
+            region_name=self.settings.region,
+            aws_access_key_id=self.credentials[0],
+            aws_secret_access_key=self.credentials[1],
+            config=Config(inject_host_prefix=False, **config),
+        )
+
+    def s3_client(self) -> Any:
+        """A boto3 S3 client for the embedded S3."""
+        if self._s3_endpoint_url is None:
+            raise RuntimeError("this LocalAHI has no S3 endpoint")
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self._s3_endpoint_url,
+            region_name=self.settings.s3.region,
+            aws_access_key_id=self.settings.s3.access_key_id,
+            aws_secret_access_key=self.settings.s3.secret_access_key,
+        )
+
+    def client(self, **options: Any) -> AHIClient:
+        """An :class:`ahi_torch.client.AHIClient` configured for this service."""
+        from ..client import AHIClient, ClientConfig
+
+        config = ClientConfig(
+            region=self.settings.region,
+            endpoint_url=self.endpoint_url,
+            access_key_id=self.credentials[0],
+            secret_access_key=self.credentials[1],
+            **options,
+        )
+        return AHIClient(config)
+
+    # --- conveniences ------------------------------------------------------------------------------
+
+    def create_datastore(self, name: str = "ahi-torch", storage_format: str | None = None) -> str:
+        """Create a data store, wait until it is ACTIVE, and return its ID."""
+        mi = self.boto3_client()
+        kwargs = {"losslessStorageFormat": storage_format} if storage_format else {}
+        datastore_id: str = mi.create_datastore(datastoreName=name, **kwargs)["datastoreId"]
+        deadline = time.monotonic() + 30
+        while mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"data store {datastore_id} did not become ACTIVE")
+            time.sleep(0.02)
+        return datastore_id
+
+    def import_dicom(
+        self,
+        paths: str | Path | Sequence[str | Path],
+        datastore_id: str | None = None,
+        *,
+        bucket: str = "ahi-torch-import",
+        progress: bool = False,
+        timeout: float = 3600.0,
+    ) -> ImportResult:
+        """Upload DICOM files (or folders of them) to the embedded S3 and import them for real.
+
+        Creates a data store when ``datastore_id`` is None. Returns the job's manifests.
+        """
+        items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        files = dicom_files(items)
+        root = Path(items[0]) if len(items) == 1 and Path(items[0]).is_dir() else None
+        datastore_id = datastore_id or self.create_datastore()
+        run_prefix = f"input/{uuid.uuid4().hex[:12]}/"
+        s3 = self.s3_client()
+        upload(s3, files, bucket, run_prefix, root=root, progress=progress)
+        return run_import(
+            self.boto3_client(),
+            s3,
+            datastore_id,
+            f"s3://{bucket}/{run_prefix}",
+            f"s3://{bucket}/output/",
+            timeout=timeout,
+        )
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables that point the AWS CLI and SDKs at this service."""
+        return {
+            "AWS_ENDPOINT_URL_MEDICAL_IMAGING": self.endpoint_url,
+            "AWS_DISABLE_HOST_PREFIX_INJECTION": "true",
+            "AWS_ACCESS_KEY_ID": self.credentials[0],
+            "AWS_SECRET_ACCESS_KEY": self.credentials[1],
+            "AWS_DEFAULT_REGION": self.settings.region,
+        }

@@ -1,0 +1,248 @@
+"""Writing image sets: UpdateImageSetMetadata (updates and reverts) and CopyImageSet.
+
+Both are asynchronous in AHI: the response reports ``LOCKED`` with ``UPDATING``/``COPYING``
+(``COPYING_WITH_READ_ONLY_ACCESS`` on a copy's source), and writes during that window get
+ConflictException. Payloads that break the metadata constraints are rejected at once with
+ValidationException rather than reported later as ``UPDATE_FAILED``/``COPY_FAILED``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from .context import Context, handles
+from .datastores import require_active
+from .errors import ConflictException, ServiceQuotaExceededException, ValidationException
+from .levels import identity_of
+from .records import (
+    add_frame_refs,
+    frame_ids_of,
+    get_image_set,
+    get_version,
+    get_writable,
+    load_document,
+    require_version,
+    require_writable,
+    save_version,
+)
+from .updates import apply_update, frame_count, parse_payload, select_instances
+
+
+def _properties(ctx: Context, row: sqlite3.Row, state: str, workflow: str) -> dict[str, Any]:
+    return {
+        "imageSetId": row["id"],
+        "latestVersionId": str(row["latest_version"]),
+        "imageSetState": state,
+        "imageSetWorkflowStatus": workflow,
+        "createdAt": row["created_at"],
+        "updatedAt": row["updated_at"],
+        "imageSetArn": ctx.image_set_arn(row["datastore_id"], row["id"]),
+    }
+
+
+def _updated_document(ctx: Context, row: sqlite3.Row, updates: dict[str, Any], force: bool) -> dict[str, Any]:
+    document = load_document(ctx, row["id"], row["latest_version"])
+    if "revertToVersionId" in updates:
+        target = int(updates["revertToVersionId"])
+        if target >= row["latest_version"]:
+            raise ValidationException(f"revertToVersionId {target} must name an earlier version")
+        get_version(ctx, row["id"], target)
+        return load_document(ctx, row["id"], target)
+    dicom_updates = updates["DICOMUpdates"]
+    if not dicom_updates:
+        raise ValidationException("DICOMUpdates needs updatableAttributes or removableAttributes")
+    limit = ctx.settings.quotas.max_update_payload_bytes
+    for name in ("updatableAttributes", "removableAttributes"):
+        blob = dicom_updates.get(name)
+        if blob is not None and len(blob) > limit:
+            raise ServiceQuotaExceededException(f"{name} is {len(blob)} bytes; the limit is {limit}")
+    if "removableAttributes" in dicom_updates:
+        payload = parse_payload(dicom_updates["removableAttributes"], "removableAttributes")
+        document = apply_update(document, payload, force, remove=True)
+    if "updatableAttributes" in dicom_updates:
+        payload = parse_payload(dicom_updates["updatableAttributes"], "updatableAttributes")
+        document = apply_update(document, payload, force, remove=False)
+    return document
+
+
+def _study_level_only(updates: dict[str, Any]) -> dict[str, Any]:
+    """The Patient/Study-level part of an update, applied to other image sets of the study."""
+    dicom_updates = updates.get("DICOMUpdates") or {}
+    result = {}
+    for name, blob in dicom_updates.items():
+        payload = parse_payload(blob, name)
+        study = payload.get("Study") or {}
+        result[name] = {
+            "SchemaVersion": "1.1",
+            **({"Patient": payload["Patient"]} if "Patient" in payload else {}),
+            **({"Study": {"DICOM": study["DICOM"]}} if "DICOM" in study else {}),
+        }
+    return result
+
+
+@handles("UpdateImageSetMetadata")
+def update_image_set_metadata(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, image_set_id = p["datastoreId"], p["imageSetId"]
+    force = bool(p.get("force"))
+    updates = p["updateImageSetMetadataUpdates"]
+    require_active(ctx, datastore_id)
+    now = ctx.now()
+    with ctx.store.transaction() as db:
+        row = get_writable(ctx, datastore_id, image_set_id, now)
+        require_version(row, p["latestVersionId"])
+        document = _updated_document(ctx, row, updates, force)
+        targets = [(row, document)]
+        if p.get("includeStudyImageSets") and "DICOMUpdates" in updates:
+            targets += _study_targets(ctx, row, _study_level_only(updates), force, now)
+        for target_row, target_document in targets:
+            save_version(
+                ctx,
+                db,
+                image_set_id=target_row["id"],
+                datastore_id=datastore_id,
+                version=target_row["latest_version"] + 1,
+                document=target_document,
+                is_primary=bool(target_row["is_primary"]),
+                lock_status="UPDATING" if target_row is row else "UPDATING_FOR_STUDY_CONSISTENCY",
+                settled_status="UPDATED",
+                forced=force,
+            )
+        updated = get_image_set(ctx, datastore_id, image_set_id)
+    locked = ctx.settings.transition_seconds > 0
+    return {
+        "datastoreId": datastore_id,
+        "imageSetId": image_set_id,
+        "latestVersionId": str(updated["latest_version"]),
+        "imageSetState": "LOCKED" if locked else "ACTIVE",
+        "imageSetWorkflowStatus": "UPDATING" if locked else "UPDATED",
+        "createdAt": updated["created_at"],
+        "updatedAt": updated["updated_at"],
+    }
+
+
+def _study_targets(
+    ctx: Context, row: sqlite3.Row, payloads: dict[str, Any], force: bool, now: float
+) -> list[tuple[sqlite3.Row, dict[str, Any]]]:
+    others = (
+        ctx.store.connection()
+        .execute(
+            "SELECT * FROM image_sets WHERE datastore_id = ? AND study_uid = ? AND id != ? AND deleted = 0",
+            (row["datastore_id"], row["study_uid"], row["id"]),
+        )
+        .fetchall()
+    )
+    targets = []
+    for other in others:
+        require_writable(other, now)
+        document = load_document(ctx, other["id"], other["latest_version"])
+        if "removableAttributes" in payloads:
+            document = apply_update(document, payloads["removableAttributes"], force, remove=True)
+        if "updatableAttributes" in payloads:
+            document = apply_update(document, payloads["updatableAttributes"], force, remove=False)
+        targets.append((other, document))
+    return targets
+
+
+def _identity(document: dict[str, Any]) -> str:
+    study = document["Study"]
+    series: dict[str, Any] = next(iter(study["Series"].values()), {"DICOM": {}})
+    return identity_of(document["Patient"]["DICOM"], study["DICOM"], series["DICOM"])
+
+
+def _merge_into(destination: dict[str, Any], selection: dict[str, Any], force: bool) -> dict[str, Any]:
+    dest_series = list(destination["Study"]["Series"])
+    source_series = list(selection["Study"]["Series"])
+    if source_series != dest_series and not force:
+        raise ValidationException("INVALID_REQUEST: Series of SourceImageSet and DestinationImageSet don't match.")
+    if _identity(selection) != _identity(destination) and not force:
+        raise ValidationException(
+            "INVALID_REQUEST: Patient, Study or Series metadata of the source and destination differ; use force"
+        )
+    merged = {**destination, "Study": {**destination["Study"], "Series": dict(destination["Study"]["Series"])}}
+    target_uid = dest_series[0]
+    target = dict(merged["Study"]["Series"][target_uid])
+    target["Instances"] = dict(target.get("Instances", {}))
+    for series in selection["Study"]["Series"].values():
+        target["Instances"].update(series.get("Instances", {}))
+    merged["Study"]["Series"][target_uid] = target
+    return merged
+
+
+@handles("CopyImageSet")
+def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, source_id = p["datastoreId"], p["sourceImageSetId"]
+    info = p["copyImageSetInformation"]
+    force = bool(p.get("force"))
+    require_active(ctx, datastore_id)
+    now = ctx.now()
+    with ctx.store.transaction() as db:
+        source = get_image_set(ctx, datastore_id, source_id)
+        if now < source["lock_until"] and source["lock_status"] != "COPYING_WITH_READ_ONLY_ACCESS":
+            require_writable(source, now)
+        require_version(source, info["sourceImageSet"]["latestVersionId"])
+        copies = info["sourceImageSet"].get("DICOMCopies")
+        selection = select_instances(
+            load_document(ctx, source_id, source["latest_version"]), copies["copiableAttributes"] if copies else None
+        )
+        limit = ctx.settings.quotas.max_frames_per_copy
+        if frame_count(selection) > limit:
+            raise ServiceQuotaExceededException(f"A copy may hold at most {limit} image frames")
+        destination_info = info.get("destinationImageSet")
+        if destination_info:
+            if destination_info["imageSetId"] == source_id:
+                raise ValidationException("The source and destination image sets must differ")
+            destination = get_writable(ctx, datastore_id, destination_info["imageSetId"], now)
+            require_version(destination, destination_info["latestVersionId"])
+            document = _merge_into(
+                load_document(ctx, destination["id"], destination["latest_version"]), selection, force
+            )
+            destination_id, version, primary = (
+                destination["id"],
+                destination["latest_version"] + 1,
+                bool(destination["is_primary"]),
+            )
+        else:
+            primary = bool(p.get("promoteToPrimary"))
+            series_uid = next(iter(selection["Study"]["Series"]))
+            if (
+                primary
+                and db.execute(
+                    "SELECT 1 FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1"
+                    " AND deleted = 0",
+                    (datastore_id, series_uid),
+                ).fetchone()
+            ):
+                raise ConflictException(f"Series {series_uid} already has a primary image set")
+            document, destination_id, version = selection, ctx.new_id(), 1
+        save_version(
+            ctx,
+            db,
+            image_set_id=destination_id,
+            datastore_id=datastore_id,
+            version=version,
+            document=document,
+            is_primary=primary,
+            lock_status="COPYING",
+            settled_status="COPIED",
+            forced=force,
+        )
+        add_frame_refs(db, destination_id, frame_ids_of(document))
+        db.execute(
+            "UPDATE image_sets SET lock_until = ?, lock_status = 'COPYING_WITH_READ_ONLY_ACCESS' WHERE id = ?",
+            (now + ctx.settings.transition_seconds, source_id),
+        )
+        source_row = get_image_set(ctx, datastore_id, source_id)
+        destination_row = get_image_set(ctx, datastore_id, destination_id)
+    locked = ctx.settings.transition_seconds > 0
+    return {
+        "datastoreId": datastore_id,
+        "sourceImageSetProperties": _properties(
+            ctx,
+            source_row,
+            *(("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS") if locked else ("ACTIVE", source_row["settled_status"])),
+        ),
+        "destinationImageSetProperties": _properties(
+            ctx, destination_row, *(("LOCKED", "COPYING") if locked else ("ACTIVE", "COPIED"))
+        ),
+    }

@@ -1,0 +1,184 @@
+"""StartDICOMImportJob on synthetic and real DICOM: every frame decodes to pydicom's pixels, CRCs match."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+from pydicom.pixels import pixel_array
+
+from ahi_torch.codecs import decode_frame, pixel_crc32
+from ahi_torch.codecs.color import to_rgb
+from ahi_torch.metadata import PixelDescription
+
+from .conftest import REAL_FILES, ImportedData
+
+
+def _document(mi, datastore_id: str, image_set_id: str) -> dict:  # type: ignore[no-untyped-def]
+    blob = mi.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetMetadataBlob"]
+    return json.loads(gzip.decompress(blob.read()))
+
+
+def _reference(ds) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """pydicom's pixels, one leading axis per frame; JPEG decoded by libjpeg-turbo as AHI clients do."""
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    plugin = "pillow" if syntax == "1.2.840.10008.1.2.4.50" else ""
+    pixels = pixel_array(ds, decoding_plugin=plugin)
+    pixels = pixels.astype(pixels.dtype.newbyteorder("="))  # big-endian sources decode as '>u2'
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return pixels if frames > 1 else pixels[None]
+
+
+def _check_every_frame(ahi, data: ImportedData) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Fetch and decode every frame of every imported file; returns file → stored transfer syntax."""
+    mi = ahi.boto3_client()
+    stored = {}
+    for success in data.result.successes:
+        ds = data.source(success["inputFile"])
+        image_set_id = success["importResponse"]["imageSetId"]
+        document = _document(mi, data.datastore_id, image_set_id)
+        instance = document["Study"]["Series"][ds.SeriesInstanceUID]["Instances"][ds.SOPInstanceUID]
+        pixel = PixelDescription.from_dicom(instance["DICOM"])
+        assert pixel is not None
+        reference = _reference(ds)
+        assert len(instance["ImageFrames"]) == len(reference)
+        for number, (frame, expected) in enumerate(zip(instance["ImageFrames"], reference, strict=True), start=1):
+            response = mi.get_image_frame(
+                datastoreId=data.datastore_id,
+                imageSetId=image_set_id,
+                imageFrameInformation={"imageFrameId": frame["ID"]},
+            )
+            data_bytes = response["imageFrameBlob"].read()
+            decoded = decode_frame(data_bytes, content_type=response["contentType"], pixel=pixel)
+            full = frame["PixelDataChecksumFromBaseToFullResolution"][-1]
+            assert (full["Width"], full["Height"]) == (decoded.shape[1], decoded.shape[0])
+            assert pixel_crc32(decoded) == full["Checksum"], f"{success['inputFile']} frame {number}: CRC"
+            assert frame["MinPixelValue"] == int(decoded.min()) and frame["MaxPixelValue"] == int(decoded.max())
+            shown = to_rgb(decoded, pixel.photometric_interpretation, instance["StoredTransferSyntaxUID"])
+            assert shown.dtype == expected.dtype, success["inputFile"]
+            np.testing.assert_array_equal(shown, expected, err_msg=f"{success['inputFile']} frame {number}")
+        stored[success["inputFile"].rsplit("/", 1)[-1]] = instance["StoredTransferSyntaxUID"]
+    return stored
+
+
+def test_synthetic_series_multiframe_and_rgb(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+    result = synthetic_import.result
+    assert len(result.successes) == 24 + 1 + 1
+    assert [f["inputFile"].rsplit("/", 1)[-1] for f in result.failures] == ["notes.txt"]
+    assert result.failures[0]["exception"]["exceptionType"] == "ValidationException"
+    assert result.manifest["jobSummary"]["numberOfFilesWithCustomerError"] == 1
+    stored = _check_every_frame(ahi, synthetic_import)
+    assert set(stored.values()) == {"1.2.840.10008.1.2.4.202"}
+    ct_sets = {s["importResponse"]["imageSetId"] for s in result.successes if "/ct/" in s["inputFile"]}
+    assert len(ct_sets) == 1, "all slices of one series form one primary image set"
+
+
+def test_synthetic_metadata_layout(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+    mi = ahi.boto3_client()
+    spec = synthetic_import.specs["ct"]
+    image_set_id = synthetic_import.result.image_set_for("ct/ct-0000.dcm")
+    document = _document(mi, synthetic_import.datastore_id, image_set_id)
+    assert document["SchemaVersion"] == "1.1"
+    assert document["ImageSetID"] == image_set_id and document["DatastoreID"] == synthetic_import.datastore_id
+    assert document["Patient"]["DICOM"]["PatientID"] == spec.patient_id
+    assert document["Study"]["DICOM"]["StudyInstanceUID"] == spec.study_uid
+    series = document["Study"]["Series"][spec.series_uid]
+    assert series["DICOM"]["Modality"] == "CT" and "FrameOfReferenceUID" in series["DICOM"]
+    assert "PatientID" not in series["DICOM"] and "Rows" not in series["DICOM"]
+    assert len(series["Instances"]) == 24
+    instance = series["Instances"][spec.sop_uid(0)]
+    dicom = instance["DICOM"]
+    assert dicom["Rows"] == 96 and dicom["BitsAllocated"] == 16, "US values are JSON numbers"
+    assert isinstance(dicom["ImagePositionPatient"], list) and len(dicom["ImagePositionPatient"]) == 3
+    assert dicom["PixelData"] is None
+    assert dicom["TransferSyntaxUID"] == "1.2.840.10008.1.2.1", "file meta stays at instance level"
+    assert instance["DICOMVRs"] == {}
+    frame = instance["ImageFrames"][0]
+    assert frame["FrameSizeInBytes"] == 96 * 80 * 2
+    levels = frame["PixelDataChecksumFromBaseToFullResolution"]
+    assert [(level["Width"], level["Height"]) for level in levels] == [(20, 24), (40, 48), (80, 96)]
+
+
+def test_reduced_resolution_checksums(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+    mi = ahi.boto3_client()
+    image_set_id = synthetic_import.result.image_set_for("ct/ct-0003.dcm")
+    document = _document(mi, synthetic_import.datastore_id, image_set_id)
+    spec = synthetic_import.specs["ct"]
+    frame = document["Study"]["Series"][spec.series_uid]["Instances"][spec.sop_uid(3)]["ImageFrames"][0]
+    data = mi.get_image_frame(
+        datastoreId=synthetic_import.datastore_id,
+        imageSetId=image_set_id,
+        imageFrameInformation={"imageFrameId": frame["ID"]},
+    )["imageFrameBlob"].read()
+    for skip, level in zip((2, 1), frame["PixelDataChecksumFromBaseToFullResolution"], strict=False):
+        reduced = decode_frame(data, reduce=skip)
+        assert pixel_crc32(reduced) == level["Checksum"]
+
+
+def test_real_files_decode_bit_exactly(ahi, real_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+    assert not real_import.result.failures, real_import.result.failures
+    assert len(real_import.result.successes) == len(REAL_FILES)
+    stored = _check_every_frame(ahi, real_import)
+    assert stored["693_J2KI.dcm"] == "1.2.840.10008.1.2.4.91", "lossy JPEG 2000 is kept as imported"
+    assert stored["SC_rgb_jpeg_dcmtk.dcm"] == "1.2.840.10008.1.2.4.50", "JPEG baseline is kept as imported"
+    assert stored["liver.dcm"] == "1.2.840.10008.1.2.1", "binary segmentation stays bit-packed"
+    assert stored["CT_small.dcm"] == "1.2.840.10008.1.2.4.202"
+    assert stored["emri_small_jpeg_ls_lossless.dcm"] == "1.2.840.10008.1.2.4.202"
+
+
+def test_real_file_private_tags_keep_vrs(ahi, real_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+    mi = ahi.boto3_client()
+    ds = real_import.source(
+        next(s["inputFile"] for s in real_import.result.successes if s["inputFile"].endswith("CT_small.dcm"))
+    )
+    document = _document(mi, real_import.datastore_id, real_import.result.image_set_for("CT_small.dcm"))
+    instance = document["Study"]["Series"][ds.SeriesInstanceUID]["Instances"][ds.SOPInstanceUID]
+    assert instance["DICOM"]["00090010"] == "GEMS_IDEN_01"
+    assert instance["DICOMVRs"]["00090010"] == "LO"
+    assert instance["DICOM"]["00431028"] is not None and instance["DICOMVRs"]["00431028"] == "OB"
+    assert instance["DICOM"]["FileMetaInformationVersion"] == "AAE=", "binary values are base64"
+    assert instance["DICOM"]["KVP"] == "120 ", "text keeps its DICOM padding"
+
+
+def test_reimport_bumps_version_and_conflicts_go_non_primary(ahi, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from ahi_torch.synthetic import SeriesSpec, write_series
+
+    spec = SeriesSpec(patient_id="REIMPORT", study_key="re", series_key="re", slices=3, rows=16, columns=16)
+    write_series(tmp_path / "first", spec)
+    first = ahi.import_dicom(tmp_path / "first")
+    (image_set_id,) = first.image_set_ids
+    again = ahi.import_dicom(tmp_path / "first", datastore_id=first.datastore_id)
+    assert again.image_set_ids == [image_set_id]
+    assert {s["importResponse"]["imageSetVersion"] for s in again.successes} == {2}
+    renamed = SeriesSpec(**{**spec.__dict__, "patient_name": "Other^Name"})
+    write_series(tmp_path / "conflict", renamed)
+    conflict = ahi.import_dicom(tmp_path / "conflict", datastore_id=first.datastore_id)
+    (other_id,) = conflict.image_set_ids
+    assert other_id != image_set_id
+    assert all(s["importResponse"]["isPrimary"] is False for s in conflict.successes)
+
+
+@pytest.mark.parametrize("storage_format", ["JPEG_2000_LOSSLESS"])
+def test_jpeg2000_lossless_datastore(ahi, tmp_path, storage_format: str) -> None:  # type: ignore[no-untyped-def]
+    from ahi_torch.synthetic import SeriesSpec, write_series
+
+    spec = SeriesSpec(patient_id="J2K", study_key="j2k", series_key="j2k", slices=2, rows=32, columns=24)
+    paths = write_series(tmp_path / "j2k", spec)
+    datastore_id = ahi.create_datastore("j2k-store", storage_format=storage_format)
+    result = ahi.import_dicom(tmp_path / "j2k", datastore_id=datastore_id)
+    mi = ahi.boto3_client()
+    document = _document(mi, datastore_id, result.image_set_ids[0])
+    instance = document["Study"]["Series"][spec.series_uid]["Instances"][spec.sop_uid(0)]
+    assert instance["StoredTransferSyntaxUID"] == "1.2.840.10008.1.2.4.90"
+    response = mi.get_image_frame(
+        datastoreId=datastore_id,
+        imageSetId=result.image_set_ids[0],
+        imageFrameInformation={"imageFrameId": instance["ImageFrames"][0]["ID"]},
+    )
+    assert response["contentType"] == "image/j2c"
+    import pydicom
+
+    decoded = decode_frame(response["imageFrameBlob"].read(), content_type="image/j2c")
+    np.testing.assert_array_equal(decoded, pydicom.dcmread(paths[0]).pixel_array)

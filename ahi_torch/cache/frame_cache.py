@@ -1,0 +1,260 @@
+"""FrameCache: a disk cache of frames and metadata shared by every DataLoader worker on a node.
+
+>>> from ahi_torch.cache import FrameCache
+>>> cache = FrameCache("~/.cache/ahi_torch", size_limit_gb=50, mode="decoded")
+
+Built on diskcache (SQLite index + files), with these guarantees:
+
+* keys name data store, image set, **version**, frame and resolution, so an updated image set
+  never serves stale pixels;
+* values are bytes in the :mod:`.records` format; nothing is pickled and rows that ask to be
+  unpickled are refused (:mod:`.disk`);
+* every read checks the entry's CRC32; a corrupt entry is evicted and reported as a miss;
+* the SQLite connection opens lazily in each process (after fork), the first open of a
+  directory is serialised by a file lock, and the directory is created ``0700``;
+* a full disk (or any write error) turns storing off with one warning; reads carry on;
+* ``mode="decoded"`` stores pixels (fastest reads), ``mode="encoded"`` stores AHI's HTJ2K bytes
+  (about half the space, decoded on every read). The benchmark suite measures both.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from diskcache import Cache
+from filelock import FileLock
+
+from ..errors import ConfigError
+from . import records
+from .disk import BytesOnlyDisk, UnsafeEntry
+
+log = logging.getLogger(__name__)
+
+MODES = ("decoded", "encoded")
+EVICTION_POLICIES = ("least-recently-stored", "least-recently-used", "least-frequently-used")
+
+
+def default_directory() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ahi_torch" / "frames"
+
+
+def frame_key(kind: str, datastore_id: str, image_set_id: str, version: int, frame_id: str, reduce: int = 0) -> str:
+    return f"{kind}/{datastore_id}/{image_set_id}/v{version}/{frame_id}/r{reduce}"
+
+
+def metadata_key(datastore_id: str, image_set_id: str, version: int) -> str:
+    return f"metadata/{datastore_id}/{image_set_id}/v{version}"
+
+
+@dataclass
+class CacheCounters:
+    """Per-process counters (each DataLoader worker keeps its own)."""
+
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    corrupt_evicted: int = 0
+    write_failures: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+class FrameCache:
+    """A shared, size-limited, pickle-free disk cache of frames and metadata documents.
+
+    Args:
+        directory: cache root (default ``$XDG_CACHE_HOME/ahi_torch/frames``); keep it on a local
+            disk, one per node: SQLite locking is unreliable on network filesystems.
+        size_limit_gb: soft limit; the oldest entries are culled beyond it.
+        mode: ``"decoded"`` or ``"encoded"`` (see the module docstring).
+        eviction_policy: diskcache's policy; ``least-recently-stored`` is the fastest
+            (``least-recently-used`` makes every read a write).
+        verify_reads: check each entry's CRC32 on read (on by default).
+    """
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        *,
+        size_limit_gb: float = 20.0,
+        mode: str = "decoded",
+        eviction_policy: str = "least-recently-stored",
+        verify_reads: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ConfigError(f"cache mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if eviction_policy not in EVICTION_POLICIES:
+            raise ConfigError(f"eviction_policy must be one of {', '.join(EVICTION_POLICIES)}, not {eviction_policy!r}")
+        if size_limit_gb <= 0:
+            raise ConfigError(f"size_limit_gb must be positive, not {size_limit_gb}")
+        self.directory = Path(directory).expanduser() if directory else default_directory()
+        self.size_limit = int(size_limit_gb * 1024**3)
+        self.mode = mode
+        self.eviction_policy = eviction_policy
+        self.verify_reads = verify_reads
+        self.counters = CacheCounters()
+        self._cache: Cache | None = None
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._storing = True
+
+    def __repr__(self) -> str:
+        return f"FrameCache({str(self.directory)!r}, mode={self.mode!r}, size_limit={self.size_limit / 1024**3:g} GiB)"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_cache=None, _pid=None, _lock=None, counters=CacheCounters(), _storing=True)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    # --- opening ----------------------------------------------------------------------------------
+
+    @property
+    def diskcache(self) -> Cache:
+        """This process's diskcache handle (opened on first use, again after fork)."""
+        pid = os.getpid()
+        if self._cache is None or self._pid != pid:
+            with self._lock:
+                if self._cache is None or self._pid != pid:
+                    self._cache = self._open()
+                    self._pid = pid
+                    self._storing = True
+        return self._cache
+
+    def _open(self) -> Cache:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.directory.chmod(0o700)
+        # diskcache's first open runs schema DDL; concurrent first opens can collide.
+        with FileLock(str(self.directory / ".open.lock"), timeout=120):
+            return Cache(
+                str(self.directory),
+                timeout=60,
+                disk=BytesOnlyDisk,
+                size_limit=self.size_limit,
+                eviction_policy=self.eviction_policy,
+                cull_limit=10,
+                statistics=0,
+            )
+
+    def close(self) -> None:
+        if self._cache is not None and self._pid == os.getpid():
+            self._cache.close()
+        self._cache = None
+
+    # --- raw get/set ------------------------------------------------------------------------------
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            value = self.diskcache.get(key, default=None, retry=True)
+        except UnsafeEntry:
+            log.warning("evicting a cache entry that is not in ahi_torch's format: %s", key)
+            self._evict(key)
+            return None
+        if value is None:
+            self.counters.misses += 1
+            return None
+        data = bytes(value)
+        self.counters.bytes_read += len(data)
+        return data
+
+    def _set(self, key: str, data: bytes) -> bool:
+        if not self._storing:
+            return False
+        try:
+            stored = bool(self.diskcache.set(key, data, retry=True))
+        except (OSError, Exception) as error:  # sqlite3.OperationalError, Timeout, ENOSPC...
+            self.counters.write_failures += 1
+            self._storing = False
+            log.warning("frame cache at %s stopped storing: %s", self.directory, error)
+            return False
+        if stored:
+            self.counters.writes += 1
+            self.counters.bytes_written += len(data)
+        return stored
+
+    def _evict(self, key: str) -> None:
+        self.counters.corrupt_evicted += 1
+        self.counters.misses += 1
+        try:
+            self.diskcache.delete(key, retry=True)
+        except Exception as error:
+            log.warning("could not evict corrupt cache entry %s: %s", key, error)
+
+    # --- typed entries ----------------------------------------------------------------------------
+
+    def get_array(self, key: str) -> np.ndarray | None:
+        """A decoded frame, or None on a miss (a corrupt entry is evicted and counts as a miss)."""
+        data = self._get(key)
+        if data is None:
+            return None
+        try:
+            array = records.unpack_array(data, verify=self.verify_reads)
+        except records.CorruptEntry as error:
+            log.warning("evicting corrupt cache entry %s: %s", key, error)
+            self._evict(key)
+            return None
+        self.counters.hits += 1
+        return array
+
+    def put_array(self, key: str, pixels: np.ndarray) -> bool:
+        return self._set(key, records.pack_array(pixels))
+
+    def get_bytes(self, key: str, kind: int = records.ENCODED) -> tuple[bytes, dict[str, Any]] | None:
+        """Encoded frame or metadata bytes with their header, or None on a miss."""
+        data = self._get(key)
+        if data is None:
+            return None
+        try:
+            record = records.unpack(data, verify=self.verify_reads)
+            if record.kind != kind:
+                raise records.CorruptEntry("entry has another kind")
+        except records.CorruptEntry as error:
+            log.warning("evicting corrupt cache entry %s: %s", key, error)
+            self._evict(key)
+            return None
+        self.counters.hits += 1
+        return bytes(record.payload), dict(record.header)
+
+    def put_bytes(self, key: str, payload: bytes, header: dict[str, Any], kind: int = records.ENCODED) -> bool:
+        return self._set(key, records.pack(kind, header, payload))
+
+    # --- maintenance ------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Entries and bytes on disk (shared) plus this process's counters."""
+        cache = self.diskcache
+        return {
+            "directory": str(self.directory),
+            "mode": self.mode,
+            "entries": len(cache),
+            "volume_bytes": cache.volume(),
+            "size_limit_bytes": self.size_limit,
+            "storing": self._storing,
+            **asdict(self.counters),
+            "hit_rate": self.counters.hit_rate,
+        }
+
+    def clear(self) -> int:
+        return int(self.diskcache.clear(retry=True))
+
+    def check(self, fix: bool = True) -> list[str]:
+        """Repair diskcache's bookkeeping (orphan files after a crash); returns its warnings."""
+        return [str(w.message) for w in self.diskcache.check(fix=fix, retry=True)]
+
+    def keys(self) -> list[str]:
+        return [str(k) for k in self.diskcache.iterkeys()]

@@ -1,0 +1,76 @@
+"""The byte format of cache entries: a small header, then the payload, checked by CRC32.
+
+Nothing is pickled. A decoded frame is stored as its little-endian pixel bytes plus dtype and
+shape; its CRC32 therefore equals AHI's ``PixelDataChecksumFromBaseToFullResolution`` and one
+check on read proves the entry intact. Encoded frames and metadata documents carry the CRC of
+their bytes. A truncated or flipped entry fails the check and is treated as a miss.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+MAGIC = b"AHIC"
+FORMAT = 1
+DECODED, ENCODED, METADATA = 1, 2, 3
+_HEAD = struct.Struct("<4sBBHII")  # magic, format, kind, reserved, payload crc32, header length
+
+
+class CorruptEntry(ValueError):
+    """An entry's bytes do not check out (truncated, bit-flipped or from another format)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: int
+    header: dict[str, object]
+    payload: memoryview
+
+
+def pack(kind: int, header: dict[str, object], payload: bytes | memoryview, crc: int | None = None) -> bytes:
+    meta = json.dumps(header, separators=(",", ":")).encode()
+    checksum = zlib.crc32(payload) & 0xFFFFFFFF if crc is None else crc
+    return _HEAD.pack(MAGIC, FORMAT, kind, 0, checksum, len(meta)) + meta + bytes(payload)
+
+
+def unpack(data: bytes | bytearray | memoryview, verify: bool = True) -> Record:
+    view = memoryview(data)
+    if len(view) < _HEAD.size:
+        raise CorruptEntry("entry shorter than its header")
+    magic, version, kind, _, crc, meta_length = _HEAD.unpack_from(view, 0)
+    if magic != MAGIC or version != FORMAT:
+        raise CorruptEntry("not an ahi_torch cache entry")
+    start = _HEAD.size + meta_length
+    if len(view) < start:
+        raise CorruptEntry("entry header is truncated")
+    try:
+        header = json.loads(bytes(view[_HEAD.size : start]))
+    except ValueError:
+        raise CorruptEntry("entry header is not JSON") from None
+    payload = view[start:]
+    if verify and zlib.crc32(payload) & 0xFFFFFFFF != crc:
+        raise CorruptEntry("entry payload fails its CRC32")
+    return Record(kind, header, payload)
+
+
+def pack_array(pixels: np.ndarray) -> bytes:
+    array = np.ascontiguousarray(pixels)
+    array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return pack(DECODED, {"dtype": array.dtype.str, "shape": list(array.shape)}, array.data)
+
+
+def unpack_array(data: bytes | bytearray | memoryview, verify: bool = True) -> np.ndarray:
+    record = unpack(data, verify)
+    if record.kind != DECODED:
+        raise CorruptEntry("entry is not a decoded frame")
+    dtype = np.dtype(str(record.header["dtype"]))
+    shape = tuple(int(n) for n in record.header["shape"])  # type: ignore[attr-defined]
+    if int(np.prod(shape)) * dtype.itemsize != len(record.payload):
+        raise CorruptEntry("decoded frame has the wrong number of bytes")
+    # A copy into a fresh (writable) array: torch.from_numpy needs writable memory.
+    return np.frombuffer(record.payload, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=True)

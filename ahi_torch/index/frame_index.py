@@ -1,0 +1,240 @@
+"""FrameIndex: the columnar, versioned table of frames a dataset is built on.
+
+Stored as an Arrow table (one row per frame, see :mod:`.schema`), saved as Parquet with the
+index's provenance in the file metadata. Never a list of dicts: DataLoader workers would touch
+every Python object's refcount and copy the index page by page.
+
+>>> index = FrameIndex.load("runs/ct.parquet")
+>>> index.version                    # changes when any image set's version changes
+'9f2c61...'
+>>> ct = index.filter(pc.field("modality") == "CT")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import ConfigError
+from .schema import FORMAT_VERSION, schema
+
+_META_KEY = b"ahi_torch"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """The rows of one series of one image set, in slice order."""
+
+    image_set_id: str
+    series_instance_uid: str
+    rows: np.ndarray
+
+
+class FrameIndex:
+    """A frame table plus provenance (data store, searches, build time, extra tags)."""
+
+    def __init__(self, table: pa.Table, info: dict[str, Any] | None = None) -> None:
+        missing = [name for name in schema().names if name not in table.column_names]
+        if missing:
+            raise ConfigError(f"not a frame index: missing columns {', '.join(missing[:5])}")
+        self.table = table
+        self.info: dict[str, Any] = dict(info or {})
+
+    # --- identity -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self.table.num_rows
+
+    def __repr__(self) -> str:
+        return f"FrameIndex({len(self)} frames, {self.image_set_count} image sets, version {self.version[:12]})"
+
+    @property
+    def image_set_count(self) -> int:
+        return len(pc.unique(self.table.column("image_set_id")))
+
+    @property
+    def extra_tags(self) -> list[str]:
+        return list(self.info.get("extra_tags", []))
+
+    @property
+    def version(self) -> str:
+        """A digest of the image set versions and frames in the index: equal digests, equal pixels.
+
+        An image set's frames never change within a version, so (image set, version) pairs plus
+        the set of frame IDs identify the content.
+        """
+        digest = hashlib.sha256(f"ahi_torch-index-{FORMAT_VERSION}".encode())
+        for image_set_id, (version, _) in sorted(self.image_sets().items()):
+            digest.update(f"{image_set_id}:{version};".encode())
+        frame_ids = self.table.column("frame_id").combine_chunks()
+        ordered = frame_ids.take(pc.sort_indices(frame_ids))
+        for value in ordered.buffers()[1:]:
+            if value is not None:
+                digest.update(memoryview(value))
+        return digest.hexdigest()[:32]
+
+    # --- columns --------------------------------------------------------------------------------
+
+    def column(self, name: str) -> np.ndarray:
+        """A column as numpy: numbers as numbers (NaN for nulls in floats), text as fixed-width bytes.
+
+        Fixed-width byte arrays hold no Python objects, so forked workers never copy them.
+        """
+        if name not in self.table.column_names:
+            raise ConfigError(f"the index has no column {name!r}; columns: {', '.join(self.table.column_names)}")
+        column = self.table.column(name).combine_chunks()
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            return np.array(column.fill_null("").to_pylist(), dtype=np.bytes_)
+        if pa.types.is_floating(column.type):
+            return column.to_numpy(zero_copy_only=False)
+        if pa.types.is_integer(column.type):
+            return column.fill_null(-1).to_numpy(zero_copy_only=False)
+        if pa.types.is_boolean(column.type):
+            return column.fill_null(False).to_numpy(zero_copy_only=False)
+        if pa.types.is_fixed_size_list(column.type):
+            width = column.type.list_size
+            flat = column.fill_null([np.nan] * width) if column.null_count else column
+            return np.asarray(flat.flatten().to_numpy(zero_copy_only=False)).reshape(-1, width)
+        return np.asarray(column.to_pylist(), dtype=object)
+
+    def texts(self, name: str) -> list[str | None]:
+        """A text column as Python strings (for building labels and splits, not for workers)."""
+        return self.table.column(name).to_pylist()
+
+    def row(self, index: int) -> dict[str, Any]:
+        return {k: v[0] for k, v in self.table.slice(index, 1).to_pydict().items()}
+
+    # --- selections -----------------------------------------------------------------------------
+
+    def filter(self, condition: pc.Expression | np.ndarray | pa.Array) -> FrameIndex:
+        """Rows matching a pyarrow expression or a boolean mask."""
+        if isinstance(condition, pc.Expression):
+            table = self.table.filter(condition)
+        else:
+            table = self.table.filter(pa.array(np.asarray(condition, dtype=bool)))
+        return FrameIndex(table, self.info)
+
+    def take(self, rows: np.ndarray | list[int]) -> FrameIndex:
+        return FrameIndex(self.table.take(pa.array(np.asarray(rows, dtype=np.int64))), self.info)
+
+    def volumes(self) -> list[Volume]:
+        """Row numbers of each (image set, series), ordered by slice index; volumes in index order."""
+        image_sets = self.column("image_set_id")
+        series = self.column("series_instance_uid")
+        slices = self.column("slice_index")
+        keys: dict[tuple[bytes, bytes], list[int]] = {}
+        for row, key in enumerate(zip(image_sets.tolist(), series.tolist(), strict=True)):
+            keys.setdefault(key, []).append(row)
+        volumes = []
+        for (image_set_id, series_uid), rows in keys.items():
+            ordered = np.asarray(sorted(rows, key=lambda r: slices[r]), dtype=np.int64)
+            volumes.append(Volume(image_set_id.decode(), series_uid.decode(), ordered))
+        return volumes
+
+    def image_sets(self) -> dict[str, tuple[int, float]]:
+        """image set ID → (version, updatedAt) for every image set in the index."""
+        grouped = self.table.group_by("image_set_id").aggregate([("image_set_version", "max"), ("updated_at", "max")])
+        ids = grouped.column("image_set_id").to_pylist()
+        versions = grouped.column("image_set_version_max").to_pylist()
+        updated = grouped.column("updated_at_max").to_pylist()
+        return {i: (int(v), float(u)) for i, v, u in zip(ids, versions, updated, strict=True)}
+
+    def iter_rows(self, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        table = self.table.select(columns) if columns else self.table
+        for batch in table.to_batches():
+            yield from batch.to_pylist()
+
+    def to_pandas(self) -> Any:
+        return self.table.to_pandas()
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Write Parquet (atomically: a temporary file renamed over the target)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = {**self.info, "format_version": FORMAT_VERSION, "index_version": self.version}
+        metadata = dict(self.table.schema.metadata or {})
+        metadata[_META_KEY] = json.dumps(info).encode()
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(self.table.replace_schema_metadata(metadata), tmp, compression="zstd")
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FrameIndex:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"no index file at {path}")
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ConfigError(f"{path} is not a readable Parquet index: {error}") from None
+        raw = (table.schema.metadata or {}).get(_META_KEY)
+        info = json.loads(raw) if raw else {}
+        if info.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            raise ConfigError(
+                f"{path} has index format {info['format_version']}; this ahi_torch reads {FORMAT_VERSION}"
+            )
+        return cls(table.replace_schema_metadata({}), info)
+
+    def __getstate__(self) -> dict[str, Any]:
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, self.table.schema) as writer:
+            writer.write_table(self.table)
+        return {"ipc": sink.getvalue(), "info": self.info}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.table = pa.ipc.open_stream(state["ipc"]).read_all()
+        self.info = state["info"]
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for ``ahi-torch index show``."""
+        table = self.table
+
+        def distinct(name: str) -> int:
+            return len(pc.unique(table.column(name).drop_null()))
+
+        modality_counts = {
+            str(row["values"]): int(row["counts"]) for row in pc.value_counts(table.column("modality")).to_pylist()
+        }
+        return {
+            "frames": len(self),
+            "image_sets": distinct("image_set_id"),
+            "patients": distinct("patient_id"),
+            "studies": distinct("study_instance_uid"),
+            "series": distinct("series_instance_uid"),
+            "instances": distinct("sop_instance_uid"),
+            "modalities": modality_counts,
+            "transfer_syntaxes": {
+                str(row["values"]): int(row["counts"])
+                for row in pc.value_counts(table.column("stored_transfer_syntax")).to_pylist()
+            },
+            "datastore_id": self.info.get("datastore_id"),
+            "built_at": self.info.get("built_at"),
+            "version": self.version,
+            "bytes_in_memory": table.nbytes,
+        }
+
+
+def new_info(
+    datastore_id: str, searches: list[Any], extra_tags: list[str], include_non_primary: bool
+) -> dict[str, Any]:
+    return {
+        "datastore_id": datastore_id,
+        "searches": searches,
+        "extra_tags": extra_tags,
+        "include_non_primary": include_non_primary,
+        "built_at": time.time(),
+    }

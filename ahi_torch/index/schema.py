@@ -1,0 +1,179 @@
+"""Columns of the frame index and how an image set's metadata becomes rows.
+
+One row per frame. Frames of a series get ``slice_index`` in geometric order (see
+:mod:`ahi_torch.metadata.geometry`); frames of multi-frame instances follow in frame order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from ..metadata import ImageSetMetadata, InstanceMetadata, SeriesGeometry, SeriesMetadata, series_geometry
+from ..metadata import values as v
+
+FORMAT_VERSION = "1"
+
+COLUMNS: dict[str, pa.DataType] = {
+    "datastore_id": pa.string(),
+    "image_set_id": pa.string(),
+    "image_set_version": pa.int32(),
+    "updated_at": pa.float64(),
+    "is_primary": pa.bool_(),
+    "patient_id": pa.string(),
+    "patient_sex": pa.string(),
+    "patient_birth_date": pa.string(),
+    "study_instance_uid": pa.string(),
+    "study_date": pa.string(),
+    "study_description": pa.string(),
+    "accession_number": pa.string(),
+    "series_instance_uid": pa.string(),
+    "series_number": pa.int32(),
+    "series_description": pa.string(),
+    "modality": pa.string(),
+    "body_part": pa.string(),
+    "sop_instance_uid": pa.string(),
+    "sop_class_uid": pa.string(),
+    "instance_number": pa.int32(),
+    "frame_number": pa.int32(),
+    "frame_id": pa.string(),
+    "frames_in_instance": pa.int32(),
+    "slice_index": pa.int32(),
+    "slice_count": pa.int32(),
+    "slice_position": pa.float64(),
+    "stored_transfer_syntax": pa.string(),
+    "rows": pa.int32(),
+    "columns": pa.int32(),
+    "samples_per_pixel": pa.int16(),
+    "bits_allocated": pa.int16(),
+    "bits_stored": pa.int16(),
+    "pixel_representation": pa.int16(),
+    "photometric_interpretation": pa.string(),
+    "planar_configuration": pa.int16(),
+    "rescale_slope": pa.float64(),
+    "rescale_intercept": pa.float64(),
+    "window_center": pa.float64(),
+    "window_width": pa.float64(),
+    "pixel_spacing_row": pa.float64(),
+    "pixel_spacing_col": pa.float64(),
+    "slice_spacing": pa.float64(),
+    "series_affine": pa.list_(pa.float64(), 16),
+    "checksum": pa.int64(),
+    "frame_size": pa.int64(),
+}
+
+
+def epoch_seconds(value: Any) -> float:
+    """Seconds since the epoch from a datetime (boto3) or a number; 0 when absent."""
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    return float(value or 0.0)
+
+
+def empty_columns(extra_tags: Sequence[str] = ()) -> dict[str, list[Any]]:
+    return {name: [] for name in [*COLUMNS, *extra_tags]}
+
+
+def schema(extra_tags: Sequence[str] = ()) -> pa.Schema:
+    return pa.schema(
+        [pa.field(name, kind) for name, kind in COLUMNS.items()] + [pa.field(t, pa.string()) for t in extra_tags]
+    )
+
+
+def _tag_text(levels: list[Mapping[str, Any]], keyword: str) -> str | None:
+    value = v.lookup(levels, keyword)
+    if isinstance(value, list):
+        parts = [str(item).strip(" \x00") for item in value if not isinstance(item, dict)]
+        return "\\".join(parts) or None
+    if isinstance(value, (dict, bool)):
+        return None
+    return v.text(value)
+
+
+def _ordered_frames(series: SeriesMetadata) -> tuple[list[tuple[InstanceMetadata, int, float | None]], SeriesGeometry]:
+    """(instance, frame index, slice position) in stacking order, and the single-frame geometry."""
+    single = [i for i in series.instances if len(i.frames) == 1]
+    geometry = series_geometry(single or series.instances)
+    positions = geometry.positions or (None,) * len(geometry.order)
+    ordered: list[tuple[InstanceMetadata, int, float | None]] = []
+    if single:
+        ordered += [(single[i], 0, positions[k]) for k, i in enumerate(geometry.order)]
+    multi = [i for i in series.instances if len(i.frames) > 1]
+    for instance in sorted(multi, key=lambda i: (i.instance_number or 0, i.sop_instance_uid)):
+        ordered += [(instance, n, None) for n in range(len(instance.frames))]
+    return ordered, geometry
+
+
+def append_rows(
+    columns: dict[str, list[Any]],
+    summary: Mapping[str, Any],
+    image_set: ImageSetMetadata,
+    datastore_id: str,
+    extra_tags: Sequence[str] = (),
+) -> int:
+    """Append one row per frame of ``image_set``; returns how many rows were added."""
+    added = 0
+    updated_at = epoch_seconds(summary.get("updatedAt"))
+    for series in image_set.series:
+        ordered, geometry = _ordered_frames(series)
+        affine = [float(x) for x in geometry.affine.reshape(-1)] if geometry.affine is not None else None
+        for slice_index, (instance, frame_index, position) in enumerate(ordered):
+            frame = instance.frames[frame_index]
+            pixel = instance.pixel
+            levels = [instance.dicom, series.dicom, image_set.study, image_set.patient]
+            row = {
+                "datastore_id": datastore_id,
+                "image_set_id": image_set.image_set_id,
+                "image_set_version": int(summary.get("version") or 0),
+                "updated_at": updated_at,
+                "is_primary": bool(summary.get("isPrimary", True)),
+                "patient_id": v.text(image_set.patient.get("PatientID")),
+                "patient_sex": v.text(image_set.patient.get("PatientSex")),
+                "patient_birth_date": v.text(image_set.patient.get("PatientBirthDate")),
+                "study_instance_uid": v.text(image_set.study.get("StudyInstanceUID")),
+                "study_date": v.text(image_set.study.get("StudyDate")),
+                "study_description": v.text(image_set.study.get("StudyDescription")),
+                "accession_number": v.text(image_set.study.get("AccessionNumber")),
+                "series_instance_uid": series.series_instance_uid,
+                "series_number": series.series_number,
+                "series_description": v.text(series.dicom.get("SeriesDescription")),
+                "modality": series.modality,
+                "body_part": v.text(series.dicom.get("BodyPartExamined")),
+                "sop_instance_uid": instance.sop_instance_uid,
+                "sop_class_uid": instance.sop_class_uid,
+                "instance_number": instance.instance_number,
+                "frame_number": frame.number,
+                "frame_id": frame.id,
+                "frames_in_instance": len(instance.frames),
+                "slice_index": slice_index,
+                "slice_count": len(ordered),
+                "slice_position": position,
+                "stored_transfer_syntax": instance.stored_transfer_syntax,
+                "rows": pixel.rows if pixel else None,
+                "columns": pixel.columns if pixel else None,
+                "samples_per_pixel": pixel.samples_per_pixel if pixel else None,
+                "bits_allocated": pixel.bits_allocated if pixel else None,
+                "bits_stored": pixel.bits_stored if pixel else None,
+                "pixel_representation": pixel.pixel_representation if pixel else None,
+                "photometric_interpretation": pixel.photometric_interpretation if pixel else None,
+                "planar_configuration": pixel.planar_configuration if pixel else None,
+                "rescale_slope": instance.rescale_slope,
+                "rescale_intercept": instance.rescale_intercept,
+                "window_center": instance.window_center,
+                "window_width": instance.window_width,
+                "pixel_spacing_row": instance.pixel_spacing[0] if instance.pixel_spacing else None,
+                "pixel_spacing_col": instance.pixel_spacing[1] if instance.pixel_spacing else None,
+                "slice_spacing": geometry.spacing[0],
+                "series_affine": affine,
+                "checksum": frame.full_checksum,
+                "frame_size": frame.size,
+            }
+            for keyword in extra_tags:
+                row[keyword] = _tag_text(levels, keyword)
+            for name, value in row.items():
+                columns[name].append(value)
+            added += 1
+    return added

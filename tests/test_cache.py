@@ -1,0 +1,131 @@
+"""The frame cache: hits, version separation, concurrent writers, corruption, no pickles, 0700."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import sqlite3
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ahi_torch.cache import FrameCache, frame_key
+from ahi_torch.errors import ConfigError
+
+RNG = np.random.default_rng(3)
+
+
+def _frame(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-1000, 3000, (64, 64)).astype(np.int16)
+
+
+def test_round_trip_and_counters(tmp_path: Path) -> None:
+    cache = FrameCache(tmp_path / "c")
+    key = frame_key("decoded", "d" * 32, "i" * 32, 1, "f" * 32)
+    assert cache.get_array(key) is None
+    frame = _frame(1)
+    assert cache.put_array(key, frame)
+    hit = cache.get_array(key)
+    assert hit is not None and hit.dtype == np.int16 and hit.flags.writeable
+    np.testing.assert_array_equal(hit, frame)
+    assert (cache.counters.hits, cache.counters.misses, cache.counters.writes) == (1, 1, 1)
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
+
+
+def test_versions_are_separate_entries(tmp_path: Path) -> None:
+    cache = FrameCache(tmp_path)
+    v1 = frame_key("decoded", "d", "i", 1, "f")
+    v2 = frame_key("decoded", "d", "i", 2, "f")
+    cache.put_array(v1, _frame(1))
+    assert cache.get_array(v2) is None, "a new image set version must not see the old version's pixels"
+    cache.put_array(v2, _frame(2))
+    np.testing.assert_array_equal(cache.get_array(v1), _frame(1))
+    np.testing.assert_array_equal(cache.get_array(v2), _frame(2))
+
+
+def test_encoded_entries_keep_their_content_type(tmp_path: Path) -> None:
+    cache = FrameCache(tmp_path, mode="encoded")
+    cache.put_bytes("encoded/k", b"\xff\x4f\xff\x51payload", {"content_type": "image/jphc"})
+    payload, header = cache.get_bytes("encoded/k")  # type: ignore[misc]
+    assert payload == b"\xff\x4f\xff\x51payload" and header == {"content_type": "image/jphc"}
+
+
+def _writer(directory: str, seed: int, keys: int) -> None:
+    cache = FrameCache(directory)
+    for k in range(keys):
+        cache.put_array(f"decoded/k{k}", _frame(k))
+        got = cache.get_array(f"decoded/k{(k * 7 + seed) % keys}")
+        if got is not None:
+            np.testing.assert_array_equal(got, _frame((k * 7 + seed) % keys))
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_two_processes_write_the_same_keys(tmp_path: Path, context: str) -> None:
+    ctx = mp.get_context(context)
+    processes = [ctx.Process(target=_writer, args=(str(tmp_path), seed, 40)) for seed in (1, 2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+        assert process.exitcode == 0
+    cache = FrameCache(tmp_path)
+    for k in range(40):
+        np.testing.assert_array_equal(cache.get_array(f"decoded/k{k}"), _frame(k))
+    assert len(cache.diskcache) == 40
+
+
+def test_corrupt_entry_is_evicted_and_missed(tmp_path: Path) -> None:
+    cache = FrameCache(tmp_path)
+    key = "decoded/corrupt-me"
+    big = np.random.default_rng(5).integers(-1000, 3000, (256, 256)).astype(np.int16)
+    cache.put_array(key, big)
+    files = list(tmp_path.rglob("*.val"))
+    assert len(files) == 1, "a 128 KiB frame is stored as a file"
+    data = bytearray(files[0].read_bytes())
+    data[-100] ^= 0x40
+    files[0].write_bytes(bytes(data))
+    assert cache.get_array(key) is None
+    assert cache.counters.corrupt_evicted == 1
+    assert key not in cache.diskcache
+
+
+def test_pickled_rows_are_refused(tmp_path: Path) -> None:
+    """A row planted by someone else that asks to be unpickled is never unpickled."""
+    cache = FrameCache(tmp_path)
+    cache.put_array("decoded/real", _frame(1))
+    cache.close()
+
+    class Boom:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.touch, (tmp_path / "pwned",))
+
+    db = sqlite3.connect(tmp_path / "cache.db")
+    db.execute(
+        "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
+        " filename, value) VALUES (?, 1, 0, NULL, 0, 0, NULL, 0, 4, NULL, ?)",
+        ("decoded/evil", pickle.dumps(Boom())),
+    )
+    db.commit()
+    db.close()
+    reopened = FrameCache(tmp_path)
+    assert reopened.get_array("decoded/evil") is None
+    assert not (tmp_path / "pwned").exists()
+    with pytest.raises(TypeError):
+        reopened.diskcache.set("decoded/x", {"not": "bytes"})
+
+
+def test_pickles_without_its_connection(tmp_path: Path) -> None:
+    cache = FrameCache(tmp_path)
+    cache.put_array("decoded/a", _frame(1))
+    clone = pickle.loads(pickle.dumps(cache))
+    assert clone._cache is None
+    np.testing.assert_array_equal(clone.get_array("decoded/a"), _frame(1))
+
+
+def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cache mode"):
+        FrameCache(tmp_path, mode="compressed")
+    with pytest.raises(ConfigError, match="eviction_policy"):
+        FrameCache(tmp_path, eviction_policy="random")

@@ -1,0 +1,67 @@
+"""FrameFetcher: cache hits, exact pixels, checksum retries and failures."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from ahi_torch.cache import FrameCache
+from ahi_torch.errors import ChecksumMismatch
+from ahi_torch.index import FrameIndex, build_index, search
+from ahi_torch.pixels import FrameFetcher, frame_ref
+
+from .conftest import ImportedData
+
+
+@pytest.fixture(scope="module")
+def ct_index(ahi, synthetic_import: ImportedData) -> FrameIndex:  # type: ignore[no-untyped-def]
+    spec = synthetic_import.specs["ct"]
+    return build_index(
+        ahi.client(), synthetic_import.datastore_id, filters=[search.series_uid(spec.series_uid)], progress=False
+    )
+
+
+def _sources(synthetic_import: ImportedData) -> dict[str, np.ndarray]:
+    return {
+        ds.SOPInstanceUID: ds.pixel_array
+        for ds in (pydicom.dcmread(p) for p in (synthetic_import.root / "ct").glob("*.dcm"))
+    }
+
+
+@pytest.mark.parametrize("mode", ["decoded", "encoded"])
+def test_fetch_verify_and_cache(
+    ahi, synthetic_import: ImportedData, ct_index: FrameIndex, tmp_path: Path, mode: str
+) -> None:  # type: ignore[no-untyped-def]
+    sources = _sources(synthetic_import)
+    fetcher = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path, mode=mode), verify=True)
+    refs = [frame_ref(ct_index.row(i)) for i in range(len(ct_index))]
+    sops = ct_index.texts("sop_instance_uid")
+    first = fetcher.get_many(refs)
+    for pixels, sop in zip(first, sops, strict=True):
+        np.testing.assert_array_equal(pixels, sources[sop])
+    assert fetcher.counters.requests == len(refs) and fetcher.counters.cache_hits == 0
+    second = fetcher.get_many(refs)
+    assert fetcher.counters.requests == len(refs), "the second pass is served from the cache"
+    assert fetcher.counters.cache_hits == len(refs)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_wrong_checksum_is_retried_then_raised(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    ref = frame_ref(ct_index.row(0))
+    bad = dataclasses.replace(ref, checksum=(ref.checksum or 0) ^ 0xFFFF)
+    fetcher = FrameFetcher(ahi.client(), verify=True, mismatch_retries=2)
+    with pytest.raises(ChecksumMismatch, match=f"image set {ref.image_set_id} \\(version 1\\) frame {ref.frame_id}"):
+        fetcher.get(bad)
+    assert fetcher.counters.requests == 3 and fetcher.counters.checksum_retries == 2
+    unverified = FrameFetcher(ahi.client(), verify=False)
+    assert unverified.get(bad).shape == (96, 80)
+
+
+def test_reduced_resolution_preview(ahi, ct_index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    fetcher = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path), reduce=1)
+    assert fetcher.get(frame_ref(ct_index.row(0))).shape == (48, 40)

@@ -93,7 +93,7 @@ class FrameFetcher:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _executor(self) -> ThreadPoolExecutor:
+    def executor(self) -> ThreadPoolExecutor:
         pid = os.getpid()
         if self._pool is None or self._pool_pid != pid:
             with self._lock:
@@ -180,7 +180,7 @@ class FrameFetcher:
         """Several frames at once, fetched concurrently; order follows ``refs``."""
         if len(refs) <= 1 or self.max_workers <= 1:
             return [self.get(ref) for ref in refs]
-        return list(self._executor().map(self.get, refs))
+        return list(self.executor().map(self.get, refs))
 
 
 def frame_ref(row: dict[str, Any]) -> FrameRef:

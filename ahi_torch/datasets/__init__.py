@@ -1,0 +1,14 @@
+"""Map-style datasets over a frame index: 2D frames and 3D volumes, labels, error policies.
+
+>>> from torch.utils.data import DataLoader
+>>> from ahi_torch.datasets import FrameDataset
+>>> loader = DataLoader(FrameDataset(index, client, cache=cache), batch_size=16, num_workers=4)
+"""
+
+from ._convert import Intensity
+from .frames import FrameDataset
+from .labels import TableLabels, resolve_labels
+from .policy import ErrorPolicy, FailureLog
+from .volumes import VolumeDataset
+
+__all__ = ["ErrorPolicy", "FailureLog", "FrameDataset", "Intensity", "TableLabels", "VolumeDataset", "resolve_labels"]

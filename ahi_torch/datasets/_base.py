@@ -1,0 +1,180 @@
+"""What frame and volume datasets share: the fetcher, labels, the error policy, pickling."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..cache import FrameCache
+from ..client import AHIClient
+from ..errors import ConfigError, SampleError
+from ..index import FrameIndex
+from ..pixels import FrameFetcher, FrameRef
+from ._convert import Intensity
+from ._table import FrameTable
+from .labels import LabelSpec, ResolvedLabels, resolve_labels
+from .policy import ErrorPolicy, FailureLog, FailureRecord, sleep_before_retry
+
+log = logging.getLogger(__name__)
+
+Transform = Callable[[dict[str, Any]], Any]
+
+
+class AHIDataset(Dataset[Any]):
+    """Base of :class:`FrameDataset` and :class:`VolumeDataset`; see their docstrings."""
+
+    def __init__(
+        self,
+        index: FrameIndex,
+        client: AHIClient,
+        *,
+        cache: FrameCache | None = None,
+        labels: LabelSpec = None,
+        unlabeled: str = "error",
+        transform: Transform | None = None,
+        rescale: bool = True,
+        window: tuple[float, float] | str | None = None,
+        dtype: torch.dtype | None = torch.float32,
+        verify: bool = True,
+        reduce: int = 0,
+        max_workers: int = 8,
+        decoder: str | None = None,
+        error_policy: ErrorPolicy | str = "raise",
+    ) -> None:
+        if len(index) == 0:
+            raise ConfigError("the index is empty: nothing to load (check the search filters)")
+        if unlabeled not in ("error", "drop", "keep"):
+            raise ConfigError(f"unlabeled must be 'error', 'drop' or 'keep', not {unlabeled!r}")
+        resolved = resolve_labels(index, labels)
+        if resolved is not None and not resolved.present.all():
+            missing = int((~resolved.present).sum())
+            if unlabeled == "error":
+                raise ConfigError(
+                    f"{missing} of {len(index)} frames have no label (pass unlabeled='drop' to leave them out)"
+                )
+            if unlabeled == "drop":
+                index = index.filter(resolved.present)
+                resolved = ResolvedLabels(
+                    resolved.values[resolved.present], resolved.present[resolved.present], resolved.classes
+                )
+        self.index = index
+        self.index_version = index.version
+        self.table = FrameTable(index)
+        self.labels = resolved
+        self.transform = transform
+        self.intensity = Intensity(rescale=rescale, window=window, dtype=dtype)
+        self.policy = ErrorPolicy.of(error_policy)
+        self.failures = FailureLog(self.policy.failure_log)
+        self.fetcher = FrameFetcher(
+            client, cache=cache, verify=verify, reduce=reduce, max_workers=max_workers, decoder=decoder
+        )
+
+    # --- what subclasses provide ------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _rows(self, unit: int) -> np.ndarray:
+        """Index rows whose frames make item ``unit``."""
+        raise NotImplementedError
+
+    def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # --- shared machinery -------------------------------------------------------------------------
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.labels.classes if self.labels is not None else None
+
+    def label_of_row(self, row: int) -> torch.Tensor | None:
+        if self.labels is None:
+            return None
+        value = self.labels.values[row]
+        return torch.tensor(value, dtype=torch.float32 if self.labels.values.dtype.kind == "f" else torch.long)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["index"] = None  # workers use the flat FrameTable; the Arrow table stays home
+        state["failures"] = FailureLog(self.policy.failure_log)
+        return state
+
+    def refs(self, unit: int) -> list[FrameRef]:
+        return [self.table.ref(int(row)) for row in self._rows(unit)]
+
+    def _finish(self, item: dict[str, Any]) -> Any:
+        return self.transform(item) if self.transform is not None else item
+
+    def _submit(self, unit: int) -> list[Future[np.ndarray]]:
+        executor = self.fetcher.executor()
+        return [executor.submit(self.fetcher.get, ref) for ref in self.refs(unit)]
+
+    def _load(self, unit: int) -> Any:
+        frames = self.fetcher.get_many(self.refs(unit))
+        return self._finish(self._build(unit, frames))
+
+    def _describe(self, unit: int) -> str:
+        rows = self._rows(unit)
+        first = int(rows[0])
+        return f"image set {self.table.text('image_set_id', first)} frame {self.table.text('frame_id', first)}"
+
+    def _fail(self, unit: int, error: Exception, replaced_by: int | None) -> None:
+        self.failures.record(FailureRecord(unit, replaced_by, str(error), type(error).__name__, self._describe(unit)))
+
+    def _recover(self, unit: int, error: Exception) -> Any:
+        """Apply the error policy to a unit whose first attempt failed with ``error``."""
+        policy = self.policy
+        if policy.mode == "retry":
+            for attempt in range(policy.retries):
+                sleep_before_retry(policy, attempt)
+                try:
+                    return self._load(unit)
+                except Exception as again:
+                    error = again
+            self._fail(unit, error, None)
+            raise SampleError(
+                f"sample {unit} ({self._describe(unit)}) failed after {policy.retries + 1} attempts: {error}"
+            ) from error
+        if policy.mode == "skip":
+            size = len(self)
+            for step in range(1, min(policy.max_replacements, size - 1) + 1):
+                candidate = (unit + step) % size
+                try:
+                    item = self._load(candidate)
+                except Exception:
+                    continue
+                self._fail(unit, error, candidate)
+                log.warning("sample %d replaced by %d after %s", unit, candidate, error)
+                return item
+            self._fail(unit, error, None)
+            raise SampleError(
+                f"sample {unit} ({self._describe(unit)}) and {policy.max_replacements} replacements failed: {error}"
+            ) from error
+        self._fail(unit, error, None)
+        raise SampleError(f"sample {unit} ({self._describe(unit)}) failed: {error}") from error
+
+    def __getitem__(self, unit: int) -> Any:
+        if not 0 <= unit < len(self):
+            raise IndexError(f"index {unit} out of range for a dataset of {len(self)}")
+        try:
+            return self._load(unit)
+        except Exception as error:
+            return self._recover(unit, error)
+
+    def __getitems__(self, units: Sequence[int]) -> list[Any]:
+        """A whole batch, its frames fetched concurrently (PyTorch's map fetcher calls this)."""
+        pending = [(unit, self._submit(int(unit))) for unit in units]
+        items = []
+        for unit, futures in pending:
+            try:
+                frames = [future.result() for future in futures]
+                items.append(self._finish(self._build(int(unit), frames)))
+            except Exception as error:
+                items.append(self._recover(int(unit), error))
+        return items

@@ -1,0 +1,68 @@
+"""FrameDataset: one item per frame (2D)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._base import AHIDataset
+from ._convert import apply_intensity, to_channels_first
+
+
+class FrameDataset(AHIDataset):
+    """Every frame of an index as a 2D image, fetched lazily from AHI through the cache.
+
+    >>> dataset = FrameDataset(index, client, cache=FrameCache(), labels="modality", window=(40, 400))
+    >>> item = dataset[0]
+    >>> item["image"].shape, item["label"], item["meta"]["sop_instance_uid"]
+    (torch.Size([1, 512, 512]), tensor(0), '1.2.826...')
+
+    Items are dicts ``{"image": (C, H, W) tensor, "label": tensor, "meta": {...}}`` so MONAI
+    dictionary transforms and plain callables both apply. Pixels are rescaled to modality units
+    (Hounsfield units for CT) unless ``rescale=False``; ``window=(center, width)`` or
+    ``"dicom"`` clips and scales to [0, 1]. ``meta`` carries the IDs, the slice index and
+    ``spacing`` (row, column) in mm.
+
+    Args:
+        index: the frames to serve (see :func:`ahi_torch.index.build_index`).
+        client: an :class:`~ahi_torch.client.AHIClient`; it travels into workers as configuration.
+        cache: a :class:`~ahi_torch.cache.FrameCache` shared by all workers, or None.
+        labels: an index column, :class:`TableLabels`, a ``{series UID: label}`` mapping or a
+            callable on index rows; ``unlabeled`` says what to do with frames without one.
+        transform: applied to each item dict.
+        verify: check each decoded frame against AHI's CRC32.
+        reduce: HTJ2K resolution levels to skip (previews, low-resolution training).
+        max_workers: threads per process fetching a batch's frames concurrently.
+        error_policy: ``"raise"``, ``"skip"``, ``"retry"`` or an :class:`ErrorPolicy`.
+    """
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def _rows(self, unit: int) -> np.ndarray:
+        return np.array([unit], dtype=np.int64)
+
+    def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
+        table = self.table
+        chw = to_channels_first(frames[0], table.photometric(unit), table.syntax(unit))
+        window = self.intensity.window_for(float(table.window_center[unit]), float(table.window_width[unit]))
+        image = apply_intensity(
+            chw,
+            table.rescale_slope[unit : unit + 1],
+            table.rescale_intercept[unit : unit + 1],
+            [window],
+            self.intensity,
+        )
+        spacing = [table.pixel_spacing_row[unit], table.pixel_spacing_col[unit]]
+        meta = {
+            **table.meta(unit),
+            "index": unit,
+            "spacing": torch.tensor([s if np.isfinite(s) else 1.0 for s in spacing], dtype=torch.float64),
+        }
+        item: dict[str, Any] = {"image": image, "meta": meta}
+        label = self.label_of_row(unit)
+        if label is not None:
+            item["label"] = label
+        return item

@@ -1,0 +1,194 @@
+"""FrameDataset and VolumeDataset through real DataLoaders: exact pixels, labels, policies, workers."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.pixels import apply_modality_lut
+from torch.utils.data import DataLoader
+
+from ahi_torch.cache import FrameCache
+from ahi_torch.datasets import ErrorPolicy, FailureLog, FrameDataset, TableLabels, VolumeDataset
+from ahi_torch.errors import ConfigError, SampleError
+from ahi_torch.index import FrameIndex, build_index
+from ahi_torch.local import LocalAHI
+from ahi_torch.synthetic import demo_cohort
+
+
+@pytest.fixture(scope="module")
+def cohort(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Four patients' CT series (two oblique/shuffled), nodules in odd patients."""
+    root = tmp_path_factory.mktemp("dataset-cohort")
+    series = demo_cohort(root, patients=4, slices=6, size=24)
+    result = ahi.import_dicom(root)
+    sources = {}
+    for _, paths in series:
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            sources[ds.SOPInstanceUID] = ds
+    labels_csv = root / "labels.csv"
+    with labels_csv.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["SeriesInstanceUID", "nodule"])
+        for spec, _ in series:
+            writer.writerow([spec.series_uid, int(spec.nodule)])
+    return {"datastore_id": result.datastore_id, "series": series, "sources": sources, "labels_csv": labels_csv}
+
+
+@pytest.fixture(scope="module")
+def index(ahi: LocalAHI, cohort: dict) -> FrameIndex:
+    return build_index(ahi.client(), cohort["datastore_id"], progress=False)
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_frames_through_dataloader_are_exact(
+    ahi, cohort: dict, index: FrameIndex, tmp_path: Path, context: str
+) -> None:  # type: ignore[no-untyped-def]
+    labels = TableLabels(cohort["labels_csv"], on="series_instance_uid", key="SeriesInstanceUID", column="nodule")
+    dataset = FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path), labels=labels, rescale=False, dtype=None)
+    loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context=context, persistent_workers=True)
+    nodule_by_series = {spec.series_uid: int(spec.nodule) for spec, _ in cohort["series"]}
+    for epoch in range(2):  # the second epoch reuses the persistent workers (and hits the cache)
+        seen = 0
+        for batch in loader:
+            assert batch["image"].dtype == torch.int16 and batch["image"].shape[1:] == (1, 24, 24)
+            for image, label, sop, series in zip(
+                batch["image"],
+                batch["label"],
+                batch["meta"]["sop_instance_uid"],
+                batch["meta"]["series_instance_uid"],
+                strict=True,
+            ):
+                np.testing.assert_array_equal(image[0].numpy(), cohort["sources"][sop].pixel_array)
+                assert int(label) == nodule_by_series[series]
+                seen += 1
+        assert seen == len(dataset) == 24, f"epoch {epoch}"
+
+
+def test_rescale_gives_hounsfield_units_and_windowing(ahi, cohort: dict, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    dataset = FrameDataset(index, ahi.client())
+    item = dataset[0]
+    ds = cohort["sources"][item["meta"]["sop_instance_uid"]]
+    np.testing.assert_allclose(item["image"][0].numpy(), apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
+    windowed = FrameDataset(index, ahi.client(), window=(40, 400))[0]["image"]
+    hu = torch.from_numpy(apply_modality_lut(ds.pixel_array, ds).astype(np.float32))
+    torch.testing.assert_close(windowed[0], ((hu - (40 - 200)) / 400).clamp(0, 1))
+    dicom_window = FrameDataset(index, ahi.client(), window="dicom")[0]["image"]
+    torch.testing.assert_close(dicom_window, windowed)
+    assert item["meta"]["spacing"].tolist() == pytest.approx([0.8, 0.8])
+
+
+def test_volumes_are_stacked_in_geometric_order(ahi, cohort: dict, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dataset = VolumeDataset(
+        index, ahi.client(), cache=FrameCache(tmp_path), rescale=False, dtype=None, labels="patient_id"
+    )
+    assert len(dataset) == 4 and dataset.classes == [spec.patient_id for spec, _ in cohort["series"]]
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="spawn")
+    checked = 0
+    for batch in loader:
+        assert batch["image"].shape == (2, 1, 6, 24, 24)
+        for volume, series_uid, affine, spacing in zip(
+            batch["image"],
+            batch["meta"]["series_instance_uid"],
+            batch["meta"]["affine"],
+            batch["meta"]["spacing"],
+            strict=True,
+        ):
+            slices = [ds for ds in cohort["sources"].values() if ds.SeriesInstanceUID == series_uid]
+            iop = np.array(slices[0].ImageOrientationPatient, float)
+            normal = np.cross(iop[:3], iop[3:])
+            slices.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, float))))
+            expected = np.stack([ds.pixel_array for ds in slices])
+            np.testing.assert_array_equal(volume[0].numpy(), expected)
+            np.testing.assert_allclose(
+                affine[:3, 3].numpy(), np.array(slices[0].ImagePositionPatient, float), atol=1e-4
+            )
+            assert spacing.tolist() == pytest.approx([2.5, 0.8, 0.8], abs=1e-3)
+            checked += 1
+    assert checked == 4
+
+
+def test_label_sources(ahi, cohort: dict, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    client = ahi.client()
+    by_column = FrameDataset(index, client, labels="patient_id")
+    assert by_column.classes == sorted({spec.patient_id for spec, _ in cohort["series"]})
+    by_callable = FrameDataset(index, client, labels=lambda row: float(row["slice_index"]) / 10)
+    assert by_callable[7]["label"].dtype == torch.float32
+    assert float(by_callable[7]["label"]) == pytest.approx(by_callable[7]["meta"]["slice_index"] / 10)
+    partial = tmp_path / "partial.csv"
+    first_spec = cohort["series"][0][0]
+    partial.write_text(f"series_instance_uid,label\n{first_spec.series_uid},yes\n")
+    with pytest.raises(ConfigError, match="18 of 24 frames have no label"):
+        FrameDataset(index, client, labels=TableLabels(partial))
+    dropped = FrameDataset(index, client, labels=TableLabels(partial), unlabeled="drop")
+    assert len(dropped) == 6 and dropped.classes == ["yes"]
+    with pytest.raises(ConfigError, match="no column 'diagnosis'"):
+        FrameDataset(index, client, labels=TableLabels(partial, column="diagnosis"))
+    with pytest.raises(ConfigError, match="no index column"):
+        FrameDataset(index, client, labels="NotAColumn")
+
+
+def _break_frame(dataset: FrameDataset, row: int) -> None:
+    """Make one frame fail verification on every attempt (its expected checksum is wrong)."""
+    dataset.table.checksum = dataset.table.checksum.copy()
+    dataset.table.checksum[row] ^= 0x5A5A
+
+
+def test_error_policy_raise(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    dataset = FrameDataset(index, ahi.client())
+    _break_frame(dataset, 3)
+    with pytest.raises(SampleError, match=r"sample 3 .*checksum mismatch"):
+        dataset[3]
+    loader = DataLoader(dataset, batch_size=4, num_workers=2)
+    with pytest.raises(SampleError):
+        list(loader)
+
+
+def test_error_policy_skip_replaces_deterministically(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "failures.jsonl"
+    dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("skip", failure_log=str(log)))
+    _break_frame(dataset, 3)
+    item = dataset[3]
+    assert item["meta"]["index"] == 4, "sample 3 is replaced by sample 4"
+    assert [(r.index, r.replaced_by, r.kind) for r in dataset.failures.records] == [(3, 4, "ChecksumMismatch")]
+    loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="fork")
+    indices = [i for batch in loader for i in batch["meta"]["index"].tolist()]
+    assert len(indices) == len(dataset) and indices[3] == 4 and None not in indices
+    logged = FailureLog.read(log)
+    assert [(f["index"], f["replaced_by"]) for f in logged] == [(3, 4), (3, 4)]
+    assert "image set" in logged[0]["where"]
+
+
+def test_error_policy_retry(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("retry", retries=2, backoff=0.01))
+    _break_frame(dataset, 2)
+    requests_before = dataset.fetcher.counters.requests
+    with pytest.raises(SampleError, match="after 3 attempts"):
+        dataset[2]
+    # Each attempt asks AHI again (3 attempts x 3 checksum refetches) before giving up.
+    assert dataset.fetcher.counters.requests - requests_before == 9
+    assert len(dataset.failures) == 1
+    assert dataset[1]["meta"]["index"] == 1
+
+
+def test_datasets_pickle_without_connections(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dataset = FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path))
+    dataset[0]
+    blob = pickle.dumps(dataset)
+    clone = pickle.loads(blob)
+    assert clone.index is None and clone.fetcher.client._client is None and clone.fetcher.cache._cache is None
+    torch.testing.assert_close(clone[0]["image"], dataset[0]["image"])
+    assert len(blob) < 200 * len(dataset) + 50_000, "workers receive flat arrays, not the Arrow table"
+
+
+def test_empty_index_is_a_clear_error(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match="index is empty"):
+        FrameDataset(index.filter(np.zeros(len(index), dtype=bool)), ahi.client())
+    with pytest.raises(ConfigError, match="error policy"):
+        FrameDataset(index, ahi.client(), error_policy="ignore")

@@ -1,0 +1,142 @@
+"""Samplers: determinism, locality, weights, distributed coverage, exact resumption, splits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from ahi_torch.errors import ConfigError
+from ahi_torch.index import FrameIndex
+from ahi_torch.samplers import (
+    DistributedSampler,
+    ShuffleSampler,
+    WeightedSampler,
+    assign_splits,
+    class_balanced_weights,
+    patient_splits,
+)
+
+
+class Numbers(Dataset):
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+def test_shuffle_is_epoch_seeded_and_deterministic() -> None:
+    a, b = ShuffleSampler(100, seed=3), ShuffleSampler(100, seed=3)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first and sorted(a) == list(range(100))
+    assert list(ShuffleSampler(100, seed=4)) != first
+    assert list(ShuffleSampler(10, shuffle=False)) == list(range(10))
+
+
+def test_locality_keeps_image_sets_together() -> None:
+    groups = np.repeat(np.array([b"a", b"b", b"c", b"d"]), 5)
+    order = list(ShuffleSampler(len(groups), groups=groups, seed=1))
+    sequence = [groups[i] for i in order]
+    runs = [g for k, g in enumerate(sequence) if k == 0 or g != sequence[k - 1]]
+    assert len(runs) == 4 and sorted(order) == list(range(20))
+
+
+@pytest.mark.parametrize(
+    ("size", "world", "drop_last"), [(103, 2, False), (103, 4, False), (103, 4, True), (8, 3, False)]
+)
+def test_ranks_cover_the_epoch_exactly_once(size: int, world: int, drop_last: bool) -> None:
+    shards = [
+        list(DistributedSampler(size, seed=5, num_replicas=world, rank=r, drop_last=drop_last)) for r in range(world)
+    ]
+    assert len({len(s) for s in shards}) == 1, "every rank gets the same number of samples"
+    seen = Counter(i for shard in shards for i in shard)
+    if drop_last:
+        assert len(seen) == (size // world) * world and set(seen.values()) == {1}
+    else:
+        assert set(seen) == set(range(size))
+        assert sum(seen.values()) - size == -(-size // world) * world - size, "only the padding repeats"
+        if size % world == 0:
+            assert not set(shards[0]) & set(shards[1]), "ranks are disjoint when the size divides"
+
+
+def test_weighted_and_class_balanced() -> None:
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = class_balanced_weights(labels)
+    assert weights.sum() == pytest.approx(1.0)
+    draws = list(WeightedSampler(weights, num_samples=4000, seed=2))
+    share = np.mean(labels[draws])
+    assert 0.45 < share < 0.55, "both classes come out about equally often"
+    assert list(WeightedSampler(weights, num_samples=50, seed=2)) == list(
+        WeightedSampler(weights, num_samples=50, seed=2)
+    )
+    with pytest.raises(ConfigError):
+        WeightedSampler([0.0, 0.0])
+
+
+def test_resume_with_stateful_dataloader() -> None:
+    dataset = Numbers(57)
+    full_sampler = ShuffleSampler(dataset, seed=11)
+    full_sampler.set_epoch(2)
+    reference = [batch.tolist() for batch in DataLoader(dataset, batch_size=5, sampler=full_sampler)]
+
+    sampler = ShuffleSampler(dataset, seed=11)
+    sampler.set_epoch(2)
+    loader = StatefulDataLoader(dataset, batch_size=5, sampler=sampler, num_workers=2)
+    consumed = []
+    iterator = iter(loader)
+    for _ in range(4):
+        consumed.append(next(iterator).tolist())
+    state = loader.state_dict()
+    del iterator, loader
+
+    resumed_sampler = ShuffleSampler(dataset, seed=11)
+    resumed = StatefulDataLoader(dataset, batch_size=5, sampler=resumed_sampler, num_workers=2)
+    resumed.load_state_dict(state)
+    rest = [batch.tolist() for batch in resumed]
+    assert consumed == reference[:4]
+    assert rest == reference[4:], "the resumed run yields exactly the batches the uninterrupted one would"
+
+
+def test_resume_without_torchdata() -> None:
+    sampler = DistributedSampler(40, seed=1, num_replicas=2, rank=1)
+    sampler.set_epoch(3)
+    expected = list(sampler)
+    sampler.load_state_dict({"epoch": 3, "yielded": 7, "seed": 1})
+    assert list(sampler) == expected[7:]
+    with pytest.raises(ConfigError, match="seed"):
+        sampler.load_state_dict({"epoch": 0, "yielded": 0, "seed": 99})
+
+
+def test_patient_splits_share_no_patient_and_are_stable() -> None:
+    patients = [f"P{i:03d}" for i in range(200)]
+    fractions = {"train": 0.7, "val": 0.15, "test": 0.15}
+    assigned = dict(zip(patients, assign_splits(patients, fractions, seed=3), strict=True))
+    counts = Counter(assigned.values())
+    assert 110 < counts["train"] < 170 and counts["val"] > 10 and counts["test"] > 10
+    grown = patients + [f"NEW{i}" for i in range(50)]
+    again = dict(zip(grown, assign_splits(grown, fractions, seed=3), strict=True))
+    assert all(again[p] == assigned[p] for p in patients), "adding patients moves nobody"
+    with pytest.raises(ConfigError, match="add up to 1"):
+        assign_splits(patients, {"train": 0.7, "val": 0.7})
+
+
+def test_index_splits(ahi, synthetic_import) -> None:  # type: ignore[no-untyped-def]
+    from ahi_torch.index import build_index
+
+    index: FrameIndex = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
+    splits = patient_splits(index, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=0)
+    assert sum(len(rows) for rows in splits.values()) == len(index)
+    patients = {name: set(index.take(rows).texts("patient_id")) for name, rows in splits.items() if len(rows)}
+    names = list(patients)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            assert not patients[first] & patients[second]

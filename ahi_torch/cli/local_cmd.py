@@ -24,7 +24,11 @@ def register(commands: Any) -> None:
     serve.add_argument("--s3-endpoint-url", help="use this S3 endpoint instead of the embedded one")
     serve.add_argument("--no-s3", action="store_true", help="do not start the embedded S3")
     serve.add_argument("--faults", help="fault injection spec, e.g. 'GetImageFrame:throttle=0.1,error=0.05'")
-    serve.add_argument("--require-signature", action="store_true", help="verify SigV4 against --access-key-id")
+    serve.add_argument(
+        "--require-signature",
+        action="store_true",
+        help="verify SigV4 against --access-key-id (always on when --host is not loopback)",
+    )
     serve.add_argument("--access-key-id", default="local", help="credentials clients must sign with")
     serve.add_argument("--secret-access-key", default="local", help="secret of --access-key-id")
     serve.set_defaults(handler=serve_command)
@@ -41,23 +45,16 @@ def register(commands: Any) -> None:
 
 def serve_command(args: argparse.Namespace) -> int:
     from ..local import LocalAHI
-    from ..local.security import guards_for
 
-    guards, filters = guards_for(
-        host=args.host,
-        faults=args.faults,
-        require_signature=args.require_signature,
-        credentials=(args.access_key_id, args.secret_access_key),
-    )
     service = LocalAHI(
         args.data_dir,
         host=args.host,
         port=args.port,
         s3=not args.no_s3,
         s3_endpoint_url=args.s3_endpoint_url,
-        guards=guards,
-        response_filters=filters,
         credentials=(args.access_key_id, args.secret_access_key),
+        faults=args.faults,
+        require_signature=True if args.require_signature else None,
     )
     service.start()
     endpoints = {

@@ -20,7 +20,7 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import demo_cmd, local_cmd
+    from . import cache_cmd, demo_cmd, index_cmd, local_cmd
 
     parser = argparse.ArgumentParser(
         prog="ahi-torch",
@@ -29,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ahi-torch {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (local_cmd, demo_cmd):
+    for module in (local_cmd, index_cmd, cache_cmd, demo_cmd):
         module.register(commands)
     return parser
 

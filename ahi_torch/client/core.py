@@ -25,8 +25,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import random
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import boto3
@@ -36,9 +39,11 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     NoCredentialsError,
     NoRegionError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
 from .. import __version__
@@ -46,6 +51,16 @@ from ..errors import AHIError, EndpointUnreachable, from_client_error
 from .config import ClientConfig
 from .ratelimit import RateLimiter
 from .waiters import Waiters
+
+
+@dataclass
+class ClientCounters:
+    """Per-process call statistics (each DataLoader worker keeps its own)."""
+
+    calls: int = 0
+    retries: int = 0
+    stream_retries: int = 0
+    truncated_bodies: int = 0
 
 
 class ImageFrame(NamedTuple):
@@ -73,6 +88,7 @@ class AHIClient(Waiters):
         self._client: Any = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self.counters = ClientCounters()
         self._limiter = (
             RateLimiter(self.config.rate_limits, self.config.rate_limit_dir) if self.config.rate_limits else None
         )
@@ -88,6 +104,7 @@ class AHIClient(Waiters):
         self._client = None
         self._pid = None
         self._lock = threading.Lock()
+        self.counters = ClientCounters()
 
     def __repr__(self) -> str:
         where = self.config.endpoint_url or self.config.resolved_region or "default region"
@@ -118,9 +135,30 @@ class AHIClient(Waiters):
             inject_host_prefix=c.endpoint_url is None,
         )
         try:
-            return self._session().client("medical-imaging", endpoint_url=c.endpoint_url, config=botocore_config)
+            client = self._session().client("medical-imaging", endpoint_url=c.endpoint_url, config=botocore_config)
         except NoRegionError:
             raise AHIError("no AWS region configured: set ClientConfig(region=...) or AWS_REGION") from None
+        client.meta.events.register("needs-retry.medical-imaging", self._retry_truncated_body)
+        return client
+
+    def _retry_truncated_body(
+        self, response: Any = None, operation: Any = None, attempts: int = 1, **_: Any
+    ) -> float | None:
+        """Retry a JSON response whose body ended early.
+
+        botocore parses a cut-short JSON body as an empty success, so a dropped connection would
+        silently turn into "no data stores" or "no results". The Content-Length check catches it.
+        """
+        if response is None or operation is None or operation.has_streaming_output:
+            return None
+        http = response[0]
+        expected = http.headers.get("content-length")
+        if http.status_code >= 300 or expected is None or len(http.content) == int(expected):
+            return None
+        self.counters.truncated_bodies += 1
+        if attempts >= self.config.max_attempts:
+            raise ConnectionClosedError(endpoint_url=self.config.endpoint_url or "AHI")
+        return float(min(2.0, 0.05 * 2**attempts) * random.uniform(0.5, 1.0))
 
     @property
     def boto3(self) -> Any:
@@ -145,8 +183,27 @@ class AHIClient(Waiters):
             raise EndpointUnreachable(f"cannot reach {where}: {error}") from error
         except NoCredentialsError:
             raise AHIError("no AWS credentials found: configure a profile, keys or a session_factory") from None
-        response.pop("ResponseMetadata", None)
+        self.counters.calls += 1
+        self.counters.retries += int(response.pop("ResponseMetadata", {}).get("RetryAttempts", 0))
         return response
+
+    def _read_payload(self, operation: str, method: str, payload: str, **params: Any) -> tuple[bytes, dict[str, Any]]:
+        """Call a streaming operation and read its body, calling again if the body is cut short."""
+        for attempt in range(self.config.max_attempts):
+            response = self._call(operation, method, **params)
+            body = response.pop(payload)
+            try:
+                return body.read(), response
+            except (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError) as error:
+                self.counters.stream_retries += 1
+                if attempt + 1 >= self.config.max_attempts:
+                    raise EndpointUnreachable(
+                        f"{operation}: the response body was cut short {attempt + 1} times"
+                    ) from error
+                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+            finally:
+                body.close()
+        raise AssertionError("unreachable")
 
     def _pages(self, operation: str, method: str, result_key: str, **params: Any) -> Iterator[dict[str, Any]]:
         token: str | None = None
@@ -317,14 +374,14 @@ class AHIClient(Waiters):
 
     def get_image_set_metadata_bytes(self, *, datastoreId: str, imageSetId: str, versionId: str | None = None) -> bytes:
         """The metadata document as JSON bytes (gunzipped), for callers that cache it."""
-        response = self._call(
+        body, _ = self._read_payload(
             "GetImageSetMetadata",
             "get_image_set_metadata",
+            "imageSetMetadataBlob",
             datastoreId=datastoreId,
             imageSetId=imageSetId,
             versionId=versionId,
         )
-        body = response["imageSetMetadataBlob"].read()
         # botocore does not undo Content-Encoding: gzip; sniff the magic in case a proxy did.
         return gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
 
@@ -341,18 +398,14 @@ class AHIClient(Waiters):
         self, *, datastoreId: str, imageSetId: str, imageFrameInformation: dict[str, str]
     ) -> ImageFrame:
         """One encoded frame: ``ImageFrame(data, content_type)``; decode with :mod:`ahi_torch.codecs`."""
-        response = self._call(
+        data, response = self._read_payload(
             "GetImageFrame",
             "get_image_frame",
+            "imageFrameBlob",
             datastoreId=datastoreId,
             imageSetId=imageSetId,
             imageFrameInformation=imageFrameInformation,
         )
-        body = response["imageFrameBlob"]
-        try:
-            data = body.read()
-        finally:
-            body.close()
         return ImageFrame(data, response.get("contentType", "application/octet-stream"))
 
     def list_image_set_versions(

@@ -70,7 +70,7 @@ def _partitioned(client: AHIClient, datastore_id: str, base: Search, partitions:
     )
     if first is None:
         return [base]
-    low = first[field]
+    low = first[field] - dt.timedelta(milliseconds=1)  # services may round what they report
     high = dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1)
     step = (high - low) / partitions
     bounds = [low + step * i for i in range(partitions)] + [high]

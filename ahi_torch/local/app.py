@@ -1,4 +1,5 @@
-"""The ASGI application (Starlette) that serves the AHI API over HTTP.
+"""The ASGI application that serves the AHI API over HTTP (uvicorn serves, Starlette parses
+requests and writes responses).
 
 Every request goes through one dispatcher: route by method and raw path (data-plane calls may
 arrive with or without the ``runtime-`` host prefix; the host is not consulted), run the guards
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Importing the handler modules registers them in HANDLERS.
 from . import datastores, imagesets, jobs, protocol, tags, writes  # noqa: F401
@@ -50,14 +50,40 @@ ResponseFilter = Callable[[str, protocol.HttpResponse], protocol.HttpResponse]
 
 
 def _send(http: protocol.HttpResponse) -> Response:
+    if http.drop_after is not None:
+        return _dropping(http)
     return Response(content=http.body, status_code=http.status, headers=http.headers)
+
+
+class _DroppedConnection(Exception):
+    """Raised inside a streaming body to make the server abort the connection (fault injection)."""
+
+
+def _not_an_injected_drop(record: logging.LogRecord) -> bool:
+    return not (record.exc_info and isinstance(record.exc_info[1], _DroppedConnection))
+
+
+# uvicorn logs every aborted response with a traceback; the ones we abort on purpose are noise.
+logging.getLogger("uvicorn.error").addFilter(_not_an_injected_drop)
+
+
+def _dropping(http: protocol.HttpResponse) -> Response:
+    """A response that announces the full Content-Length, sends part of the body, then aborts."""
+    cut = http.drop_after or 0
+
+    async def body() -> AsyncIterator[bytes]:
+        yield http.body[:cut]
+        raise _DroppedConnection
+
+    headers = {**http.headers, "Content-Length": str(len(http.body))}
+    return StreamingResponse(body(), status_code=http.status, headers=headers)
 
 
 def build_app(
     ctx: Context,
     guards: Sequence[Guard] = (),
     response_filters: Sequence[ResponseFilter] = (),
-) -> Starlette:
+) -> ASGIApp:
     """The Starlette app serving all 18 operations for ``ctx``."""
 
     async def dispatch(request: Request) -> Response:
@@ -69,6 +95,7 @@ def build_app(
             if found is None:
                 raise UnknownOperationException(f"No operation matches {request.method} {path}")
             route, labels = found
+            ctx.count_request(route.name)
             body = await request.body()
             for guard in guards:
                 replacement = await guard(request, route.name, body)
@@ -93,8 +120,15 @@ def build_app(
         http.headers.setdefault("x-amzn-RequestId", request_id)
         return _send(http)
 
-    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"]
-    return Starlette(routes=[Route("/{path:path}", dispatch, methods=methods)])
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
+        # One dispatcher for every path: Starlette's routing regexes stop at a newline, and
+        # an encoded one in an ID must reach validation, not fall through as a bare 404.
+        if scope["type"] != "http":
+            return
+        response = await dispatch(Request(scope, receive))
+        await response(scope, receive, send)
+
+    return application
 
 
 def _serialize(ctx: Context, route: protocol.Route, result: dict[str, Any]) -> protocol.HttpResponse:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -64,10 +66,22 @@ class Context:
         self.settings = settings
         self.store = store
         self.importer: Importer | None = None
+        self.requests: Counter[str] = Counter()
+        self._requests_lock = threading.Lock()
+
+    def count_request(self, operation: str) -> None:
+        with self._requests_lock:
+            self.requests[operation] += 1
+
+    def request_counts(self) -> dict[str, int]:
+        with self._requests_lock:
+            return dict(self.requests)
 
     @staticmethod
     def now() -> float:
-        return time.time()
+        # Millisecond precision, as the API reports: a timestamp read back and used in a
+        # BETWEEN filter must still match the record it came from.
+        return round(time.time(), 3)
 
     @staticmethod
     def new_id() -> str:

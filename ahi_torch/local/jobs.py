@@ -13,7 +13,7 @@ from typing import Any
 
 from .context import Context, handles
 from .datastores import get_row, require_active
-from .errors import ResourceNotFoundException, ServiceQuotaExceededException
+from .errors import ResourceNotFoundException, ServiceQuotaExceededException, ValidationException
 from .pagination import fingerprint, page
 
 
@@ -37,9 +37,20 @@ def output_prefix(output_uri: str, datastore_id: str, job_id: str) -> str:
     return f"{output_uri.rstrip('/')}/{datastore_id}-DicomImport-{job_id}/"
 
 
+def _check_s3_uri(name: str, uri: str) -> None:
+    """S3 keys may legally hold '..' segments; the local service refuses them rather than guess."""
+    path = uri[len("s3://") :].partition("/")[2]
+    if any(segment in ("..", ".") for segment in path.split("/")) or any(ord(c) < 32 for c in uri) or "\\" in uri:
+        raise ValidationException(
+            f"{name} must not contain '.' or '..' path segments, backslashes or control characters"
+        )
+
+
 @handles("StartDICOMImportJob")
 def start_dicom_import_job(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     datastore_id = p["datastoreId"]
+    _check_s3_uri("inputS3Uri", p["inputS3Uri"])
+    _check_s3_uri("outputS3Uri", p["outputS3Uri"])
     require_active(ctx, datastore_id)
     now = ctx.now()
     with ctx.store.transaction() as db:

@@ -53,7 +53,8 @@ def _route(op: OperationModel) -> Route:
     uri = op.http["requestUri"].split("?", 1)[0]
     labels = tuple(label.rstrip("+") for label in re.findall(r"{([^}]+)}", uri))
     regex = re.sub(r"{([^}+]+)\+}", r"(?P<\1>.+)", re.escape(uri).replace(r"\{", "{").replace(r"\}", "}"))
-    regex = re.sub(r"{([^}]+)}", r"(?P<\1>[^/]+)", regex)
+    # Empty labels still route, so that validation (not a 404) reports them.
+    regex = re.sub(r"{([^}]+)}", r"(?P<\1>[^/]*)", regex)
     return Route(op, op.http["method"], re.compile(regex), labels)
 
 
@@ -232,6 +233,8 @@ class HttpResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    #: Fault injection only: close the connection after this many body bytes.
+    drop_after: int | None = None
 
 
 def _to_json(value: Any, shape: Shape) -> Any:

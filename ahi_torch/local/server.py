@@ -27,7 +27,9 @@ from botocore.config import Config
 
 from .app import Guard, ResponseFilter, build_app
 from .context import Context, ServiceSettings
+from .faults import Faults
 from .importer import Importer
+from .security import guards_for
 from .store import Store
 from .uploads import ImportResult, dicom_files, run_import, upload
 
@@ -76,7 +78,11 @@ class LocalAHI:
         host: bind address; loopback unless you mean to expose the service.
         s3: start an embedded S3 (moto) for import jobs. Alternatively give ``s3_endpoint_url``.
         settings: service settings (region, account, transition times, quotas).
-        guards, response_filters: request hooks (signature verification, fault injection).
+        guards, response_filters: extra request hooks.
+        credentials: the (access key, secret) clients sign with.
+        faults: fault injection (a :class:`Faults` or its text form, see :mod:`.faults`).
+        require_signature: verify SigV4 against ``credentials``; by default only when ``host``
+            is not loopback.
     """
 
     def __init__(
@@ -91,6 +97,8 @@ class LocalAHI:
         guards: Sequence[Guard] = (),
         response_filters: Sequence[ResponseFilter] = (),
         credentials: tuple[str, str] = LOCAL_CREDENTIALS,
+        faults: Faults | str | None = None,
+        require_signature: bool | None = None,
     ) -> None:
         self._requested_dir = Path(data_dir) if data_dir is not None else None
         self.port = port
@@ -98,8 +106,16 @@ class LocalAHI:
         self._want_s3 = s3 and s3_endpoint_url is None
         self._s3_endpoint_url = s3_endpoint_url
         self.settings = settings or ServiceSettings()
-        self._guards = list(guards)
-        self._response_filters = list(response_filters)
+        self.faults = Faults.parse(faults) if isinstance(faults, str) else faults
+        security_guards, security_filters = guards_for(
+            host=host,
+            faults=self.faults,
+            require_signature=require_signature,
+            credentials=credentials,
+            region=self.settings.region,
+        )
+        self._guards = [*security_guards, *guards]
+        self._response_filters = [*security_filters, *response_filters]
         self.credentials = credentials
         self._temp_dir: str | None = None
         self._s3: EmbeddedS3 | None = None
@@ -135,6 +151,7 @@ class LocalAHI:
         config = uvicorn.Config(
             app,
             log_level="warning",
+            log_config=None,  # leave the application's logging alone
             access_log=False,
             lifespan="off",
             timeout_keep_alive=75,
@@ -236,6 +253,10 @@ class LocalAHI:
             **options,
         )
         return AHIClient(config)
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests received per operation since start (the benchmarks and the demo read these)."""
+        return self.context.request_counts() if self.context is not None else {}
 
     # --- conveniences ------------------------------------------------------------------------------
 

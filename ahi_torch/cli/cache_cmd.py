@@ -1,0 +1,110 @@
+"""``ahi-torch cache warm|verify CONFIG`` and ``ahi-torch cache stats``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from .index_cmd import add_overrides
+from .main import EXIT_FAILURE, EXIT_OK, UsageError
+
+
+def register(commands: Any) -> None:
+    cache = commands.add_parser("cache", help="prefetch, verify and inspect the frame cache")
+    sub = cache.add_subparsers(dest="cache_command", required=True, metavar="SUBCOMMAND")
+    warm = sub.add_parser("warm", help="fetch every frame a config describes into the cache")
+    warm.add_argument("config", type=Path)
+    warm.add_argument("--threads", type=int, default=8, help="concurrent fetches (default 8)")
+    add_overrides(warm)
+    warm.set_defaults(handler=warm_command)
+    verify = sub.add_parser("verify", help="check every cached frame against AHI's checksums")
+    verify.add_argument("config", type=Path)
+    add_overrides(verify)
+    verify.set_defaults(handler=verify_command)
+    stats = sub.add_parser("stats", help="entries and size of a cache")
+    stats.add_argument("config", type=Path, nargs="?", help="a config naming the cache (or use --dir)")
+    stats.add_argument(
+        "--dir", type=Path, help="cache directory (default: the config's, else ~/.cache/ahi_torch/frames)"
+    )
+    add_overrides(stats)
+    stats.set_defaults(handler=stats_command)
+
+
+def _dataset(args: argparse.Namespace) -> Any:
+    from ..config import build_dataset, load
+
+    cfg = load(args.config, list(args.override))
+    if not cfg.cache.enabled:
+        raise UsageError(f"{args.config}: cache.enabled is false")
+    return build_dataset(cfg, progress=sys.stderr.isatty())
+
+
+def warm_command(args: argparse.Namespace) -> int:
+    dataset = _dataset(args)
+    table = dataset.table
+    refs = [table.ref(row) for row in range(len(table))]
+    fetcher = dataset.fetcher
+    with ThreadPoolExecutor(max_workers=max(1, args.threads)) as pool:
+        for _ in tqdm(
+            pool.map(fetcher.get, refs), total=len(refs), desc="warm", unit="frame", disable=not sys.stderr.isatty()
+        ):
+            pass
+    counters = fetcher.counters
+    print(
+        f"{len(refs)} frames: {counters.cache_hits} already cached, "
+        f"{counters.requests} fetched ({counters.bytes_fetched / 1e6:.1f} MB)"
+    )
+    return EXIT_OK
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    from ..codecs import pixel_crc32
+
+    dataset = _dataset(args)
+    table, fetcher = dataset.table, dataset.fetcher
+    cache = fetcher.cache
+    checked = missing = bad = 0
+    for row in tqdm(range(len(table)), desc="verify", unit="frame", disable=not sys.stderr.isatty()):
+        ref = table.ref(row)
+        if cache.mode == "decoded":
+            pixels = cache.get_array(fetcher._key(ref, "decoded"))
+        else:
+            found = cache.get_bytes(fetcher._key(ref, "encoded"))
+            pixels = fetcher._decode(ref, found[0], str(found[1].get("content_type"))) if found else None
+        if pixels is None:
+            missing += 1
+            continue
+        checked += 1
+        if ref.checksum is not None and pixel_crc32(pixels) != ref.checksum:
+            bad += 1
+            print(f"mismatch: {ref.where()}", file=sys.stderr)
+    evicted = cache.counters.corrupt_evicted
+    print(
+        f"{checked} cached frames verified, {bad} checksum mismatches, "
+        f"{evicted} corrupt entries evicted, {missing} not cached"
+    )
+    return EXIT_FAILURE if bad or evicted else EXIT_OK
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    from ..cache import FrameCache
+    from ..config import load
+
+    directory = args.dir
+    mode = "decoded"
+    if directory is None and args.config is not None:
+        cfg = load(args.config, list(args.override))
+        directory, mode = cfg.cache.dir, cfg.cache.mode
+    cache = FrameCache(directory, mode=mode)
+    if not cache.directory.exists():
+        raise UsageError(f"no cache at {cache.directory}")
+    stats = cache.stats()
+    print(f"directory   {stats['directory']}")
+    print(f"entries     {stats['entries']}")
+    print(f"size        {stats['volume_bytes'] / 1e6:.1f} MB of {stats['size_limit_bytes'] / 1e9:.1f} GB")
+    return EXIT_OK

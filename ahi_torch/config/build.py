@@ -1,0 +1,247 @@
+"""From a validated :class:`Config` to a client, an index, a dataset, a DataLoader and a manifest.
+
+>>> cfg = load("configs/frames-classification.yaml")
+>>> dataset = build_dataset(cfg)
+>>> loader = build_dataloader(cfg, dataset)
+>>> write_manifest(cfg, dataset, "runs/exp1")      # config hash + index version, for reproducibility
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from torch.utils.data import DataLoader, Sampler
+
+from .. import __version__
+from ..cache import FrameCache
+from ..client import AHIClient, ClientConfig
+from ..datasets import ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
+from ..datasets._base import AHIDataset
+from ..errors import ConfigError, ResourceNotFound
+from ..index import FrameIndex, Search, build_index, refresh_index, search
+from ..samplers import ShuffleSampler, WeightedSampler, class_balanced_weights, patient_splits
+from ..transforms import Compose, create
+from .loading import config_hash, to_dict
+from .schema import Config, LabelsConfig
+
+_FILTERS = {
+    "patient_id": search.patient_id,
+    "accession_number": search.accession_number,
+    "study_id": search.study_id,
+    "study_uid": search.study_uid,
+    "series_uid": search.series_uid,
+    "is_primary": search.is_primary,
+    "created_between": search.created_between,
+    "updated_between": search.updated_between,
+    "study_date_between": search.study_date_between,
+}
+
+
+def build_client(cfg: Config) -> AHIClient:
+    c = cfg.connection
+    return AHIClient(
+        ClientConfig(
+            region=c.region,
+            endpoint_url=c.endpoint_url,
+            profile=c.profile,
+            access_key_id=c.access_key_id,
+            secret_access_key=c.secret_access_key,
+            max_pool_connections=c.max_pool_connections,
+            retry_mode=c.retry_mode,
+            max_attempts=c.max_attempts,
+            connect_timeout=c.connect_timeout,
+            read_timeout=c.read_timeout,
+            rate_limits=dict(c.rate_limits) or None,
+        )
+    )
+
+
+def resolve_datastore(cfg: Config, client: AHIClient) -> str:
+    """The data store ID: ``datastore.id``, or the ACTIVE data store named ``datastore.name``."""
+    if cfg.datastore.id:
+        client.get_datastore(datastoreId=cfg.datastore.id)
+        return cfg.datastore.id
+    if not cfg.datastore.name:
+        raise ConfigError("datastore: give an id or a name")
+    matches = [
+        d["datastoreId"]
+        for d in client.iter_datastores(datastoreStatus="ACTIVE")
+        if d.get("datastoreName") == cfg.datastore.name
+    ]
+    if not matches:
+        raise ResourceNotFound("ResourceNotFoundException", f"no ACTIVE data store named {cfg.datastore.name!r}")
+    if len(matches) > 1:
+        raise ConfigError(
+            f"datastore.name {cfg.datastore.name!r} matches {len(matches)} data stores; give datastore.id"
+        )
+    return matches[0]
+
+
+def _filter(spec: dict[str, Any], where: str) -> dict[str, Any]:
+    if len(spec) != 1:
+        raise ConfigError(f"{where}: each filter has exactly one key (one of {', '.join(_FILTERS)})")
+    ((name, value),) = spec.items()
+    if name not in _FILTERS:
+        raise ConfigError(f"{where}.{name}: unknown filter (allowed: {', '.join(_FILTERS)})")
+    args = value if isinstance(value, list) and name.endswith("_between") else [value]
+    try:
+        return _FILTERS[name](*[str(a) if name == "study_date_between" else a for a in args])  # type: ignore[operator]
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}.{name}: {error}") from None
+
+
+def searches_of(cfg: Config) -> list[Search]:
+    groups = cfg.search.searches or [cfg.search.filters]
+    return [Search(*[_filter(f, f"search.filters[{i}]") for i, f in enumerate(group)]) for group in groups]
+
+
+def build_index_from_config(cfg: Config, client: AHIClient | None = None, *, progress: bool = True) -> FrameIndex:
+    """Load the index at ``index.path`` (refreshed if asked) or build and save it."""
+    client = client or build_client(cfg)
+    path = Path(cfg.index.path)
+    datastore_id = resolve_datastore(cfg, client)
+    if path.exists():
+        index = FrameIndex.load(path)
+        if index.info.get("datastore_id") != datastore_id:
+            index = _fresh_index(cfg, client, datastore_id, progress)
+        elif cfg.index.refresh:
+            index, _ = refresh_index(client, index, max_workers=cfg.index.max_workers, progress=progress)
+    else:
+        index = _fresh_index(cfg, client, datastore_id, progress)
+    index.save(path)
+    if cfg.search.modalities:
+        index = index.filter(pc.is_in(index.table.column("modality"), value_set=pa.array(cfg.search.modalities)))
+    return index
+
+
+def _fresh_index(cfg: Config, client: AHIClient, datastore_id: str, progress: bool) -> FrameIndex:
+    return build_index(
+        client,
+        datastore_id,
+        searches=searches_of(cfg),
+        partitions=cfg.search.partitions,
+        partition_field=cfg.search.partition_field,
+        include_non_primary=cfg.search.include_non_primary,
+        extra_tags=cfg.search.extra_tags,
+        max_workers=cfg.index.max_workers,
+        progress=progress,
+    )
+
+
+def _labels(spec: LabelsConfig | None) -> Any:
+    if spec is None:
+        return None
+    if spec.column and spec.table:
+        raise ConfigError("labels: give either column or table, not both")
+    if spec.column:
+        return spec.column
+    if spec.table:
+        return TableLabels(spec.table, on=spec.join_on, column=spec.value, key=spec.key)
+    raise ConfigError("labels: give a column or a table")
+
+
+def build_cache(cfg: Config) -> FrameCache | None:
+    if not cfg.cache.enabled:
+        return None
+    return FrameCache(cfg.cache.dir, size_limit_gb=cfg.cache.size_gb, mode=cfg.cache.mode)
+
+
+def build_dataset(cfg: Config, client: AHIClient | None = None, *, progress: bool = True) -> AHIDataset:
+    """The dataset a config describes (index built or refreshed as needed)."""
+    client = client or build_client(cfg)
+    index = build_index_from_config(cfg, client, progress=progress)
+    if cfg.split is not None and cfg.split.use is not None:
+        if cfg.split.use not in cfg.split.fractions:
+            raise ConfigError(
+                f"split.use: {cfg.split.use!r} is not one of {', '.join(cfg.split.fractions) or 'the fractions'}"
+            )
+        rows = patient_splits(index, cfg.split.fractions, seed=cfg.split.seed, key=cfg.split.by)[cfg.split.use]
+        index = index.take(rows)
+    window: tuple[float, float] | str | None = None
+    if cfg.intensity.window is not None:
+        if len(cfg.intensity.window) != 2:
+            raise ConfigError("intensity.window: give [center, width]")
+        window = (float(cfg.intensity.window[0]), float(cfg.intensity.window[1]))
+    elif cfg.intensity.dicom_window:
+        window = "dicom"
+    transforms = [create(t.name, t.args) for t in cfg.transforms]
+    kind = VolumeDataset if cfg.view == "volumes" else FrameDataset
+    return kind(
+        index,
+        client,
+        cache=build_cache(cfg),
+        labels=_labels(cfg.labels),
+        unlabeled=cfg.labels.unlabeled if cfg.labels else "error",
+        transform=Compose(transforms) if transforms else None,
+        rescale=cfg.intensity.rescale,
+        window=window,
+        verify=cfg.intensity.verify,
+        reduce=cfg.intensity.reduce,
+        max_workers=cfg.loader.fetch_threads,
+        error_policy=ErrorPolicy(cfg.loader.error_policy, failure_log=cfg.loader.failure_log),
+    )
+
+
+def build_sampler(cfg: Config, dataset: AHIDataset) -> Sampler[int] | None:
+    loader = cfg.loader
+    if loader.sampler == "sequential":
+        return ShuffleSampler(dataset, shuffle=False, seed=loader.seed)
+    if loader.sampler == "shuffle":
+        return ShuffleSampler(dataset, seed=loader.seed, drop_last=loader.drop_last)
+    if loader.sampler == "locality":
+        groups = dataset.table.image_set_id if isinstance(dataset, FrameDataset) else None
+        return ShuffleSampler(dataset, groups=groups, seed=loader.seed)
+    if dataset.labels is None:
+        raise ConfigError(f"loader.sampler: {loader.sampler!r} needs labels")
+    labels = dataset.labels.values
+    if isinstance(dataset, VolumeDataset):
+        labels = labels[[int(rows[0]) for rows in dataset.volume_rows]]
+    if loader.sampler == "class_balanced":
+        return WeightedSampler(class_balanced_weights(labels), seed=loader.seed)
+    weights = np.where(labels >= 0, 1.0, 0.0)
+    return WeightedSampler(weights, seed=loader.seed)
+
+
+def build_dataloader(cfg: Config, dataset: AHIDataset | None = None) -> DataLoader[Any]:
+    """A DataLoader with the config's sampler, batch size and workers."""
+    dataset = dataset if dataset is not None else build_dataset(cfg)
+    loader = cfg.loader
+    workers = loader.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=loader.batch_size,
+        sampler=build_sampler(cfg, dataset),
+        num_workers=workers,
+        drop_last=loader.drop_last,
+        persistent_workers=loader.persistent_workers and workers > 0,
+        multiprocessing_context=loader.multiprocessing_context if workers > 0 else None,
+    )
+
+
+def write_manifest(
+    cfg: Config, dataset: AHIDataset, output_dir: str | Path, extra: dict[str, Any] | None = None
+) -> Path:
+    """``manifest.json`` next to a run's outputs: config, its hash, the index version, versions."""
+    directory = Path(output_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "config_hash": config_hash(cfg),
+        "index_version": dataset.index_version,
+        "items": len(dataset),
+        "classes": dataset.classes,
+        "ahi_torch": __version__,
+        "python": platform.python_version(),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": to_dict(cfg),
+        **(extra or {}),
+    }
+    path = directory / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+    return path

@@ -1,0 +1,148 @@
+"""The configuration schema: frozen dataclasses, one per section of a ``configs/*.yaml`` file.
+
+Every field has a default, so a config names only what differs. Unknown keys and wrong values
+are rejected with a message naming the key and what is allowed (see :mod:`.loading`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class ConnectionConfig:
+    """How to reach AHI. ``endpoint_url`` points at a local AHI; leave it null for AWS."""
+
+    region: str = "us-east-1"
+    endpoint_url: str | None = None
+    profile: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    max_pool_connections: int = 32
+    retry_mode: Literal["legacy", "standard", "adaptive"] = "standard"
+    max_attempts: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    rate_limits: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DatastoreConfig:
+    """Which data store: by ``id``, or by ``name`` (the ACTIVE data store with that name)."""
+
+    id: str | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What to index. ``filters`` is one search (at most two filters, ANDed); ``searches`` is a
+    list of such filter lists, ORed. Filter keys: patient_id, accession_number, study_id,
+    study_uid, series_uid, is_primary, created_between, updated_between, study_date_between."""
+
+    filters: list[dict[str, Any]] = field(default_factory=list)
+    searches: list[list[dict[str, Any]]] = field(default_factory=list)
+    partitions: int = 1
+    partition_field: Literal["createdAt", "updatedAt"] = "createdAt"
+    include_non_primary: bool = False
+    extra_tags: list[str] = field(default_factory=list)
+    modalities: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Where the Parquet index lives; ``refresh`` re-checks AHI and refetches changed sets."""
+
+    path: str = "runs/index.parquet"
+    refresh: bool = True
+    max_workers: int = 8
+
+
+@dataclass(frozen=True)
+class LabelsConfig:
+    """Labels from an index ``column``, or from a ``table`` (CSV/Parquet) joined on the index
+    column ``join_on``, the table's ``key`` column matching it and its ``value`` column holding
+    the label. (Not ``on``: YAML 1.1 reads a bare ``on`` key as the boolean true.)"""
+
+    column: str | None = None
+    table: str | None = None
+    join_on: Literal[
+        "patient_id",
+        "study_instance_uid",
+        "series_instance_uid",
+        "sop_instance_uid",
+        "image_set_id",
+        "accession_number",
+    ] = "series_instance_uid"
+    key: str | None = None
+    value: str = "label"
+    unlabeled: Literal["error", "drop", "keep"] = "error"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Patient-grouped split; ``use`` picks the split this dataset serves (null: all rows)."""
+
+    fractions: dict[str, float] = field(default_factory=dict)
+    by: Literal["patient_id", "study_instance_uid", "series_instance_uid"] = "patient_id"
+    seed: int = 0
+    use: str | None = None
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    """One transform by name (see :mod:`ahi_torch.transforms`) or ``module:Class`` path."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IntensityConfig:
+    rescale: bool = True
+    window: list[float] | None = None
+    dicom_window: bool = False
+    verify: bool = True
+    reduce: int = 0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    enabled: bool = True
+    dir: str | None = None
+    size_gb: float = 20.0
+    mode: Literal["decoded", "encoded"] = "decoded"
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    batch_size: int = 16
+    num_workers: int = 2
+    sampler: Literal["sequential", "shuffle", "locality", "weighted", "class_balanced"] = "shuffle"
+    seed: int = 0
+    drop_last: bool = False
+    persistent_workers: bool = True
+    multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None
+    fetch_threads: int = 8
+    error_policy: Literal["raise", "skip", "retry"] = "raise"
+    failure_log: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete, reproducible description of a dataset and its loader."""
+
+    name: str = "ahi-torch"
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    datastore: DatastoreConfig = field(default_factory=DatastoreConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    view: Literal["frames", "volumes"] = "frames"
+    labels: LabelsConfig | None = None
+    split: SplitConfig | None = None
+    intensity: IntensityConfig = field(default_factory=IntensityConfig)
+    transforms: list[TransformConfig] = field(default_factory=list)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    output_dir: str = "runs"

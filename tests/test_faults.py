@@ -1,0 +1,140 @@
+"""Reliability: an epoch under injected faults, timeouts, shared rate limits, truncated bodies."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from torch.utils.data import DataLoader
+
+from ahi_torch.cache import FrameCache
+from ahi_torch.client import AHIClient, RateLimiter
+from ahi_torch.datasets import ErrorPolicy, FailureLog, FrameDataset
+from ahi_torch.errors import ConfigError, EndpointUnreachable
+from ahi_torch.index import build_index
+from ahi_torch.local import LocalAHI
+from ahi_torch.local.faults import Faults
+from ahi_torch.synthetic import SeriesSpec, write_series
+
+FAULTS = (
+    "*:throttle=0.10,error=0.05,drop=0.01;GetImageFrame:throttle=0.10,error=0.05,drop=0.01,truncate=0.005,bitflip=0.005"
+)
+
+
+def test_epoch_survives_injected_faults(tmp_path: Path) -> None:
+    sources = {}
+    for series in range(20):
+        spec = SeriesSpec(
+            patient_id=f"F{series:02d}",
+            study_key="s",
+            series_key=f"f{series}",
+            slices=3,
+            rows=16,
+            columns=16,
+            seed=series,
+        )
+        for path in write_series(tmp_path / "dicom" / spec.series_key, spec):
+            ds = pydicom.dcmread(path)
+            sources[ds.SOPInstanceUID] = ds.pixel_array
+    faults = Faults(seed=2024)
+    with LocalAHI(faults=faults) as ahi:
+        result = ahi.import_dicom(tmp_path / "dicom")
+        assert len(result.image_set_ids) == 20
+        faults.specs.update(Faults.parse(FAULTS).specs)
+        before = ahi.request_counts()
+        client = ahi.client(max_attempts=10)
+        index = build_index(client, result.datastore_id, progress=False)
+        assert len(index) == 60
+        log = tmp_path / "failures.jsonl"
+        dataset = FrameDataset(
+            index,
+            client,
+            cache=FrameCache(tmp_path / "cache"),
+            rescale=False,
+            dtype=None,
+            error_policy=ErrorPolicy("skip", failure_log=str(log)),
+        )
+        exact = 0
+        for batch in DataLoader(dataset, batch_size=6, num_workers=2):
+            for image, sop in zip(batch["image"], batch["meta"]["sop_instance_uid"], strict=True):
+                np.testing.assert_array_equal(image[0].numpy(), sources[sop])
+                exact += 1
+        after = ahi.request_counts()
+        frame_requests = after["GetImageFrame"] - before.get("GetImageFrame", 0)
+        failures = FailureLog.read(log)
+        injected = dict(faults.injected)
+        print(
+            f"\nfaults injected {injected}; GetImageFrame requests {frame_requests} for 60 frames "
+            f"({frame_requests - 60} retried); items survived pixel-exact {exact}/60; reported failures {len(failures)}"
+        )
+        assert exact == 60
+        assert sum(injected.values()) > 0 and injected.get("throttle", 0) > 0
+        assert frame_requests > 60, "faults on GetImageFrame forced retries"
+        assert all(f["replaced_by"] is not None for f in failures), (
+            "a frame that stayed corrupt is reported, not returned"
+        )
+
+
+def test_stuck_requests_time_out(tmp_path: Path) -> None:
+    with LocalAHI(faults="GetDatastore:latency=3") as ahi:
+        datastore_id = ahi.boto3_client().create_datastore(datastoreName="slow")["datastoreId"]
+        client = ahi.client(read_timeout=0.3, max_attempts=2)
+        with pytest.raises(EndpointUnreachable, match=r"timed out|Read timeout"):
+            client.get_datastore(datastoreId=datastore_id)
+
+
+def test_truncated_json_bodies_are_retried_not_swallowed() -> None:
+    """botocore parses a cut-short JSON body as an empty success; AHIClient retries instead."""
+    faults = Faults.parse("ListDatastores:drop=0.5", seed=3)
+    with LocalAHI(faults=faults) as ahi:
+        ahi.create_datastore("one")
+        plain = ahi.boto3_client(retries={"max_attempts": 1})
+        client = ahi.client()
+        empties = 0
+        for _ in range(12):
+            empties += "datastoreSummaries" not in plain.list_datastores()
+            assert len(client.list_datastores()["datastoreSummaries"]) == 1
+        assert faults.injected["drop"] > 0 and empties > 0, "plain boto3 really does return nothing"
+        assert client.counters.truncated_bodies > 0
+
+
+def _take_tokens(directory: str, count: int) -> None:
+    limiter = RateLimiter({"GetImageFrame": 40.0}, directory)
+    for _ in range(count):
+        limiter.acquire("GetImageFrame")
+
+
+def test_rate_limit_is_shared_by_processes(tmp_path: Path) -> None:
+    """Two processes taking 50 tokens each at 40/s (burst 40) need at least (100 - 40) / 40 s."""
+    started = time.monotonic()
+    workers = [mp.get_context("spawn").Process(target=_take_tokens, args=(str(tmp_path), 50)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    assert time.monotonic() - started >= 1.4, "the processes shared one budget (a lower bound: load only adds time)"
+    unlimited = RateLimiter({}, tmp_path)
+    assert unlimited.acquire("GetImageFrame") == 0.0
+
+
+def test_client_applies_configured_rate_limits(tmp_path: Path) -> None:
+    with LocalAHI() as ahi:
+        client = ahi.client(rate_limits={"ListDatastores": 20.0}, rate_limit_dir=str(tmp_path))
+        started = time.monotonic()
+        for _ in range(30):
+            client.list_datastores()
+        assert time.monotonic() - started >= 0.45
+        with pytest.raises(ConfigError):
+            AHIClient(ahi.client().config, rate_limits={"ListDatastores": 0.0})
+
+
+def test_fault_specs_are_validated() -> None:
+    with pytest.raises(ConfigError, match="unknown fault kind"):
+        Faults.parse("GetImageFrame:explode=0.1")
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        Faults.parse("*:throttle=1.5")

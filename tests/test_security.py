@@ -1,0 +1,116 @@
+"""Security of the local service: loopback by default, SigV4 when asked, no secrets or PHI in logs."""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.request
+
+import boto3
+import pytest
+from botocore import UNSIGNED
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.config import Config
+from botocore.credentials import Credentials
+
+from ahi_torch.local import LocalAHI
+from ahi_torch.local.security import signature_required
+from ahi_torch.local.sigv4 import SignatureVerifier
+
+SECRET = "s3cr3t-Key-That-Must-Not-Leak"
+PATIENT = "Doe^Jane^Confidential"
+
+
+def _client(ahi: LocalAHI, key: str = "trusted", secret: str = SECRET, **config: object):  # type: ignore[no-untyped-def]
+    return boto3.session.Session().client(
+        "medical-imaging",
+        endpoint_url=ahi.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        config=Config(inject_host_prefix=False, retries={"max_attempts": 1}, **config),  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def signed() -> LocalAHI:  # type: ignore[misc]
+    with LocalAHI(require_signature=True, credentials=("trusted", SECRET)) as ahi:
+        yield ahi
+
+
+def test_binds_loopback_unless_told_otherwise() -> None:
+    assert LocalAHI().host == "127.0.0.1"
+    assert signature_required("127.0.0.1", None) is False
+    assert signature_required("0.0.0.0", None) is True, "exposing the service turns SigV4 on"
+    assert signature_required("0.0.0.0", False) is False
+
+
+def test_correctly_signed_requests_pass(signed: LocalAHI) -> None:
+    client = _client(signed)
+    datastore_id = client.create_datastore(datastoreName="signed")["datastoreId"]
+    arn = f"arn:aws:medical-imaging:us-east-1:123456789012:datastore/{datastore_id}"
+    client.tag_resource(resourceArn=arn, tags={"team": "a b/c"})  # percent-encoded ARN in the path
+    assert client.list_tags_for_resource(resourceArn=arn)["tags"] == {"team": "a b/c"}
+    assert client.search_image_sets  # data-plane calls are signed the same way
+
+
+@pytest.mark.parametrize(
+    ("key", "secret", "extra", "message"),
+    [
+        ("trusted", "wrong-secret", {}, "signature does not match"),
+        ("stranger", SECRET, {}, "security token included in the request is invalid"),
+        (None, None, {"signature_version": UNSIGNED}, "not signed"),
+    ],
+)
+def test_other_keys_and_unsigned_requests_get_403(signed: LocalAHI, key, secret, extra, message) -> None:  # type: ignore[no-untyped-def]
+    client = (
+        _client(signed, key, secret, **extra)
+        if key
+        else boto3.session.Session().client(
+            "medical-imaging",
+            endpoint_url=signed.endpoint_url,
+            region_name="us-east-1",
+            config=Config(inject_host_prefix=False, **extra),
+        )
+    )
+    with pytest.raises(client.exceptions.AccessDeniedException, match=message) as info:
+        client.list_datastores()
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+
+def test_tampered_body_is_rejected(signed: LocalAHI) -> None:
+    url = f"{signed.endpoint_url}/datastore"
+    request = AWSRequest(
+        method="POST",
+        url=url,
+        data=b'{"datastoreName":"honest","clientToken":"t1"}',
+        headers={"Content-Type": "application/json"},
+    )
+    SigV4Auth(Credentials("trusted", SECRET), "medical-imaging", "us-east-1").add_auth(request)
+    headers = dict(request.headers.items())
+    tampered = urllib.request.Request(
+        url, data=b'{"datastoreName":"evil","clientToken":"t1"}', headers=headers, method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(tampered)
+    assert info.value.code == 403 and info.value.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+    verifier = SignatureVerifier({"trusted": SECRET}, "us-east-1")
+    assert SECRET not in repr(verifier)
+
+
+def test_no_credentials_or_patient_data_in_logs(signed: LocalAHI, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = _client(signed)
+    datastore_id = client.create_datastore(datastoreName="logs")["datastoreId"]
+    with pytest.raises(client.exceptions.ValidationException) as info:
+        client.search_image_sets(
+            datastoreId=datastore_id,
+            searchCriteria={"filters": [{"operator": "EQUAL", "values": [{"DICOMPatientId": PATIENT * 30}]}]},
+        )
+    assert PATIENT not in info.value.response["Error"]["Message"], "sensitive values are not echoed"
+    stranger = _client(signed, "trusted", "guess")
+    with pytest.raises(stranger.exceptions.AccessDeniedException):
+        stranger.list_datastores()
+    logged = "\n".join(record.getMessage() for record in caplog.records if not record.name.startswith("botocore"))
+    assert SECRET not in logged and PATIENT not in logged

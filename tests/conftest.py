@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,3 +114,25 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(interval)
+
+
+def serve_subprocess(data_dir: Path, *extra: str) -> subprocess.Popen[str]:
+    """``ahi-torch local serve`` in a child process; returns once it prints its endpoint."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ahi_torch", "local", "serve", "--data-dir", str(data_dir), "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("AHI endpoint"), line + process.stdout.read()
+    return process
+
+
+def stop_subprocess(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()

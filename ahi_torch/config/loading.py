@@ -30,7 +30,26 @@ def _type_name(kind: Any) -> str:
     return getattr(kind, "__name__", str(kind))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Override:
+    """A command-line value: its text (for text keys, so IDs keep leading zeros) and its YAML reading."""
+
+    text: str
+    parsed: Any
+
+
 def _coerce(value: Any, kind: Any, where: str) -> Any:
+    if isinstance(value, _Override):
+        wants_text = (
+            kind is str
+            or (typing.get_origin(kind) is Literal)
+            or (
+                typing.get_origin(kind) in (Union, types.UnionType)
+                and str in typing.get_args(kind)
+                and value.parsed is not None
+            )
+        )
+        value = value.text if wants_text else value.parsed
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if origin in (Union, types.UnionType):
@@ -82,6 +101,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and ill-typed values."""
     if data is None:
         data = {}
+    if isinstance(data, _Override):
+        data = data.parsed if data.parsed is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -118,7 +139,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """``["loader.batch_size=8", "search.filters=[{patient_id: P1}]"]``: values parsed as YAML."""
-    result = json.loads(json.dumps(data))
+    result: dict[str, Any] = json.loads(json.dumps(data))
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} must look like key.path=value")
@@ -127,7 +148,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw)
         except yaml.YAMLError as error:
             raise ConfigError(f"override {key}: value is not valid YAML ({error})") from None
-        _set_dotted(result, key.strip(), value)
+        scalar = value is None or isinstance(value, (str, int, float, bool))
+        _set_dotted(result, key.strip(), _Override(raw.strip(), value) if scalar else value)
     return result
 
 

@@ -1,0 +1,214 @@
+"""Every ``ahi-torch`` command, its output and its error paths (one line, no traceback, exit code)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ahi_torch.cli import main
+from ahi_torch.local import LocalAHI
+from ahi_torch.synthetic import SeriesSpec, write_series
+
+from .conftest import serve_subprocess, stop_subprocess
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local-demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def imported(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("cli")
+    specs = [
+        SeriesSpec(
+            patient_id=f"CLI{i}", study_key="c", series_key=f"c{i}", slices=3, rows=16, columns=16, nodule=bool(i % 2)
+        )
+        for i in range(4)
+    ]
+    for spec in specs:
+        write_series(root / "dicom" / spec.series_key, spec)
+    labels = root / "labels.csv"
+    labels.write_text("SeriesInstanceUID,nodule\n" + "".join(f"{s.series_uid},{int(s.nodule)}\n" for s in specs))
+    result = ahi.import_dicom(root / "dicom")
+    return {"root": root, "datastore_id": result.datastore_id, "labels": labels}
+
+
+def _overrides(ahi: LocalAHI, imported: dict, tmp_path: Path) -> list[str]:
+    return [
+        f"connection.endpoint_url={ahi.endpoint_url}",
+        f"datastore.id={imported['datastore_id']}",
+        "datastore.name=null",
+        f"index.path={tmp_path / 'index.parquet'}",
+        f"labels.table={imported['labels']}",
+        f"cache.dir={tmp_path / 'cache'}",
+        "split=null",
+    ]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _flags(overrides: list[str]) -> list[str]:
+    return [flag for override in overrides for flag in ("-o", override)]
+
+
+def test_help_on_every_command() -> None:
+    for command in (
+        [],
+        ["local"],
+        ["local", "serve"],
+        ["local", "import"],
+        ["index"],
+        ["index", "build"],
+        ["index", "show"],
+        ["cache"],
+        ["cache", "warm"],
+        ["cache", "verify"],
+        ["cache", "stats"],
+        ["demo"],
+    ):
+        completed = subprocess.run(
+            [sys.executable, "-m", "ahi_torch", *command, "--help"], capture_output=True, text=True, check=False
+        )
+        assert completed.returncode == 0, command
+        assert "usage: ahi-torch" in completed.stdout
+
+
+def test_index_build_show_cache_warm_verify_stats(ahi, imported, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    flags = _flags(_overrides(ahi, imported, tmp_path))
+    code, out, err = _run(capsys, "index", "build", str(CONFIG), *flags)
+    assert code == 0, err
+    assert "indexed 12 frames of 4 image sets" in out
+    code, out, _ = _run(capsys, "index", "show", str(tmp_path / "index.parquet"))
+    assert code == 0 and "image sets" in out and "CT 12" in out and "1.2.840.10008.1.2.4.202 12" in out
+    code, out, err = _run(capsys, "cache", "warm", str(CONFIG), *flags)
+    assert code == 0, err
+    assert "12 frames: 0 already cached, 12 fetched" in out
+    code, out, _ = _run(capsys, "cache", "warm", str(CONFIG), *flags)
+    assert "12 frames: 12 already cached, 0 fetched" in out
+    code, out, _ = _run(capsys, "cache", "verify", str(CONFIG), *flags)
+    assert code == 0 and "12 cached frames verified, 0 checksum mismatches, 0 corrupt entries evicted" in out
+    code, out, _ = _run(capsys, "cache", "stats", "--dir", str(tmp_path / "cache"))
+    assert code == 0 and "entries     12" in out
+    # Corrupt one cached frame on disk: verify reports it and exits non-zero.
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "cache" / "cache.db")
+    key, value = db.execute("SELECT key, value FROM Cache WHERE value IS NOT NULL LIMIT 1").fetchone()
+    damaged = bytearray(value)
+    damaged[-3] ^= 0xFF
+    db.execute("UPDATE Cache SET value = ? WHERE key = ?", (bytes(damaged), key))
+    db.commit()
+    db.close()
+    code, out, _ = _run(capsys, "cache", "verify", str(CONFIG), *flags)
+    assert code == 1 and "1 corrupt entries evicted" in out
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _one_line_error(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert lines[0].startswith("ahi-torch: error: ")
+    return lines[0]
+
+
+def test_error_paths_are_one_line_with_exit_codes(ahi, imported, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    flags = _flags(_overrides(ahi, imported, tmp_path))
+    unreachable = _flags([f"connection.endpoint_url=http://127.0.0.1:{_closed_port()}", "connection.max_attempts=1"])
+    code, _, err = _run(capsys, "index", "build", str(CONFIG), *flags, *unreachable)
+    assert code == 1 and "cannot reach" in _one_line_error(err)
+    code, _, err = _run(capsys, "index", "build", str(CONFIG), *flags, "-o", "datastore.id=" + "0" * 32)
+    assert code == 1 and "ResourceNotFoundException" in _one_line_error(err)
+    code, _, err = _run(
+        capsys, "index", "build", str(CONFIG), *flags, "-o", "datastore.id=null", "-o", "datastore.name=nope"
+    )
+    assert code == 1 and "no ACTIVE data store named 'nope'" in _one_line_error(err)
+    code, _, err = _run(capsys, "index", "build", str(CONFIG), *flags, "-o", "loader.sampler=random")
+    assert code == 2 and "loader.sampler: 'random' is not one of" in _one_line_error(err)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("connection: {endpoint: http://x}\n")
+    code, _, err = _run(capsys, "index", "build", str(bad))
+    assert code == 2 and "connection.endpoint: unknown key" in _one_line_error(err)
+    code, _, err = _run(capsys, "index", "build", str(tmp_path / "missing.yaml"))
+    assert code == 2 and "does not exist" in _one_line_error(err)
+    code, _, err = _run(capsys, "index", "show", str(tmp_path / "missing.parquet"))
+    assert code == 2 and "no index file" in _one_line_error(err)
+    code, _, err = _run(capsys, "cache", "stats", "--dir", str(tmp_path / "no-cache-here"))
+    assert code == 2 and "no cache at" in _one_line_error(err)
+    code, _, err = _run(capsys, "local", "import", str(tmp_path), "--data-dir", str(tmp_path / "nothing"))
+    assert code == 2 and "no running local service" in _one_line_error(err)
+    code, _, err = _run(capsys, "demo", "--patients", "2")
+    assert code == 2 and "--patients must be at least 4" in _one_line_error(err)
+    with pytest.raises(SystemExit) as info:
+        main(["index", "frobnicate"])
+    assert info.value.code == 2
+
+
+def test_local_serve_and_import_in_processes(tmp_path: Path) -> None:
+    spec = SeriesSpec(patient_id="SERVE", study_key="s", series_key="s", slices=2, rows=8, columns=8)
+    write_series(tmp_path / "dicom", spec)
+    (tmp_path / "dicom" / "broken.dcm").write_bytes(b"DICM but not really")
+    server = serve_subprocess(tmp_path / "store")
+    try:
+        endpoints = json.loads((tmp_path / "store" / "endpoints.json").read_text())
+        assert endpoints["endpoint_url"].startswith("http://127.0.0.1:")
+        completed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ahi_torch",
+                "local",
+                "import",
+                str(tmp_path / "dicom"),
+                "--data-dir",
+                str(tmp_path / "store"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert "imported 2 of 3 files into 1 image sets; 1 failed" in completed.stdout
+        assert "failed: cli/broken.dcm: The file is not a valid DICOM P10 object" in completed.stdout
+    finally:
+        stop_subprocess(server)
+
+
+def test_bad_credentials_are_one_line(tmp_path: Path) -> None:
+    server = serve_subprocess(
+        tmp_path / "store", "--require-signature", "--access-key-id", "ops", "--secret-access-key", "right"
+    )
+    try:
+        endpoint = json.loads((tmp_path / "store" / "endpoints.json").read_text())["endpoint_url"]
+        config = tmp_path / "c.yaml"
+        config.write_text(
+            f"connection: {{endpoint_url: '{endpoint}', access_key_id: ops, secret_access_key: wrong,"
+            " max_attempts: 1}\n"
+            "datastore: {name: anything}\nindex: {path: " + str(tmp_path / "i.parquet") + "}\n"
+        )
+        completed = subprocess.run(
+            [sys.executable, "-m", "ahi_torch", "index", "build", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert completed.returncode == 1
+        assert _one_line_error(completed.stderr).startswith(
+            "ahi-torch: error: AccessDeniedException: The request signature"
+        )
+    finally:
+        stop_subprocess(server)

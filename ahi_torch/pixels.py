@@ -152,22 +152,25 @@ class FrameFetcher:
             raise last_error
         raise ChecksumMismatch(ref.where(), int(ref.checksum or 0), -1) from last_error
 
+    def cached(self, ref: FrameRef) -> np.ndarray | None:
+        """The frame's pixels if the cache holds them (decoded on the way for encoded caches)."""
+        cache = self.cache
+        if cache is None:
+            return None
+        if cache.mode == "decoded":
+            return cache.get_array(self._key(ref, "decoded"))
+        found = cache.get_bytes(self._key(ref, "encoded"), ENCODED)
+        if found is None:
+            return None
+        return self._decode(ref, found[0], str(found[1].get("content_type") or ""))
+
     def get(self, ref: FrameRef) -> np.ndarray:
         """The frame's pixels (from the cache when present), verified against AHI's checksum."""
         cache = self.cache
-        if cache is not None:
-            if cache.mode == "decoded":
-                cached = cache.get_array(self._key(ref, "decoded"))
-                if cached is not None:
-                    self.counters.cache_hits += 1
-                    return cached
-            else:
-                found = cache.get_bytes(self._key(ref, "encoded"), ENCODED)
-                if found is not None:
-                    pixels = self._decode(ref, found[0], str(found[1].get("content_type") or ""))
-                    if self._checks_out(ref, pixels):
-                        self.counters.cache_hits += 1
-                        return pixels
+        cached = self.cached(ref)
+        if cached is not None and (cache is None or cache.mode == "decoded" or self._checks_out(ref, cached)):
+            self.counters.cache_hits += 1
+            return cached
         data, content_type, pixels = self._download(ref)
         if cache is not None:
             if cache.mode == "decoded":

@@ -108,6 +108,7 @@ class FrameCache:
         self._cache: Cache | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._storing = True
 
     def __repr__(self) -> str:
@@ -115,12 +116,13 @@ class FrameCache:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_cache=None, _pid=None, _lock=None, counters=CacheCounters(), _storing=True)
+        state.update(_cache=None, _pid=None, _lock=None, _write_lock=None, counters=CacheCounters(), _storing=True)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
 
     # --- opening ----------------------------------------------------------------------------------
 
@@ -176,7 +178,10 @@ class FrameCache:
         if not self._storing:
             return False
         try:
-            stored = bool(self.diskcache.set(key, data, retry=True))
+            # One writer per process at a time: threads racing for SQLite's write lock lose
+            # milliseconds in its busy-wait backoff; other processes still take turns in SQLite.
+            with self._write_lock:
+                stored = bool(self.diskcache.set(key, data, retry=True))
         except (OSError, Exception) as error:  # sqlite3.OperationalError, Timeout, ENOSPC...
             self.counters.write_failures += 1
             self._storing = False

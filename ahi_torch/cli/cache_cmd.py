@@ -68,14 +68,11 @@ def verify_command(args: argparse.Namespace) -> int:
     dataset = _dataset(args)
     table, fetcher = dataset.table, dataset.fetcher
     cache = fetcher.cache
+    assert cache is not None  # _dataset refuses configs with the cache disabled
     checked = missing = bad = 0
     for row in tqdm(range(len(table)), desc="verify", unit="frame", disable=not sys.stderr.isatty()):
         ref = table.ref(row)
-        if cache.mode == "decoded":
-            pixels = cache.get_array(fetcher._key(ref, "decoded"))
-        else:
-            found = cache.get_bytes(fetcher._key(ref, "encoded"))
-            pixels = fetcher._decode(ref, found[0], str(found[1].get("content_type"))) if found else None
+        pixels = fetcher.cached(ref)
         if pixels is None:
             missing += 1
             continue

@@ -14,6 +14,7 @@ import json
 import sqlite3
 from typing import Any
 
+from ..metadata.values import integer, text
 from .context import Context, dumps
 from .errors import ConflictException, ResourceNotFoundException
 from .levels import identity_of
@@ -85,16 +86,6 @@ def encode_document(document: dict[str, Any]) -> bytes:
     return gzip.compress(json.dumps(document, separators=(",", ":")).encode(), compresslevel=6)
 
 
-def _first(level: dict[str, Any], keyword: str) -> Any:
-    value = level.get(keyword)
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if value is None:
-        return None
-    text = str(value).strip(" \x00")
-    return text or None
-
-
 def dicom_tags(document: dict[str, Any]) -> dict[str, Any]:
     """The DICOMTags summary of a document (counts of study-related series/instances are added later)."""
     patient = document.get("Patient", {}).get("DICOM", {})
@@ -103,26 +94,21 @@ def dicom_tags(document: dict[str, Any]) -> dict[str, Any]:
     first: tuple[str | None, dict[str, Any]] = next(iter(series_map.items()), (None, {}))
     series_uid, series = first
     series_dicom = series.get("DICOM", {})
-    number = _first(series_dicom, "SeriesNumber")
-    try:
-        series_number = int(float(number)) if number is not None else None
-    except ValueError:
-        series_number = None
     tags = {
-        "DICOMPatientId": _first(patient, "PatientID"),
-        "DICOMPatientName": _first(patient, "PatientName"),
-        "DICOMPatientBirthDate": _first(patient, "PatientBirthDate"),
-        "DICOMPatientSex": _first(patient, "PatientSex"),
-        "DICOMStudyInstanceUID": _first(study, "StudyInstanceUID"),
-        "DICOMStudyId": _first(study, "StudyID"),
-        "DICOMStudyDescription": _first(study, "StudyDescription"),
-        "DICOMAccessionNumber": _first(study, "AccessionNumber"),
+        "DICOMPatientId": text(patient.get("PatientID")),
+        "DICOMPatientName": text(patient.get("PatientName")),
+        "DICOMPatientBirthDate": text(patient.get("PatientBirthDate")),
+        "DICOMPatientSex": text(patient.get("PatientSex")),
+        "DICOMStudyInstanceUID": text(study.get("StudyInstanceUID")),
+        "DICOMStudyId": text(study.get("StudyID")),
+        "DICOMStudyDescription": text(study.get("StudyDescription")),
+        "DICOMAccessionNumber": text(study.get("AccessionNumber")),
         "DICOMSeriesInstanceUID": series_uid,
-        "DICOMSeriesModality": _first(series_dicom, "Modality"),
-        "DICOMSeriesBodyPart": _first(series_dicom, "BodyPartExamined"),
-        "DICOMSeriesNumber": series_number,
-        "DICOMStudyDate": _first(study, "StudyDate"),
-        "DICOMStudyTime": _first(study, "StudyTime"),
+        "DICOMSeriesModality": text(series_dicom.get("Modality")),
+        "DICOMSeriesBodyPart": text(series_dicom.get("BodyPartExamined")),
+        "DICOMSeriesNumber": integer(series_dicom.get("SeriesNumber")),
+        "DICOMStudyDate": text(study.get("StudyDate")),
+        "DICOMStudyTime": text(study.get("StudyTime")),
     }
     return {k: v for k, v in tags.items() if v is not None}
 

@@ -83,32 +83,28 @@ def iter_violations(value: Any, shape: Shape, path: str, sensitive: bool = False
     elif shape.type_name == "blob":
         yield from _length(value, meta, path, shape, sensitive)
     elif shape.type_name in ("integer", "long"):
-        if "min" in meta and value < meta["min"]:
-            yield (
-                f"{_describe(value, shape, sensitive)} at '{path}' failed to satisfy constraint: "
-                f"Member must have value greater than or equal to {meta['min']}"
-            )
-        if "max" in meta and value > meta["max"]:
-            yield (
-                f"{_describe(value, shape, sensitive)} at '{path}' failed to satisfy constraint: "
-                f"Member must have value less than or equal to {meta['max']}"
-            )
+        yield from _bounds(value, value, "value", meta, path, shape, sensitive)
     elif shape.type_name == "timestamp" and not isinstance(value, dt.datetime):
         yield f"Value at '{path}' failed to satisfy constraint: Member must be a timestamp"
 
 
+def _bounds(
+    value: Any, measure: int, noun: str, meta: dict[str, Any], path: str, shape: Shape, sensitive: bool
+) -> Iterator[str]:
+    """The model's ``min``/``max`` applied to ``measure`` (a value or a length)."""
+    for key, relation, broken in (
+        ("min", "greater", measure < meta.get("min", measure)),
+        ("max", "less", measure > meta.get("max", measure)),
+    ):
+        if broken:
+            yield (
+                f"{_describe(value, shape, sensitive)} at '{path}' failed to satisfy constraint: "
+                f"Member must have {noun} {relation} than or equal to {meta[key]}"
+            )
+
+
 def _length(value: Any, meta: dict[str, Any], path: str, shape: Shape, sensitive: bool) -> Iterator[str]:
-    size = len(value)
-    if "min" in meta and size < meta["min"]:
-        yield (
-            f"{_describe(value, shape, sensitive)} at '{path}' failed to satisfy constraint: "
-            f"Member must have length greater than or equal to {meta['min']}"
-        )
-    if "max" in meta and size > meta["max"]:
-        yield (
-            f"{_describe(value, shape, sensitive)} at '{path}' failed to satisfy constraint: "
-            f"Member must have length less than or equal to {meta['max']}"
-        )
+    yield from _bounds(value, len(value), "length", meta, path, shape, sensitive)
 
 
 def _join(path: str, name: str) -> str:

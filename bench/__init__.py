@@ -1,0 +1,1 @@
+"""ahi_torch's benchmark suite: ``python -m bench [--quick] [--smoke]`` (see ``bench/__main__.py``)."""

@@ -10,6 +10,7 @@ multi-worker DataLoader, first with a cold cache and then warm, reporting what i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -252,6 +253,4 @@ def _accuracy(model: nn.Module, dataset: Any, options: DemoOptions) -> float:
 
 
 def _as_dict(value: Any) -> Any:
-    import dataclasses
-
     return dataclasses.asdict(value)

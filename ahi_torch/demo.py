@@ -188,6 +188,8 @@ def run_demo(options: DemoOptions | None = None, log: Callable[[str], None] = pr
             f"{summary.get('numberOfGeneratedImageSets', 0)} "
             f"image sets in {time.perf_counter() - started:.1f} s ({report.failed_files} failed)"
         )
+        for failure in result.failures:
+            log(f"  not imported: {failure['inputFile']}: {failure['exception']['message']}")
         if result.datastore_id != datastore_id:
             datastore_id = result.datastore_id
         cfg = demo_config(output, ahi.endpoint_url, datastore_id, options)

@@ -33,6 +33,7 @@ from ..metadata.pixel import PixelDescription
 KEPT_AS_IMPORTED = frozenset({ts.JPEG_BASELINE, ts.JPEG_2000, ts.HTJ2K})
 _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 _RESOLUTION_LEVELS = 3
+_ENCODE_ATTEMPTS = 3
 
 
 class PixelDataProblem(Exception):
@@ -66,6 +67,8 @@ def _levels(data: bytes, full: np.ndarray, reducible: bool) -> list[dict[str, in
             if min(full.shape[0], full.shape[1]) >> skip < 1:
                 continue
             reduced = decode_frame(data, reduce=skip)
+            if not np.array_equal(reduced, decode_frame(data, reduce=skip)):
+                raise ValueError("reduced-resolution decodes disagree")  # see _encode_verified
             levels.append(
                 {"Width": int(reduced.shape[1]), "Height": int(reduced.shape[0]), "Checksum": pixel_crc32(reduced)}
             )
@@ -134,15 +137,22 @@ def store_frames(ds: Dataset, storage_format: str) -> tuple[str | None, list[Sto
     for index, frame in enumerate(_source_frames(ds)):
         if frame.dtype.kind == "f":
             raise PixelDataProblem("floating point pixel data cannot be stored losslessly")
+        frames.append(_encode_verified(frame, storage_format, pixel, index + 1))
+    return syntax, frames
+
+
+def _encode_verified(frame: np.ndarray, storage_format: str, pixel: PixelDescription, number: int) -> StoredFrame:
+    """Encode and check the round trip; encode again if it fails, as OpenJPH rarely does under threads."""
+    problem = f"pixel data verification failed for frame {number}"
+    for _ in range(_ENCODE_ATTEMPTS):
         try:
             data, reducible = _encode(frame, storage_format)
             decoded = decode_frame(data, pixel=pixel)
-        except Exception as exc:
-            raise PixelDataProblem(f"frame {index + 1} could not be encoded: {exc}") from exc
-        if decoded.shape != frame.shape or pixel_crc32(decoded) != pixel_crc32(frame.astype(decoded.dtype)):
-            raise PixelDataProblem(f"pixel data verification failed for frame {index + 1}")
-        frames.append(_stored(data, decoded, pixel.frame_bytes, reducible))
-    return syntax, frames
+            if decoded.shape == frame.shape and pixel_crc32(decoded) == pixel_crc32(frame.astype(decoded.dtype)):
+                return _stored(data, decoded, pixel.frame_bytes, reducible)
+        except Exception as exc:  # codec errors: try again, report the last one
+            problem = f"frame {number} could not be encoded: {exc}"
+    raise PixelDataProblem(problem)
 
 
 def _keep_encapsulated(ds: Dataset, syntax: str, pixel: PixelDescription) -> Iterator[StoredFrame]:

@@ -184,27 +184,3 @@ class FrameFetcher:
         if len(refs) <= 1 or self.max_workers <= 1:
             return [self.get(ref) for ref in refs]
         return list(self.executor().map(self.get, refs))
-
-
-def frame_ref(row: dict[str, Any]) -> FrameRef:
-    """A :class:`FrameRef` from one frame index row (``FrameIndex.row(i)``)."""
-    pixel = PixelDescription(
-        rows=int(row["rows"]),
-        columns=int(row["columns"]),
-        samples_per_pixel=int(row["samples_per_pixel"] or 1),
-        bits_allocated=int(row["bits_allocated"] or 16),
-        bits_stored=int(row["bits_stored"] or row["bits_allocated"] or 16),
-        pixel_representation=int(row["pixel_representation"] or 0),
-        photometric_interpretation=str(row["photometric_interpretation"] or "MONOCHROME2"),
-        planar_configuration=int(row["planar_configuration"] or 0),
-    )
-    checksum = row.get("checksum")
-    return FrameRef(
-        datastore_id=str(row["datastore_id"]),
-        image_set_id=str(row["image_set_id"]),
-        version=int(row["image_set_version"]),
-        frame_id=str(row["frame_id"]),
-        stored_transfer_syntax=str(row["stored_transfer_syntax"]),
-        pixel=pixel,
-        checksum=None if checksum is None or checksum < 0 else int(checksum),
-    )

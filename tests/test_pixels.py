@@ -10,9 +10,10 @@ import pydicom
 import pytest
 
 from ahi_torch.cache import FrameCache
+from ahi_torch.datasets._table import FrameTable
 from ahi_torch.errors import ChecksumMismatch
 from ahi_torch.index import FrameIndex, build_index, search
-from ahi_torch.pixels import FrameFetcher, frame_ref
+from ahi_torch.pixels import FrameFetcher
 
 from .conftest import ImportedData
 
@@ -38,7 +39,8 @@ def test_fetch_verify_and_cache(
 ) -> None:  # type: ignore[no-untyped-def]
     sources = _sources(synthetic_import)
     fetcher = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path, mode=mode), verify=True)
-    refs = [frame_ref(ct_index.row(i)) for i in range(len(ct_index))]
+    table = FrameTable(ct_index)
+    refs = [table.ref(i) for i in range(len(ct_index))]
     sops = ct_index.texts("sop_instance_uid")
     first = fetcher.get_many(refs)
     for pixels, sop in zip(first, sops, strict=True):
@@ -52,7 +54,7 @@ def test_fetch_verify_and_cache(
 
 
 def test_wrong_checksum_is_retried_then_raised(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
-    ref = frame_ref(ct_index.row(0))
+    ref = FrameTable(ct_index).ref(0)
     bad = dataclasses.replace(ref, checksum=(ref.checksum or 0) ^ 0xFFFF)
     fetcher = FrameFetcher(ahi.client(), verify=True, mismatch_retries=2)
     with pytest.raises(ChecksumMismatch, match=f"image set {ref.image_set_id} \\(version 1\\) frame {ref.frame_id}"):
@@ -64,4 +66,4 @@ def test_wrong_checksum_is_retried_then_raised(ahi, ct_index: FrameIndex) -> Non
 
 def test_reduced_resolution_preview(ahi, ct_index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fetcher = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path), reduce=1)
-    assert fetcher.get(frame_ref(ct_index.row(0))).shape == (48, 40)
+    assert fetcher.get(FrameTable(ct_index).ref(0)).shape == (48, 40)

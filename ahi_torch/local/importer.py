@@ -13,14 +13,12 @@ half-visible image set, and a job interrupted by a crash is run again when the s
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -382,14 +380,3 @@ class ImportRun:
                 self.s3.put_object(Bucket=bucket, Key=f"{key_prefix}{name}", Body=body.encode())
         except (ClientError, BotoCoreError) as exc:
             raise JobFailure(f"OUTPUT_S3_ACCESS_FAILED: cannot write to {prefix}") from exc
-
-
-@contextlib.contextmanager
-def running(ctx: Context) -> Iterator[Importer]:
-    """Start an :class:`Importer` for ``ctx`` and stop it on exit."""
-    importer = Importer(ctx)
-    importer.start()
-    try:
-        yield importer
-    finally:
-        importer.stop()

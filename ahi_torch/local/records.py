@@ -128,7 +128,8 @@ def count_instances(document: dict[str, Any]) -> int:
     return sum(len(s.get("Instances", {})) for s in document.get("Study", {}).get("Series", {}).values())
 
 
-def _identity(document: dict[str, Any]) -> str:
+def document_identity(document: dict[str, Any]) -> str:
+    """The identity digest (see :func:`.levels.identity_of`) of a metadata document's first series."""
     study = document.get("Study", {})
     series: dict[str, Any] = next(iter(study.get("Series", {}).values()), {})
     return identity_of(document.get("Patient", {}).get("DICOM", {}), study.get("DICOM", {}), series.get("DICOM", {}))
@@ -170,7 +171,7 @@ def save_version(
         "study_date_time": study_date_time(tags),
         "instance_count": count_instances(document),
         "dicom_tags": dumps(tags),
-        "identity": _identity(document),
+        "identity": document_identity(document),
     }
     exists = db.execute("SELECT 1 FROM image_sets WHERE id = ?", (image_set_id,)).fetchone()
     if exists:

@@ -14,9 +14,9 @@ from typing import Any
 from .context import Context, handles
 from .datastores import require_active
 from .errors import ConflictException, ServiceQuotaExceededException, ValidationException
-from .levels import identity_of
 from .records import (
     add_frame_refs,
+    document_identity,
     frame_ids_of,
     get_image_set,
     get_version,
@@ -144,18 +144,12 @@ def _study_targets(
     return targets
 
 
-def _identity(document: dict[str, Any]) -> str:
-    study = document["Study"]
-    series: dict[str, Any] = next(iter(study["Series"].values()), {"DICOM": {}})
-    return identity_of(document["Patient"]["DICOM"], study["DICOM"], series["DICOM"])
-
-
 def _merge_into(destination: dict[str, Any], selection: dict[str, Any], force: bool) -> dict[str, Any]:
     dest_series = list(destination["Study"]["Series"])
     source_series = list(selection["Study"]["Series"])
     if source_series != dest_series and not force:
         raise ValidationException("INVALID_REQUEST: Series of SourceImageSet and DestinationImageSet don't match.")
-    if _identity(selection) != _identity(destination) and not force:
+    if document_identity(selection) != document_identity(destination) and not force:
         raise ValidationException(
             "INVALID_REQUEST: Patient, Study or Series metadata of the source and destination differ; use force"
         )

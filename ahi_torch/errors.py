@@ -135,9 +135,21 @@ class MetadataError(AHIError):
     """An image set metadata document lacks something ahi_torch needs (named in the message)."""
 
 
-class ConfigError(AHIError):
+class GeometryError(MetadataError):
+    """A series is not one evenly spaced stack (``irregular="error"``); the message says why."""
+
+
+class ConfigError(AHIError, ValueError):
     """A configuration file or value is invalid; the message names the key and what is allowed."""
+
+
+class IndexFormatError(ConfigError):
+    """A saved index was written in another format version; rebuild it (configs do so by themselves)."""
 
 
 class SampleError(AHIError):
     """A dataset item could not be produced under the ``raise`` error policy."""
+
+
+class IrregularSeriesWarning(UserWarning):
+    """A series is not one evenly spaced stack: its volume's affine does not hold for every slice."""

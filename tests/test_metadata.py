@@ -148,20 +148,22 @@ def test_geometry_matches_pydicom(ahi, synthetic_import: ImportedData) -> None: 
     first, last = by_position[0], by_position[-1]
     iop = np.array(first.ImageOrientationPatient, float)
     spacing = np.array(first.PixelSpacing, float)
+    # The affine indexes the volume tensor's axes in order: (slice, row, column).
     expected = np.eye(4)
-    expected[:3, 0] = iop[:3] * spacing[1]
-    expected[:3, 1] = iop[3:] * spacing[0]
-    expected[:3, 2] = (np.array(last.ImagePositionPatient, float) - np.array(first.ImagePositionPatient, float)) / (
+    expected[:3, 0] = (np.array(last.ImagePositionPatient, float) - np.array(first.ImagePositionPatient, float)) / (
         len(sources) - 1
     )
+    expected[:3, 1] = iop[3:] * spacing[0]
+    expected[:3, 2] = iop[:3] * spacing[1]
     expected[:3, 3] = np.array(first.ImagePositionPatient, float)
     np.testing.assert_allclose(geometry.affine, expected, atol=1e-6)
     assert geometry.spacing == pytest.approx((2.5, 0.8, 0.8), abs=1e-4)  # DS values carry 6 digits
+    assert geometry.regular and geometry.irregularity == ""
     np.testing.assert_allclose(slice_normal(iop), normal / np.linalg.norm(normal))
-    # Voxel (column 5, row 7, slice 3) lands where pydicom's slice 3 puts that pixel.
+    # Voxel (slice 3, row 7, column 5) lands where pydicom's slice 3 puts that pixel.
     ds = by_position[3]
     point = np.array(ds.ImagePositionPatient, float) + 5 * spacing[1] * iop[:3] + 7 * spacing[0] * iop[3:]
-    np.testing.assert_allclose(geometry.affine @ np.array([5, 7, 3, 1.0]), [*point, 1.0], atol=1e-4)
+    np.testing.assert_allclose(geometry.affine @ np.array([3, 7, 5, 1.0]), [*point, 1.0], atol=1e-4)
 
 
 def test_instance_number_fallback() -> None:

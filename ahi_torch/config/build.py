@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from pathlib import Path
@@ -24,12 +25,14 @@ from ..cache import FrameCache
 from ..client import AHIClient, ClientConfig
 from ..datasets import ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
 from ..datasets._base import AHIDataset
-from ..errors import ConfigError, ResourceNotFound
+from ..errors import ConfigError, IndexFormatError, ResourceNotFound
 from ..index import FrameIndex, Search, build_index, refresh_index, search
 from ..samplers import ShuffleSampler, WeightedSampler, class_balanced_weights, patient_splits
 from ..transforms import Compose, create
 from .loading import config_hash, to_dict
 from .schema import Config, LabelsConfig
+
+log = logging.getLogger(__name__)
 
 _FILTERS = {
     "patient_id": search.patient_id,
@@ -107,18 +110,29 @@ def build_index_from_config(cfg: Config, client: AHIClient | None = None, *, pro
     client = client or build_client(cfg)
     path = Path(cfg.index.path)
     datastore_id = resolve_datastore(cfg, client)
-    if path.exists():
-        index = FrameIndex.load(path)
-        if index.info.get("datastore_id") != datastore_id:
-            index = _fresh_index(cfg, client, datastore_id, progress)
-        elif cfg.index.refresh:
-            index, _ = refresh_index(client, index, max_workers=cfg.index.max_workers, progress=progress)
-    else:
+    saved = _saved_index(path)
+    if saved is None or saved.info.get("datastore_id") != datastore_id:
         index = _fresh_index(cfg, client, datastore_id, progress)
-    index.save(path)
+    elif cfg.index.refresh:
+        index, _ = refresh_index(client, saved, max_workers=cfg.index.max_workers, progress=progress)
+    else:
+        index = saved
+    if index is not saved:  # a loaded, unrefreshed index is not rewritten (ranks may load it at once)
+        index.save(path)
     if cfg.search.modalities:
         index = index.filter(pc.is_in(index.table.column("modality"), value_set=pa.array(cfg.search.modalities)))
     return index
+
+
+def _saved_index(path: Path) -> FrameIndex | None:
+    """The index saved at ``path``; None when there is none or it has an older format (it is rebuilt)."""
+    if not path.exists():
+        return None
+    try:
+        return FrameIndex.load(path)
+    except IndexFormatError as error:
+        log.warning("%s; building it again", error)
+        return None
 
 
 def _fresh_index(cfg: Config, client: AHIClient, datastore_id: str, progress: bool) -> FrameIndex:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,10 +71,12 @@ def apply_intensity(
             widened = _WIDER.get(stack.dtype)
             return torch.from_numpy(stack.astype(widened) if widened else stack)
         return torch.from_numpy(stack).to(settings.dtype)
-    values = stack.astype(np.float32)
+    # Compute in float64 when float64 is asked for: float32 loses digits of slopes such as 3.774114.
+    work: type[np.floating[Any]] = np.float64 if settings.dtype == torch.float64 else np.float32
+    values: np.ndarray[Any, np.dtype[np.floating[Any]]] = stack.astype(work)
     shape = (1, -1) + (1,) * (stack.ndim - 2) if stack.ndim == 4 else (1, 1, 1)
     if rescale:
-        values = values * slope.astype(np.float32).reshape(shape) + intercept.astype(np.float32).reshape(shape)
+        values = values * slope.astype(work).reshape(shape) + intercept.astype(work).reshape(shape)
     if windowed:
         for position, window in enumerate(windows):
             if window is None:
@@ -83,4 +86,4 @@ def apply_intensity(
             target = values[:, position] if stack.ndim == 4 else values
             np.clip((target - low) / width, 0.0, 1.0, out=target)
     tensor = torch.from_numpy(values)
-    return tensor if settings.dtype in (None, torch.float32) else tensor.to(settings.dtype)
+    return tensor if settings.dtype in (None, tensor.dtype) else tensor.to(settings.dtype)

@@ -39,6 +39,7 @@ class FrameTable:
         self.image_set_version = index.column("image_set_version")
         self.frame_number = index.column("frame_number")
         self.slice_index = index.column("slice_index")
+        self.slice_count = index.column("slice_count")
         self.rows = index.column("rows")
         self.columns = index.column("columns")
         self.samples_per_pixel = index.column("samples_per_pixel")
@@ -55,6 +56,10 @@ class FrameTable:
         self.pixel_spacing_col = index.column("pixel_spacing_col").astype(np.float64)
         self.slice_spacing = index.column("slice_spacing").astype(np.float64)
         self.series_affine = index.column("series_affine")
+        self.series_regular = index.column("series_regular")
+        self.irregularity_code, self.irregularities = _codes(index, "series_irregularity")
+        self.image_position = index.column("image_position")
+        self.image_orientation = index.column("image_orientation")
 
     def __len__(self) -> int:
         return self.size
@@ -90,12 +95,16 @@ class FrameTable:
     def photometric(self, row: int) -> str:
         return self.photometrics[self.photometric_code[row]]
 
+    def irregularity(self, row: int) -> str:
+        return self.irregularities[self.irregularity_code[row]]
+
     def syntax(self, row: int) -> str:
         return self.syntaxes[self.syntax_code[row]]
 
     def meta(self, row: int) -> dict[str, Any]:
         """Identifiers of a frame, as collatable values."""
         return {
+            "datastore_id": self.datastores[self.datastore_code[row]],
             "image_set_id": self.text("image_set_id", row),
             "image_set_version": int(self.image_set_version[row]),
             "patient_id": self.text("patient_id", row),

@@ -7,8 +7,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..metadata.geometry import SPACE
 from ._base import AHIDataset
 from ._convert import apply_intensity, to_channels_first
+from ._geometry import frame_affine, spacing_of
 
 
 class FrameDataset(AHIDataset):
@@ -22,8 +24,10 @@ class FrameDataset(AHIDataset):
     Items are dicts ``{"image": (C, H, W) tensor, "label": tensor, "meta": {...}}`` so MONAI
     dictionary transforms and plain callables both apply. Pixels are rescaled to modality units
     (Hounsfield units for CT) unless ``rescale=False``; ``window=(center, width)`` or
-    ``"dicom"`` clips and scales to [0, 1]. ``meta`` carries the IDs, the slice index and
-    ``spacing`` (row, column) in mm.
+    ``"dicom"`` clips and scales to [0, 1]. ``meta`` carries the IDs, the slice index,
+    ``spacing`` (row, column) in mm and ``affine``, which maps pixel ``(row, column, 0, 1)`` to
+    millimetres in ``meta["space"]`` (``"LPS"``; its third column is the slice normal times the
+    slice spacing).
 
     Args:
         index: the frames to serve (see :func:`ahi_torch.index.build_index`).
@@ -55,11 +59,13 @@ class FrameDataset(AHIDataset):
             [window],
             self.intensity,
         )
-        spacing = [table.pixel_spacing_row[unit], table.pixel_spacing_col[unit]]
+        affine = frame_affine(table, unit, self.fetcher.reduce)
         meta = {
             **table.meta(unit),
             "index": unit,
-            "spacing": torch.tensor([s if np.isfinite(s) else 1.0 for s in spacing], dtype=torch.float64),
+            "spacing": torch.tensor(spacing_of(affine, 2), dtype=torch.float64),
+            "affine": torch.tensor(affine, dtype=torch.float64),
+            "space": SPACE,
         }
         item: dict[str, Any] = {"image": image, "meta": meta}
         label = self.label_of_row(unit)

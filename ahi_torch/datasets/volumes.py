@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import MetadataError
+from ..errors import ConfigError, GeometryError, IrregularSeriesWarning, MetadataError
 from ..index import FrameIndex
+from ..metadata.geometry import SPACE
+from ..pixels import FrameRef
 from ._base import AHIDataset
 from ._convert import apply_intensity, to_channels_first
+from ._geometry import spacing_of, volume_affine
+
+#: What a volume of an irregular series does: warn once and carry ``meta["regular"] = False``, or
+#: fail (the error policy then raises, skips or retries it).
+IRREGULAR_MODES = ("warn", "error")
 
 
 class VolumeDataset(AHIDataset):
@@ -18,25 +26,79 @@ class VolumeDataset(AHIDataset):
 
     >>> volumes = VolumeDataset(index, client, cache=FrameCache(), window=(40, 400))
     >>> item = volumes[0]
-    >>> item["image"].shape, item["meta"]["spacing"], item["meta"]["affine"].shape
-    (torch.Size([1, 64, 512, 512]), tensor([2.5, 0.7, 0.7]), torch.Size([4, 4]))
+    >>> item["image"].shape, item["meta"]["spacing"], item["meta"]["space"], item["meta"]["regular"]
+    (torch.Size([1, 64, 512, 512]), tensor([2.5, 0.7, 0.7]), 'LPS', True)
 
     Slices follow ImagePositionPatient along the slice normal (InstanceNumber as fallback), as
-    the index orders them. ``meta["spacing"]`` is (slice, row, column) in mm, matching (D, H, W);
-    ``meta["affine"]`` maps voxel (column, row, slice, 1) to LPS millimetres. Fixed-depth crops
-    and resampling are left to transforms (MONAI's ``ResizeWithPadOrCropd``, ``Spacingd``...).
+    the index orders them. ``meta["affine"]`` maps voxel ``(slice, row, column, 1)`` (the
+    tensor's own spatial axes, in order) to millimetres in ``meta["space"]`` (``"LPS"``, DICOM's
+    patient space); ``meta["spacing"]`` is (slice, row, column) in mm, the affine's column
+    lengths. The transforms in :mod:`ahi_torch.transforms` keep both true; for MONAI use
+    :mod:`ahi_torch.integrations.monai`, which hands over a ``MetaTensor`` in MONAI's convention.
+
+    A series whose slices are not one evenly spaced stack (a missing slice, a duplicated
+    position, uneven steps, several stacks, mixed orientations, no positions) has no affine that
+    holds for every slice. Building the dataset warns naming such series, and their items carry
+    ``meta["regular"] = False`` with the reason in ``meta["irregularity"]``; with
+    ``irregular="error"`` loading one fails instead, and the error policy decides what happens.
     Takes the same arguments as :class:`FrameDataset`; a volume's label is its first frame's.
     """
 
-    def __init__(self, index: FrameIndex, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, index: FrameIndex, *args: Any, irregular: str = "warn", **kwargs: Any) -> None:
+        if irregular not in IRREGULAR_MODES:
+            raise ConfigError(f"irregular must be one of {', '.join(IRREGULAR_MODES)}, not {irregular!r}")
         super().__init__(index, *args, **kwargs)
+        self.irregular = irregular
         self.volume_rows = [volume.rows for volume in self.index.volumes()]
+        self.irregularities = [self._irregularity(rows) for rows in self.volume_rows]
+        self._warn_irregular()
+
+    def _irregularity(self, rows: np.ndarray) -> str:
+        """Why the volume made of index ``rows`` is not one evenly spaced stack, or ""."""
+        table = self.table
+        first = int(rows[0])
+        if len(rows) == 1:
+            return ""
+        if not table.series_regular[first]:
+            return table.irregularity(first)
+        expected = int(table.slice_count[first])
+        if len(rows) != expected or (np.diff(table.slice_index[rows]) != 1).any():
+            return f"{len(rows)} of the series' {expected} slices are in the index (a filter left gaps)"
+        return ""
+
+    def _warn_irregular(self) -> None:
+        table = self.table
+        bad = [unit for unit, problem in enumerate(self.irregularities) if problem]
+        if not bad:
+            return
+        named = "; ".join(
+            f"series {table.text('series_instance_uid', int(self.volume_rows[unit][0]))}: {self.irregularities[unit]}"
+            for unit in bad[:5]
+        )
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        consequence = (
+            "loading them fails (irregular='error')"
+            if self.irregular == "error"
+            else "their meta['regular'] is False and their affine does not hold for every slice"
+        )
+        warnings.warn(
+            f"{len(bad)} of {len(self)} volumes are not evenly spaced stacks; {consequence}: {named}{more}",
+            IrregularSeriesWarning,
+            stacklevel=3,
+        )
 
     def __len__(self) -> int:
         return len(self.volume_rows)
 
     def _rows(self, unit: int) -> np.ndarray:
         return self.volume_rows[unit]
+
+    def refs(self, unit: int) -> list[FrameRef]:
+        problem = self.irregularities[unit]
+        if problem and self.irregular == "error":  # before any frame is fetched
+            series = self.table.text("series_instance_uid", int(self.volume_rows[unit][0]))
+            raise GeometryError(f"series {series} is not an evenly spaced stack: {problem}")
+        return super().refs(unit)
 
     def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
         table = self.table
@@ -56,21 +118,22 @@ class VolumeDataset(AHIDataset):
         image = apply_intensity(
             stack, table.rescale_slope[rows], table.rescale_intercept[rows], windows, self.intensity
         )
-        spacing = [table.slice_spacing[first], table.pixel_spacing_row[first], table.pixel_spacing_col[first]]
-        spacing = [s if np.isfinite(s) else 1.0 for s in spacing]
-        affine = table.series_affine[first].reshape(4, 4)
-        if not np.isfinite(affine).all():
-            affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+        problem = self.irregularities[unit]
+        affine = volume_affine(table, first, self.fetcher.reduce)
         meta = {
             "index": unit,
+            "datastore_id": table.datastores[table.datastore_code[first]],
             "image_set_id": table.text("image_set_id", first),
             "image_set_version": int(table.image_set_version[first]),
             "patient_id": table.text("patient_id", first),
             "study_instance_uid": table.text("study_instance_uid", first),
             "series_instance_uid": table.text("series_instance_uid", first),
             "slices": len(rows),
-            "spacing": torch.tensor(spacing, dtype=torch.float64),
+            "spacing": torch.tensor(spacing_of(affine, 3), dtype=torch.float64),
             "affine": torch.tensor(affine, dtype=torch.float64),
+            "space": SPACE,
+            "regular": not problem,
+            "irregularity": problem,
         }
         item: dict[str, Any] = {"image": image, "meta": meta}
         label = self.label_of_row(first)

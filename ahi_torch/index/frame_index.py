@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import ConfigError
+from ..errors import ConfigError, IndexFormatError
+from .references import volume_uri
 from .schema import FORMAT_VERSION, schema
 
 _META_KEY = b"ahi_torch"
@@ -142,6 +144,38 @@ class FrameIndex:
             volumes.append(Volume(image_set_id.decode(), series_uid.decode(), ordered))
         return volumes
 
+    def to_monai_data(
+        self, label: str | None = None, columns: tuple[str, ...] = ("patient_id",)
+    ) -> list[dict[str, Any]]:
+        """One small dict per volume, for MONAI datasets: ``{"image": "ahi://...", ...}``.
+
+        The ``ahi://`` URI names the image set version, so MONAI's ``PersistentDataset`` hashes a
+        few bytes instead of pixels and never serves an older version;
+        :class:`ahi_torch.integrations.monai.LoadAHId` turns it into a ``MetaTensor``.
+        ``label`` and ``columns`` copy index columns (from each volume's first frame) into the dicts.
+
+        >>> index.to_monai_data(label="modality")[0]
+        {'image': 'ahi://.../1.2.826...?version=1', 'label': 'CT', 'patient_id': 'SYN-0001'}
+        """
+        wanted = ([label] if label else []) + [c for c in columns if c != label]
+        missing = [name for name in wanted if name not in self.table.column_names]
+        if missing:
+            raise ConfigError(f"the index has no column {missing[0]!r}")
+        firsts = [int(volume.rows[0]) for volume in self.volumes()]
+        rows = self.table.take(pa.array(firsts, type=pa.int64()))
+        keys = ["datastore_id", "image_set_id", "series_instance_uid", "image_set_version", *wanted]
+        data = []
+        for row in rows.select(keys).to_pylist():
+            uri = volume_uri(
+                row["datastore_id"], row["image_set_id"], row["series_instance_uid"], row["image_set_version"]
+            )
+            entry: dict[str, Any] = {"image": uri}
+            if label:
+                entry["label"] = row[label]
+            entry.update({name: row[name] for name in wanted if name != label})
+            data.append(entry)
+        return data
+
     def image_sets(self) -> dict[str, tuple[int, float]]:
         """image set ID → (version, updatedAt) for every image set in the index."""
         grouped = self.table.group_by("image_set_id").aggregate([("image_set_version", "max"), ("updated_at", "max")])
@@ -167,7 +201,7 @@ class FrameIndex:
         info = {**self.info, "format_version": FORMAT_VERSION, "index_version": self.version}
         metadata = dict(self.table.schema.metadata or {})
         metadata[_META_KEY] = json.dumps(info).encode()
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes saving at once never share one
         pq.write_table(self.table.replace_schema_metadata(metadata), tmp, compression="zstd")
         tmp.replace(path)
         return path
@@ -184,8 +218,9 @@ class FrameIndex:
         raw = (table.schema.metadata or {}).get(_META_KEY)
         info = json.loads(raw) if raw else {}
         if info.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ConfigError(
-                f"{path} has index format {info['format_version']}; this ahi_torch reads {FORMAT_VERSION}"
+            raise IndexFormatError(
+                f"{path} has index format {info['format_version']}; this ahi_torch reads {FORMAT_VERSION} "
+                "(rebuild it: ahi-torch index build CONFIG)"
             )
         return cls(table.replace_schema_metadata({}), info)
 

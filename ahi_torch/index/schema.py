@@ -6,6 +6,7 @@ One row per frame. Frames of a series get ``slice_index`` in geometric order (se
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,7 +16,8 @@ import pyarrow as pa
 from ..metadata import ImageSetMetadata, InstanceMetadata, SeriesGeometry, SeriesMetadata, series_geometry
 from ..metadata import values as v
 
-FORMAT_VERSION = "1"
+# 2: affines index (slice, row, column); per-frame position/orientation; series regularity.
+FORMAT_VERSION = "2"
 
 COLUMNS: dict[str, pa.DataType] = {
     "datastore_id": pa.string(),
@@ -61,6 +63,10 @@ COLUMNS: dict[str, pa.DataType] = {
     "pixel_spacing_col": pa.float64(),
     "slice_spacing": pa.float64(),
     "series_affine": pa.list_(pa.float64(), 16),
+    "series_regular": pa.bool_(),
+    "series_irregularity": pa.string(),
+    "image_position": pa.list_(pa.float64(), 3),
+    "image_orientation": pa.list_(pa.float64(), 6),
     "checksum": pa.int64(),
     "frame_size": pa.int64(),
 }
@@ -104,6 +110,11 @@ def _ordered_frames(series: SeriesMetadata) -> tuple[list[tuple[InstanceMetadata
     multi = [i for i in series.instances if len(i.frames) > 1]
     for instance in sorted(multi, key=lambda i: (i.instance_number or 0, i.sop_instance_uid)):
         ordered += [(instance, n, None) for n in range(len(instance.frames))]
+    if multi and len(ordered) > 1 and geometry.regular:
+        # Per-frame positions of multi-frame instances are not read: their stack has no known geometry.
+        geometry = dataclasses.replace(
+            geometry, regular=False, irregularity="multi-frame instances: per-frame positions are not read"
+        )
     return ordered, geometry
 
 
@@ -168,6 +179,10 @@ def append_rows(
                 "pixel_spacing_col": instance.pixel_spacing[1] if instance.pixel_spacing else None,
                 "slice_spacing": geometry.spacing[0],
                 "series_affine": affine,
+                "series_regular": geometry.regular,
+                "series_irregularity": geometry.irregularity or None,
+                "image_position": list(instance.position) if instance.position and len(instance.frames) == 1 else None,
+                "image_orientation": list(instance.orientation) if instance.orientation else None,
                 "checksum": frame.full_checksum,
                 "frame_size": frame.size,
             }

@@ -1,0 +1,206 @@
+"""MONAI: AHI volumes as ``MetaTensor`` objects in MONAI's own convention.
+
+MONAI's readers give ``(C, x, y, z)`` tensors, x the column, y the row and z the slice, with a
+**RAS** affine. ahi_torch items are ``(C, D, H, W)`` with an LPS affine over (slice, row, column).
+:func:`to_metatensor` turns one into the other (reverse the spatial axes, flip x and y), so
+``Orientationd``, ``Spacingd`` and the rest agree exactly with what they do after
+``LoadImaged(reader="PydicomReader")`` on the same DICOM files.
+
+>>> from monai.data import PersistentDataset
+>>> from monai.transforms import Compose, Orientationd, Spacingd
+>>> from ahi_torch.integrations.monai import LoadAHId
+>>> data = index.to_monai_data(label="patient_id")     # [{"image": "ahi://...?version=1", ...}]
+>>> transform = Compose([
+...     LoadAHId("image", index=index, client=client, cache=FrameCache()),
+...     Orientationd("image", axcodes="RAS"),
+...     Spacingd("image", pixdim=(1.0, 1.0, 2.0)),
+... ])
+>>> dataset = PersistentDataset(data, transform, cache_dir="runs/monai-cache")
+
+The data items stay small ``ahi://`` references: ``PersistentDataset`` hashes a URI, never
+pixels, and ``CacheDataset`` copies a URI. ``LoadAHId`` fetches the frames through the ahi_torch
+frame cache (shared by all workers), and the URI names the image set version, so a persistent
+cache never serves pixels of an older version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
+
+from ..cache import FrameCache
+from ..client import AHIClient
+from ..datasets import ErrorPolicy, VolumeDataset
+from ..errors import ConfigError
+from ..index import FrameIndex
+from ..index.references import VolumeReference, parse_volume_uri, volume_uri
+from ..metadata.geometry import SPACE
+
+#: LPS (DICOM) to RAS (MONAI, NIfTI): x and y change sign.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def _uri_of(meta: Mapping[str, Any]) -> str | None:
+    needed = ("datastore_id", "image_set_id", "series_instance_uid", "image_set_version")
+    if all(meta.get(name) is not None for name in needed):
+        return volume_uri(
+            str(meta["datastore_id"]),
+            str(meta["image_set_id"]),
+            str(meta["series_instance_uid"]),
+            int(meta["image_set_version"]),
+        )
+    return meta.get("filename_or_obj")
+
+
+def to_metatensor(item: Mapping[str, Any], key: str = "image") -> MetaTensor:
+    """A ``FrameDataset``/``VolumeDataset`` item's image as a MONAI ``MetaTensor``.
+
+    Volumes ``(C, D, H, W)`` become ``(C, W, H, D)`` (column, row, slice) and frames ``(C, H, W)``
+    become ``(C, W, H)``; the affine follows the axes and turns from LPS into RAS. The meta dict
+    carries ``affine``, ``original_affine``, ``spatial_shape``, ``space`` (``"RAS"``),
+    ``filename_or_obj`` (an ``ahi://`` URI for volumes) and the item's identifiers.
+
+    >>> image = to_metatensor(volumes[0])
+    >>> image.shape, image.meta["space"]
+    (torch.Size([1, 512, 512, 64]), 'RAS')
+    """
+    image = item[key]
+    meta = dict(item.get("meta") or {})
+    if meta.get("affine") is None:
+        raise ConfigError("to_metatensor: the item has no meta['affine'] (give an ahi_torch dataset item)")
+    if meta.get("space", SPACE) != SPACE:
+        raise ConfigError(f"to_metatensor: expected an {SPACE} affine, got {meta['space']!r}")
+    spatial = image.ndim - 1
+    if spatial not in (2, 3):
+        raise ConfigError(f"to_metatensor: expected 2 or 3 spatial dims, got {spatial}")
+    affine = np.asarray(meta.pop("affine"), dtype=np.float64)
+    # Reverse the spatial axes: (slice, row, column) -> (column, row, slice); a frame's third
+    # affine column (the slice normal) stays third.
+    axes = (0, *range(spatial, 0, -1))
+    columns = [2, 1, 0, 3] if spatial == 3 else [1, 0, 2, 3]
+    ras = torch.as_tensor(LPS_TO_RAS @ affine[:, columns], dtype=torch.float64)
+    array = image.permute(*axes)
+    uri = _uri_of(meta)
+    if spatial == 2 and uri and meta.get("frame_id"):
+        uri += f"&frame={meta['frame_id']}"
+    meta.pop("spacing", None)  # MONAI derives spacing from the affine (pixdim); the order differs
+    meta.update(
+        {
+            "affine": ras,
+            "original_affine": ras.clone(),
+            "spatial_shape": np.asarray(array.shape[1:], dtype=np.int64),
+            "space": "RAS",
+            "original_channel_dim": 0,
+            "filename_or_obj": uri,
+        }
+    )
+    return MetaTensor(array, meta=meta)  # the affine travels in meta (passing both makes MONAI warn)
+
+
+class LoadAHId(MapTransform):
+    """MONAI ``MapTransform``: replace ``ahi://`` references with ``MetaTensor`` volumes.
+
+    Args:
+        keys: the data keys holding references (usually ``"image"``).
+        index: the :class:`~ahi_torch.index.FrameIndex` the references come from.
+        client: an :class:`~ahi_torch.client.AHIClient` (it travels into workers as configuration).
+        cache: the ahi_torch frame cache underneath (shared by every worker), or None.
+        rescale, window, dtype, verify, irregular, error_policy, max_workers: as for
+            :class:`~ahi_torch.datasets.VolumeDataset`. ``error_policy="skip"`` is refused: a
+            replacement volume would not match the item's other keys (its label).
+        allow_missing_keys: as for every MONAI ``MapTransform``.
+
+    A reference to another image set version than the index holds fails with a
+    :class:`~ahi_torch.errors.ConfigError` (refresh the index and the references together).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        *,
+        index: FrameIndex,
+        client: AHIClient,
+        cache: FrameCache | None = None,
+        rescale: bool = True,
+        window: tuple[float, float] | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        verify: bool = True,
+        irregular: str = "warn",
+        error_policy: ErrorPolicy | str = "raise",
+        max_workers: int = 8,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        if ErrorPolicy.of(error_policy).mode == "skip":
+            raise ConfigError(
+                "LoadAHId: error_policy 'skip' would pair a label with another volume; use raise or retry"
+            )
+        self.volumes = VolumeDataset(
+            index,
+            client,
+            cache=cache,
+            rescale=rescale,
+            window=window,
+            dtype=dtype,
+            verify=verify,
+            irregular=irregular,
+            error_policy=error_policy,
+            max_workers=max_workers,
+        )
+        table = self.volumes.table
+        self._units: dict[tuple[str, str], tuple[int, int]] = {}
+        for unit, rows in enumerate(self.volumes.volume_rows):
+            first = int(rows[0])
+            key = (table.text("image_set_id", first), table.text("series_instance_uid", first))
+            self._units[key] = (unit, int(table.image_set_version[first]))
+
+    def unit_of(self, reference: VolumeReference) -> int:
+        """The volume number a reference names in this transform's index."""
+        found = self._units.get((reference.image_set_id, reference.series_instance_uid))
+        if found is None:
+            raise ConfigError(f"{reference.uri} is not in the index this LoadAHId was built with")
+        unit, version = found
+        if version != reference.version:
+            raise ConfigError(
+                f"{reference.uri} names version {reference.version}, the index holds version {version}: "
+                "rebuild the references from the refreshed index"
+            )
+        return unit
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        result = dict(data)
+        for key in self.key_iterator(result):
+            reference = parse_volume_uri(result[key])
+            result[key] = to_metatensor(self.volumes[self.unit_of(reference)])
+        return result
+
+
+def references(dataset: VolumeDataset, keys: Sequence[str] = ("patient_id",)) -> list[dict[str, Any]]:
+    """``{"image": "ahi://...", "label": ...}`` for every volume of a dataset, labels resolved.
+
+    The dataset's labels (a column, a table, a callable) come along as plain values, so MONAI
+    datasets built on these references train on the same labels as the ahi_torch dataset.
+    """
+    table = dataset.table
+    data = []
+    for rows in dataset.volume_rows:
+        first = int(rows[0])
+        uri = volume_uri(
+            table.datastores[table.datastore_code[first]],
+            table.text("image_set_id", first),
+            table.text("series_instance_uid", first),
+            int(table.image_set_version[first]),
+        )
+        entry: dict[str, Any] = {"image": uri}
+        label = dataset.label_of_row(first)
+        if label is not None:
+            entry["label"] = label.item()
+        entry.update({name: table.text(name, first) for name in keys})
+        data.append(entry)
+    return data

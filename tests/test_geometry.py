@@ -1,0 +1,84 @@
+"""Series geometry: irregular stacks are detected, never averaged into a plausible wrong affine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from ahi_torch.metadata import series_geometry
+from ahi_torch.synthetic import AXIAL, oblique
+
+
+@dataclass(frozen=True)
+class Slice:
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None = AXIAL  # type: ignore[assignment]
+    pixel_spacing: tuple[float, float] | None = (0.8, 0.7)
+    instance_number: int | None = None
+    slice_thickness: float | None = 2.5
+
+
+def stack(
+    zs: list[float], orientation: tuple[float, ...] = AXIAL, shift: dict[int, float] | None = None
+) -> list[Slice]:
+    row, column = np.array(orientation[:3]), np.array(orientation[3:])
+    normal = np.cross(row, column)
+    slices = []
+    for i, z in enumerate(zs):
+        point = np.array([-20.0, -30.0, -50.0]) + z * normal + (shift or {}).get(i, 0.0) * row
+        slices.append(Slice(tuple(float(v) for v in point), tuple(orientation), instance_number=i + 1))  # type: ignore[arg-type]
+    return slices
+
+
+def test_regular_oblique_stack_in_any_order() -> None:
+    zs = [2.5 * k for k in range(8)]
+    slices = stack(zs, oblique(20.0))
+    shuffled = [slices[i] for i in (3, 0, 7, 5, 1, 6, 2, 4)]
+    geometry = series_geometry(shuffled)
+    assert geometry.regular and geometry.irregularity == ""
+    assert geometry.spacing == pytest.approx((2.5, 0.8, 0.7))
+    # Every slice lands where its own ImagePositionPatient says.
+    for k, index in enumerate(geometry.order):
+        np.testing.assert_allclose(geometry.affine @ [k, 0, 0, 1], [*shuffled[index].position, 1.0], atol=1e-9)  # type: ignore[misc]
+    # Row 1 moves along the column direction cosine by PixelSpacing[0]; column 1 along the row cosine.
+    np.testing.assert_allclose(geometry.affine[:3, 1], np.array(oblique(20.0)[3:]) * 0.8)
+    np.testing.assert_allclose(geometry.affine[:3, 2], np.array(oblique(20.0)[:3]) * 0.7)
+
+
+@pytest.mark.parametrize(
+    ("zs", "shift", "expected"),
+    [
+        ([0, 2.5, 5, 10, 12.5, 15], None, "1 missing slice(s): a gap of 5 mm after slice 2"),
+        ([0, 2.5, 5, 5, 7.5, 10], None, "1 duplicated slice position(s)"),
+        ([0, 2.5, 5, 7.6, 10, 12.5], None, "uneven slice steps from 2.4 to 2.6 mm"),
+        ([0, 1.25, 2.5, 3.75, 5.0, 6.25], {1: 30.0, 3: 30.0, 5: 30.0}, "do not lie on one line"),
+        ([0, 0, 2.5, 2.5, 5, 5, 7.5, 7.5], None, "4 duplicated slice position(s)"),
+    ],
+    ids=["missing", "duplicate", "uneven", "side-by-side", "interleaved"],
+)
+def test_irregular_stacks_are_flagged(zs: list[float], shift: dict[int, float] | None, expected: str) -> None:
+    geometry = series_geometry(stack(zs, shift=shift))
+    assert not geometry.regular
+    assert expected in geometry.irregularity
+
+
+def test_mixed_orientation_and_missing_positions_are_irregular() -> None:
+    mixed = stack([0, 2.5, 5])
+    mixed[1] = Slice(mixed[1].position, oblique(10.0), instance_number=2)  # type: ignore[arg-type]
+    geometry = series_geometry(mixed)
+    assert not geometry.regular and geometry.affine is None
+    assert geometry.irregularity.startswith("mixed ImageOrientationPatient")
+
+    unplaced = [Slice(None, None, instance_number=n) for n in (2, 1, 3)]
+    geometry = series_geometry(unplaced)
+    assert not geometry.regular and "InstanceNumber" in geometry.irregularity
+    assert series_geometry(unplaced[:1]).regular  # one slice is trivially a stack
+
+
+def test_mixed_pixel_spacing_is_irregular() -> None:
+    slices = stack([0, 2.5, 5])
+    slices[2] = Slice(slices[2].position, pixel_spacing=(0.9, 0.9), instance_number=3)
+    geometry = series_geometry(slices)
+    assert not geometry.regular and geometry.irregularity == "mixed PixelSpacing"

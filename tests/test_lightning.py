@@ -1,0 +1,88 @@
+"""Lightning DDP with a real 2-process Trainer: every sample once per epoch, reshuffled, resumable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ahi_torch.local import LocalAHI
+from ahi_torch.samplers import ShuffleSampler
+from ahi_torch.synthetic import SeriesSpec, write_series
+
+pytest.importorskip("lightning")
+
+JOB = Path(__file__).with_name("lightning_job.py")
+SAMPLES = 16
+
+
+@pytest.fixture(scope="module")
+def config(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A config over 16 frames (two 8-slice series) of a fresh data store."""
+    root = tmp_path_factory.mktemp("lightning")
+    for patient in range(2):
+        spec = SeriesSpec(patient_id=f"LIT-{patient}", series_key=f"lit{patient}", slices=8, rows=16, columns=16)
+        write_series(root / "dicom" / spec.series_key, spec)
+    result = ahi.import_dicom(root / "dicom")
+    assert result.status == "COMPLETED", result.message
+    cfg = {
+        "connection": {"endpoint_url": ahi.endpoint_url},
+        "datastore": {"id": result.datastore_id},
+        "index": {"path": str(root / "index.parquet")},
+        "cache": {"dir": str(root / "cache")},
+        "loader": {"batch_size": 2, "num_workers": 1, "seed": 3, "multiprocessing_context": "fork"},
+    }
+    path = root / "lightning.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_job(config: Path, out: Path, mode: str, checkpoint: Path | None = None) -> list[dict]:
+    command = [sys.executable, str(JOB), str(config), str(out), mode, *([str(checkpoint)] if checkpoint else [])]
+    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, cwd=JOB.parent.parent)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (out / f"done-{mode}").exists()
+    return [json.loads(line) for path in sorted(out.glob("rank*.jsonl")) for line in path.read_text().splitlines()]
+
+
+def seen(records: list[dict], epoch: int) -> list[int]:
+    return sorted(i for r in records if r["epoch"] == epoch for i in r["indices"])
+
+
+def order(records: list[dict], epoch: int, rank: int) -> list[int]:
+    return [i for r in records if r["epoch"] == epoch and r["rank"] == rank for i in r["indices"]]
+
+
+@pytest.mark.slow
+def test_ddp_sees_every_sample_once_per_epoch_and_reshuffles(config: Path, tmp_path: Path) -> None:
+    records = run_job(config, tmp_path / "full", "full")
+    assert {r["world"] for r in records} == {2} and {r["rank"] for r in records} == {0, 1}
+    assert {r["sampler"] for r in records} == {"ShuffleSampler"}, "Lightning must not wrap the sampler"
+    for epoch in (0, 1):
+        assert seen(records, epoch) == list(range(SAMPLES)), f"epoch {epoch}"
+    assert order(records, 0, 0) != order(records, 1, 0), "each epoch reshuffles"
+    # The ranks' shares are exactly the sampler's, computed without any process group.
+    for rank in (0, 1):
+        sampler = ShuffleSampler(SAMPLES, seed=3, num_replicas=2, rank=rank)
+        sampler.set_epoch(1)
+        assert order(records, 1, rank) == list(sampler)
+
+
+@pytest.mark.slow
+def test_ddp_resumes_exactly_from_a_mid_epoch_checkpoint(config: Path, tmp_path: Path) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    first = run_job(config, tmp_path / "first", "full", checkpoints)
+    assert (checkpoints / "mid.ckpt").exists(), "ModelCheckpoint saved after step 6, in the middle of epoch 1"
+    before = [r for r in first if r["step"] < 6]
+    assert seen(before, 0) == list(range(SAMPLES)) and 0 < len(seen(before, 1)) < SAMPLES
+    second = run_job(config, tmp_path / "second", "resume", checkpoints)
+    assert seen(second, 0) == [], "the resumed run does not repeat epoch 0"
+    assert min(r["step"] for r in second) == 6
+    assert sorted(seen(before, 1) + seen(second, 1)) == list(range(SAMPLES)), "epoch 1 is completed exactly once"
+    for rank in (0, 1):
+        resumed = order(before, 1, rank) + order(second, 1, rank)
+        assert resumed == order(first, 1, rank), "the resumed epoch keeps the uninterrupted order"

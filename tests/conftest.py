@@ -15,7 +15,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from ahi_torch.local import LocalAHI, ServiceSettings
+from ahi_torch.local import LocalAHI, Quotas, ServiceSettings
 from ahi_torch.local.uploads import ImportResult
 from ahi_torch.synthetic import SeriesSpec, oblique, write_multiframe, write_rgb, write_series
 
@@ -40,7 +40,9 @@ REAL_FILES = [
     "MR_small_implicit.dcm",  # implicit VR LE
 ]
 
-SETTINGS = ServiceSettings(check_responses=True, transition_seconds=0.05)
+# One session-wide service serves every test module, each with its own data store: more than AHI's
+# default quota of 10 (the quota itself is tested in test_local_conformance.py).
+SETTINGS = ServiceSettings(check_responses=True, transition_seconds=0.05, quotas=Quotas(max_datastores=40))
 
 
 def real_file(name: str) -> Path:

@@ -40,6 +40,17 @@ SPECS = {
         patient_id="MON-2", series_key="axial", slices=10, rows=32, columns=48, pixel_spacing=(0.7, 0.9), nodule=True
     ),
 }
+# Imported with scrambled InstanceNumbers; MONAI reads the same slices numbered in spatial order.
+SCRAMBLED = SeriesSpec(
+    patient_id="MON-3",
+    series_key="scrambled",
+    slices=12,
+    rows=24,
+    columns=28,
+    orientation=oblique(-25.0),
+    shuffle_instance_numbers=True,
+    nodule=True,
+)
 
 
 def post_transforms() -> list:
@@ -55,6 +66,12 @@ def imported(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("monai")
     for name, spec in SPECS.items():
         write_series(root / name, spec)
+    spatial = root.parent / f"{root.name}-spatial"
+    spatial.mkdir()
+    for number, path in enumerate(write_series(root / "scrambled", SCRAMBLED), start=1):  # geometric order
+        ds = pydicom.dcmread(path)
+        ds.InstanceNumber = number
+        ds.save_as(spatial / path.name, enforce_file_format=True)
     result = ahi.import_dicom(root)
     assert result.status == "COMPLETED", result.message
     index = build_index(ahi.client(), result.datastore_id, progress=False)
@@ -63,6 +80,8 @@ def imported(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def series_dir(imported: dict, index: FrameIndex, uri: str) -> Path:
     series_uid = uri.split("/")[4].split("?", maxsplit=1)[0]
+    if series_uid == SCRAMBLED.series_uid:  # MONAI stacks by InstanceNumber: give it spatial numbers
+        return imported["root"].parent / f"{imported['root'].name}-spatial"
     name = next(n for n, spec in SPECS.items() if spec.series_uid == series_uid)
     return imported["root"] / name
 
@@ -70,7 +89,7 @@ def series_dir(imported: dict, index: FrameIndex, uri: str) -> Path:
 def test_load_ahid_matches_monai_pydicom_reader(ahi, imported: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     index = imported["index"]
     data = index.to_monai_data(label="patient_id")
-    assert len(data) == 2 and all(d["image"].startswith("ahi://") and "?version=1" in d["image"] for d in data)
+    assert len(data) == 3 and all(d["image"].startswith("ahi://") and "?version=1" in d["image"] for d in data)
     ours = Compose(
         [LoadAHId("image", index=index, client=ahi.client(), cache=FrameCache(tmp_path)), *post_transforms()]
     )
@@ -95,7 +114,8 @@ def test_to_metatensor_puts_every_voxel_where_pydicom_says(ahi, imported: dict) 
         image = to_metatensor(item)
         d, h, w = item["image"].shape[1:]
         assert image.shape == (1, w, h, d) and tuple(image.meta["spatial_shape"]) == (w, h, d)
-        name = next(n for n, spec in SPECS.items() if spec.series_uid == item["meta"]["series_instance_uid"])
+        specs = {**SPECS, "scrambled": SCRAMBLED}
+        name = next(n for n, spec in specs.items() if spec.series_uid == item["meta"]["series_instance_uid"])
         files = sorted((imported["root"] / name).glob("*.dcm"))
         for path in (files[0], files[-1]):
             ds = pydicom.dcmread(path)
@@ -128,7 +148,7 @@ def test_caching_datasets_hash_references_and_never_refetch(ahi, imported: dict,
     load = LoadAHId("image", index=index, client=ahi.client(), cache=FrameCache(tmp_path / "frames"))
     transform = Compose([load, Orientationd("image", axcodes="RAS", labels=None)])
     data = references(VolumeDataset(index, ahi.client(), labels="patient_id"))
-    assert [d["label"] for d in data] == [0, 1] and all(d["image"].startswith("ahi://") for d in data)
+    assert sorted(d["label"] for d in data) == [0, 1, 2] and all(d["image"].startswith("ahi://") for d in data)
 
     def fetched() -> int:
         return ahi.request_counts().get("GetImageFrame", 0)
@@ -153,7 +173,7 @@ def test_caching_datasets_hash_references_and_never_refetch(ahi, imported: dict,
     loader = DataLoader(Dataset(data, transform), batch_size=1, num_workers=2)
     batches = list(loader)
     assert fetched() - start == frames, "workers share the frame cache too"
-    assert len(batches) == len(cached) == 2
+    assert len(batches) == len(cached) == 3
     torch.testing.assert_close(batches[0]["image"][0].as_tensor(), cached[0]["image"].as_tensor())
 
 

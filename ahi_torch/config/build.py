@@ -34,18 +34,6 @@ from .schema import Config, LabelsConfig
 
 log = logging.getLogger(__name__)
 
-_FILTERS = {
-    "patient_id": search.patient_id,
-    "accession_number": search.accession_number,
-    "study_id": search.study_id,
-    "study_uid": search.study_uid,
-    "series_uid": search.series_uid,
-    "is_primary": search.is_primary,
-    "created_between": search.created_between,
-    "updated_between": search.updated_between,
-    "study_date_between": search.study_date_between,
-}
-
 
 def build_client(cfg: Config) -> AHIClient:
     c = cfg.connection
@@ -89,15 +77,9 @@ def resolve_datastore(cfg: Config, client: AHIClient) -> str:
 
 def _filter(spec: dict[str, Any], where: str) -> dict[str, Any]:
     if len(spec) != 1:
-        raise ConfigError(f"{where}: each filter has exactly one key (one of {', '.join(_FILTERS)})")
+        raise ConfigError(f"{where}: each filter has exactly one key (one of {', '.join(search.FILTERS)})")
     ((name, value),) = spec.items()
-    if name not in _FILTERS:
-        raise ConfigError(f"{where}.{name}: unknown filter (allowed: {', '.join(_FILTERS)})")
-    args = value if isinstance(value, list) and name.endswith("_between") else [value]
-    try:
-        return _FILTERS[name](*[str(a) if name == "study_date_between" else a for a in args])  # type: ignore[operator]
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{where}.{name}: {error}") from None
+    return search.named_filter(name, value, where)
 
 
 def searches_of(cfg: Config) -> list[Search]:

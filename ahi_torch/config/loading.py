@@ -10,6 +10,7 @@ Errors name the key and what it allows, e.g.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -31,25 +32,65 @@ def _type_name(kind: Any) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Override:
-    """A command-line value: its text (for text keys, so IDs keep leading zeros) and its YAML reading."""
+class _Scalar:
+    """A plain YAML scalar as written (``text``) and as YAML 1.1 reads it (``parsed``).
+
+    YAML reads ``0123`` as the octal integer 83, ``1e3`` as a float and ``NO`` as false. Text
+    keys (IDs, UIDs, names) take the text as written; other keys take the reading.
+    """
 
     text: str
     parsed: Any
 
 
+class _TextKeepingLoader(yaml.SafeLoader):
+    """SafeLoader whose non-string plain scalars remember their text (see :class:`_Scalar`)."""
+
+
+def _keep_text(tag: str) -> None:
+    read = _TextKeepingLoader.yaml_constructors[tag]
+
+    def construct(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> _Scalar:
+        return _Scalar(str(node.value), read(loader, node))
+
+    _TextKeepingLoader.add_constructor(tag, construct)
+
+
+for _tag in ("int", "float", "bool", "null", "timestamp"):
+    _keep_text(f"tag:yaml.org,2002:{_tag}")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every :class:`_Scalar` replaced by its reading."""
+    if isinstance(value, _Scalar):
+        return value.parsed
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {_key(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def _key(key: Any) -> Any:
+    return key.text if isinstance(key, _Scalar) else key
+
+
+def _scalar_for(value: _Scalar, kind: Any) -> Any:
+    """The text or the reading of ``value``, whichever ``kind`` wants."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (Union, types.UnionType):
+        if value.parsed is None and type(None) in args:
+            return None
+        # Where text is allowed too, only YAML 1.2's true/false are flags: a study ID "NO" stays text.
+        if isinstance(value.parsed, bool) and bool in args and value.text.lower() in ("true", "false"):
+            return value.parsed
+        return value.text if str in args else value.parsed
+    return value.text if kind is str or origin is Literal else value.parsed
+
+
 def _coerce(value: Any, kind: Any, where: str) -> Any:
-    if isinstance(value, _Override):
-        wants_text = (
-            kind is str
-            or (typing.get_origin(kind) is Literal)
-            or (
-                typing.get_origin(kind) in (Union, types.UnionType)
-                and str in typing.get_args(kind)
-                and value.parsed is not None
-            )
-        )
-        value = value.text if wants_text else value.parsed
+    if isinstance(value, _Scalar):
+        value = _scalar_for(value, kind)
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
     if origin in (Union, types.UnionType):
@@ -73,11 +114,11 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+        return {str(_key(k)): _coerce(v, args[1], f"{where}.{_key(k)}") for k, v in value.items()}
     if dataclasses.is_dataclass(kind):
         return from_dict(kind, value, where)  # type: ignore[arg-type]
     if kind is Any:
-        return value
+        return _plain(value)
     if kind is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -99,12 +140,13 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys and ill-typed values."""
+    if isinstance(data, _Scalar):
+        data = data.parsed
     if data is None:
         data = {}
-    if isinstance(data, _Override):
-        data = data.parsed if data.parsed is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    data = {_key(k): v for k, v in data.items()}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
@@ -137,19 +179,22 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     target[keys[-1]] = value
 
 
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_TextKeepingLoader)
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["loader.batch_size=8", "search.filters=[{patient_id: P1}]"]``: values parsed as YAML."""
-    result: dict[str, Any] = json.loads(json.dumps(data))
+    """``["loader.batch_size=8", "search.filters=[{patient_id: 0123}]"]``: values read as YAML."""
+    result: dict[str, Any] = copy.deepcopy(data)
     for override in overrides:
         if "=" not in override:
             raise ConfigError(f"override {override!r} must look like key.path=value")
         key, raw = override.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = _read_yaml(raw)
         except yaml.YAMLError as error:
             raise ConfigError(f"override {key}: value is not valid YAML ({error})") from None
-        scalar = value is None or isinstance(value, (str, int, float, bool))
-        _set_dotted(result, key.strip(), _Override(raw.strip(), value) if scalar else value)
+        _set_dotted(result, key.strip(), value)
     return result
 
 
@@ -159,7 +204,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not source.exists():
         raise ConfigError(f"config file {source} does not exist")
     try:
-        data = yaml.safe_load(source.read_text()) or {}
+        data = _read_yaml(source.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{source} is not valid YAML: {error}") from None
     return from_dict(Config, apply_overrides(data, overrides or []))

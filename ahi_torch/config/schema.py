@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..errors import ConfigError
+from ..index.search import FILTERS, named_filter
+
 
 @dataclass(frozen=True)
 class ConnectionConfig:
@@ -35,19 +38,38 @@ class DatastoreConfig:
     name: str | None = None
 
 
+#: A filter's value: an ID (always text, so ``0123`` keeps its zero), a flag, or ``[start, end]``.
+FilterValue = str | bool | list[str]
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """What to index. ``filters`` is one search (at most two filters, ANDed); ``searches`` is a
-    list of such filter lists, ORed. Filter keys: patient_id, accession_number, study_id,
-    study_uid, series_uid, is_primary, created_between, updated_between, study_date_between."""
+    list of such filter lists, ORed. Filter keys are :data:`ahi_torch.index.search.FILTERS`:
+    patient_id, accession_number, study_id, study_uid, series_uid, is_primary, created_between,
+    updated_between, study_date_between. Every filter is checked when the config loads."""
 
-    filters: list[dict[str, Any]] = field(default_factory=list)
-    searches: list[list[dict[str, Any]]] = field(default_factory=list)
+    filters: list[dict[str, FilterValue]] = field(default_factory=list)
+    searches: list[list[dict[str, FilterValue]]] = field(default_factory=list)
     partitions: int = 1
     partition_field: Literal["createdAt", "updatedAt"] = "createdAt"
     include_non_primary: bool = False
     extra_tags: list[str] = field(default_factory=list)
     modalities: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.filters and self.searches:
+            raise ConfigError("search: give filters (one search) or searches (several), not both")
+        groups = [("search.filters", self.filters)] if self.filters else []
+        groups += [(f"search.searches[{k}]", group) for k, group in enumerate(self.searches)]
+        for where, group in groups:
+            if len(group) > 2:
+                raise ConfigError(f"{where}: AHI allows at most two filters per search")
+            for i, spec in enumerate(group):
+                if len(spec) != 1:
+                    raise ConfigError(f"{where}[{i}]: each filter has exactly one key (one of {', '.join(FILTERS)})")
+                ((name, value),) = spec.items()
+                named_filter(name, value, f"{where}[{i}]")
 
 
 @dataclass(frozen=True)

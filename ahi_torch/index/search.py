@@ -54,7 +54,14 @@ def _timestamp(value: dt.datetime | float | str) -> dt.datetime:
         return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
     if isinstance(value, (int, float)):
         return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
-    return _timestamp(dt.datetime.fromisoformat(value))
+    try:
+        return _timestamp(float(value))  # seconds since the epoch, as text
+    except ValueError:
+        pass
+    try:
+        return _timestamp(dt.datetime.fromisoformat(value))
+    except ValueError:
+        raise ConfigError(f"{value!r} is neither an ISO 8601 time nor seconds since the epoch") from None
 
 
 def created_between(start: dt.datetime | float | str, end: dt.datetime | float | str) -> Filter:
@@ -86,6 +93,57 @@ def study_date_between(
             {"DICOMStudyDateAndTime": _study_date(end, end_time or "235959.999999")},
         ],
     }
+
+
+@dataclass(frozen=True)
+class FilterKind:
+    """What a named filter takes: ``"text"`` (one ID), ``"bool"`` or ``"range"`` (two bounds)."""
+
+    make: Any
+    takes: str
+
+
+#: Every filter by the name configs and the CLI use. IDs are text: ``0123`` stays ``"0123"``.
+FILTERS: dict[str, FilterKind] = {
+    "patient_id": FilterKind(patient_id, "text"),
+    "accession_number": FilterKind(accession_number, "text"),
+    "study_id": FilterKind(study_id, "text"),
+    "study_uid": FilterKind(study_uid, "text"),
+    "series_uid": FilterKind(series_uid, "text"),
+    "is_primary": FilterKind(is_primary, "bool"),
+    "created_between": FilterKind(created_between, "range"),
+    "updated_between": FilterKind(updated_between, "range"),
+    "study_date_between": FilterKind(study_date_between, "range"),
+}
+
+
+def named_filter(name: str, value: Any, where: str = "filter") -> Filter:
+    """The filter ``{name: value}`` of a config, checked: a ConfigError naming ``where`` otherwise.
+
+    >>> named_filter("patient_id", "0123")
+    {'operator': 'EQUAL', 'values': [{'DICOMPatientId': '0123'}]}
+    """
+    kind = FILTERS.get(name)
+    if kind is None:
+        raise ConfigError(f"{where}.{name}: unknown filter (allowed: {', '.join(FILTERS)})")
+    args: list[Any]
+    if kind.takes == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name}: expected true or false, got {value!r}")
+        args = [value]
+    elif kind.takes == "range":
+        if not isinstance(value, list) or len(value) != 2:
+            raise ConfigError(f"{where}.{name}: expected [start, end], got {value!r}")
+        args = [str(v) for v in value]
+    else:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{where}.{name}: expected an ID as text, got {value!r}")
+        args = [value]
+    try:
+        result: Filter = kind.make(*args)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{where}.{name}: {error}") from None
+    return result
 
 
 @dataclass(frozen=True)

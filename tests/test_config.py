@@ -1,0 +1,72 @@
+"""Config loading: IDs stay text, filters are checked when the config loads, overrides read like YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ahi_torch import config
+from ahi_torch.config.build import searches_of
+from ahi_torch.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_ids_and_uids_stay_text(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+search:
+  searches:
+    - [{patient_id: 0123}, {is_primary: true}]
+    - [{accession_number: 1e3}]
+    - [{study_id: NO}]
+    - [{series_uid: 1.2.840.10008}]
+    - [{study_date_between: [20240101, 20241231]}]
+datastore: {name: 00042}
+loader: {batch_size: 0x10}
+""",
+    )
+    cfg = config.load(path)
+    values = [list(f.values())[0] for group in cfg.search.searches for f in group]
+    assert values == ["0123", True, "1e3", "NO", "1.2.840.10008", ["20240101", "20241231"]]
+    assert cfg.datastore.name == "00042"
+    assert cfg.loader.batch_size == 16, "numbers still read as YAML numbers"
+    criteria = [s.criteria() for s in searches_of(cfg)]
+    assert criteria[0]["filters"][0] == {"operator": "EQUAL", "values": [{"DICOMPatientId": "0123"}]}
+    assert criteria[0]["filters"][1] == {"operator": "EQUAL", "values": [{"isPrimary": True}]}
+
+
+def test_overrides_keep_text_too(tmp_path: Path) -> None:
+    path = write(tmp_path, "search: {filters: [{patient_id: P1}]}\n")
+    cfg = config.load(path, overrides=["search.filters=[{patient_id: 0077}]", "datastore.id=0123", "loader.seed=010"])
+    assert cfg.search.filters == [{"patient_id": "0077"}]
+    assert cfg.datastore.id == "0123" and cfg.loader.seed == 8  # an int key reads YAML 1.1's octal
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("search: {filters: [{patient_idd: P1}]}", r"search.filters\[0\].patient_idd: unknown filter"),
+        ("search: {filters: [{is_primary: maybe}]}", r"is_primary: expected true or false, got 'maybe'"),
+        ("search: {filters: [{created_between: [2024-01-01]}]}", r"created_between: expected \[start, end\]"),
+        ("search: {filters: [{created_between: [soon, later]}]}", "neither an ISO 8601 time"),
+        ("search: {filters: [{patient_id: P1}, {is_primary: true}, {study_id: S}]}", "at most two filters"),
+        ("search: {filters: [{patient_id: P1, study_id: S}]}", "exactly one key"),
+        ("loader: {sampler: random}", "loader.sampler: 'random' is not one of"),
+        ("lodaer: {}", "lodaer: unknown key"),
+    ],
+)
+def test_bad_values_fail_when_the_config_loads(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, text))
+
+
+def test_config_error_is_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        config.load(tmp_path / "missing.yaml")

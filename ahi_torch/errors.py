@@ -139,6 +139,10 @@ class GeometryError(MetadataError):
     """A series is not one evenly spaced stack (``irregular="error"``); the message says why."""
 
 
+class CacheError(AHIError):
+    """The frame cache cannot be opened or read (the message says why and what to run)."""
+
+
 class ConfigError(AHIError, ValueError):
     """A configuration file or value is invalid; the message names the key and what is allowed."""
 

@@ -33,7 +33,7 @@ loader: {batch_size: 0x10}
 """,
     )
     cfg = config.load(path)
-    values = [list(f.values())[0] for group in cfg.search.searches for f in group]
+    values = [next(iter(f.values())) for group in cfg.search.searches for f in group]
     assert values == ["0123", True, "1e3", "NO", "1.2.840.10008", ["20240101", "20241231"]]
     assert cfg.datastore.name == "00042"
     assert cfg.loader.batch_size == 16, "numbers still read as YAML numbers"

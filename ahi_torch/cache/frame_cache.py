@@ -12,7 +12,11 @@ Built on diskcache (SQLite index + files), with these guarantees:
 * every read checks the entry's CRC32; a corrupt entry is evicted and reported as a miss;
 * the SQLite connection opens lazily in each process (after fork), the first open of a
   directory is serialised by a file lock, and the directory is created ``0700``;
-* a full disk (or any write error) turns storing off with one warning; reads carry on;
+* a cache never takes training down: a full disk (or any write error) turns storing off with
+  one warning while reads carry on, and a directory that cannot be created, opened or read (read
+  only, someone else's, a damaged ``cache.db``) turns the whole cache off with one warning, so
+  frames are served uncached. ``counters.unavailable`` counts the lookups that went uncached;
+  ``ahi-torch cache repair`` rebuilds a damaged database from its intact entries;
 * ``mode="decoded"`` stores pixels (fastest reads), ``mode="encoded"`` stores AHI's HTJ2K bytes
   (about half the space, decoded on every read). The benchmark suite measures both.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,13 +35,22 @@ import numpy as np
 from diskcache import Cache
 from filelock import FileLock
 
-from ..errors import ConfigError
+from ..errors import CacheError, ConfigError
 from . import records
 from .disk import BytesOnlyDisk, UnsafeEntry
 
 log = logging.getLogger(__name__)
 
+#: diskcache's ``check(fix=True)`` deletes every file it does not know, except those whose path
+#: contains "cache.db": the open lock is named so that a repair never removes a lock in use.
+LOCK_NAME = "cache.db.open-lock"
 MODES = ("decoded", "encoded")
+
+
+class CacheUnavailableWarning(UserWarning):
+    """The frame cache cannot be used (or can no longer store); frames are served uncached."""
+
+
 EVICTION_POLICIES = ("least-recently-stored", "least-recently-used", "least-frequently-used")
 
 
@@ -64,6 +78,7 @@ class CacheCounters:
     bytes_written: int = 0
     corrupt_evicted: int = 0
     write_failures: int = 0
+    unavailable: int = 0
 
     @property
     def hit_rate(self) -> float:
@@ -110,13 +125,16 @@ class FrameCache:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._storing = True
+        self._broken: str | None = None  # why this process cannot use the cache at all
 
     def __repr__(self) -> str:
         return f"FrameCache({str(self.directory)!r}, mode={self.mode!r}, size_limit={self.size_limit / 1024**3:g} GiB)"
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_cache=None, _pid=None, _lock=None, _write_lock=None, counters=CacheCounters(), _storing=True)
+        state.update(
+            _cache=None, _pid=None, _lock=None, _write_lock=None, counters=CacheCounters(), _storing=True, _broken=None
+        )
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -128,7 +146,7 @@ class FrameCache:
 
     @property
     def diskcache(self) -> Cache:
-        """This process's diskcache handle (opened on first use, again after fork)."""
+        """This process's diskcache handle (opened on first use, again after fork); raises if it cannot open."""
         pid = os.getpid()
         if self._cache is None or self._pid != pid:
             with self._lock:
@@ -136,13 +154,16 @@ class FrameCache:
                     self._cache = self._open()
                     self._pid = pid
                     self._storing = True
+                    self._broken = None
         return self._cache
 
     def _open(self) -> Cache:
+        existed = self.directory.exists()
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.directory.chmod(0o700)
+        if not existed:
+            self.directory.chmod(0o700)  # mkdir's mode is masked by the umask
         # diskcache's first open runs schema DDL; concurrent first opens can collide.
-        with FileLock(str(self.directory / ".open.lock"), timeout=120):
+        with FileLock(str(self.directory / LOCK_NAME), timeout=120):
             return Cache(
                 str(self.directory),
                 timeout=60,
@@ -153,6 +174,37 @@ class FrameCache:
                 statistics=0,
             )
 
+    @property
+    def available(self) -> bool:
+        """Whether this process can use the cache (False after it was switched off)."""
+        return self._handle() is not None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the cache is off in this process, or None."""
+        return self._broken if self._pid == os.getpid() else None
+
+    def _handle(self) -> Cache | None:
+        """The diskcache handle, or None when this process cannot use the cache (warned once)."""
+        if self._broken is not None and self._pid == os.getpid():
+            return None
+        try:
+            return self.diskcache
+        except Exception as error:  # PermissionError, sqlite3.DatabaseError, Timeout...
+            self._switch_off(error)
+            return None
+
+    def _switch_off(self, error: BaseException) -> None:
+        with self._lock:
+            if self._broken is not None and self._pid == os.getpid():
+                return
+            self._broken = f"{type(error).__name__}: {error}"
+            self._pid = os.getpid()
+            self._cache = None
+        message = f"frame cache at {self.directory} is unavailable, frames are served uncached ({self._broken})"
+        log.warning("%s", message)
+        warnings.warn(message, CacheUnavailableWarning, stacklevel=4)
+
     def close(self) -> None:
         if self._cache is not None and self._pid == os.getpid():
             self._cache.close()
@@ -161,11 +213,19 @@ class FrameCache:
     # --- raw get/set ------------------------------------------------------------------------------
 
     def _get(self, key: str) -> bytes | None:
+        cache = self._handle()
+        if cache is None:
+            self.counters.unavailable += 1
+            return None
         try:
-            value = self.diskcache.get(key, default=None, retry=True)
+            value = cache.get(key, default=None, retry=True)
         except UnsafeEntry:
             log.warning("evicting a cache entry that is not in ahi_torch's format: %s", key)
             self._evict(key)
+            return None
+        except Exception as error:  # a damaged database, a vanished directory
+            self._switch_off(error)
+            self.counters.unavailable += 1
             return None
         if value is None:
             self.counters.misses += 1
@@ -177,15 +237,20 @@ class FrameCache:
     def _set(self, key: str, data: bytes) -> bool:
         if not self._storing:
             return False
+        cache = self._handle()
+        if cache is None:
+            return False
         try:
             # One writer per process at a time: threads racing for SQLite's write lock lose
             # milliseconds in its busy-wait backoff; other processes still take turns in SQLite.
             with self._write_lock:
-                stored = bool(self.diskcache.set(key, data, retry=True))
-        except (OSError, Exception) as error:  # sqlite3.OperationalError, Timeout, ENOSPC...
+                stored = bool(cache.set(key, data, retry=True))
+        except Exception as error:  # sqlite3.OperationalError, Timeout, ENOSPC, read-only...
             self.counters.write_failures += 1
             self._storing = False
-            log.warning("frame cache at %s stopped storing: %s", self.directory, error)
+            message = f"frame cache at {self.directory} stopped storing, reads carry on ({error})"
+            log.warning("%s", message)
+            warnings.warn(message, CacheUnavailableWarning, stacklevel=3)
             return False
         if stored:
             self.counters.writes += 1
@@ -197,7 +262,7 @@ class FrameCache:
         self.counters.misses += 1
         try:
             self.diskcache.delete(key, retry=True)
-        except Exception as error:
+        except Exception as error:  # a read-only cache keeps its corrupt entry; it is never served
             log.warning("could not evict corrupt cache entry %s: %s", key, error)
 
     # --- typed entries ----------------------------------------------------------------------------
@@ -240,26 +305,42 @@ class FrameCache:
 
     # --- maintenance ------------------------------------------------------------------------------
 
+    def _maintenance_handle(self) -> Cache:
+        try:
+            return self.diskcache
+        except Exception as error:
+            raise CacheError(
+                f"frame cache at {self.directory} cannot be opened ({type(error).__name__}: {error}); "
+                "run `ahi-torch cache repair`"
+            ) from error
+
     def stats(self) -> dict[str, Any]:
         """Entries and bytes on disk (shared) plus this process's counters."""
-        cache = self.diskcache
+        cache = self._maintenance_handle()
+        try:
+            entries, volume = len(cache), cache.volume()
+        except Exception as error:
+            raise CacheError(
+                f"frame cache at {self.directory} is damaged ({error}); run `ahi-torch cache repair`"
+            ) from error
         return {
             "directory": str(self.directory),
             "mode": self.mode,
-            "entries": len(cache),
-            "volume_bytes": cache.volume(),
+            "entries": entries,
+            "volume_bytes": volume,
             "size_limit_bytes": self.size_limit,
-            "storing": self._storing,
+            "storing": self._storing and self._broken is None,
             **asdict(self.counters),
             "hit_rate": self.counters.hit_rate,
         }
 
     def clear(self) -> int:
-        return int(self.diskcache.clear(retry=True))
+        """Remove every entry (through diskcache: only files of its own); returns how many."""
+        return int(self._maintenance_handle().clear(retry=True))
 
     def check(self, fix: bool = True) -> list[str]:
         """Repair diskcache's bookkeeping (orphan files after a crash); returns its warnings."""
-        return [str(w.message) for w in self.diskcache.check(fix=fix, retry=True)]
+        return [str(w.message) for w in self._maintenance_handle().check(fix=fix, retry=True)]
 
     def keys(self) -> list[str]:
-        return [str(k) for k in self.diskcache.iterkeys()]
+        return [str(k) for k in self._maintenance_handle().iterkeys()]

@@ -1,4 +1,4 @@
-"""``ahi-torch cache warm|verify CONFIG`` and ``ahi-torch cache stats``."""
+"""``ahi-torch cache warm|verify CONFIG`` and ``ahi-torch cache stats|repair|clear [CONFIG | --dir DIR]``."""
 
 from __future__ import annotations
 
@@ -26,13 +26,18 @@ def register(commands: Any) -> None:
     verify.add_argument("config", type=Path)
     add_overrides(verify)
     verify.set_defaults(handler=verify_command)
-    stats = sub.add_parser("stats", help="entries and size of a cache")
-    stats.add_argument("config", type=Path, nargs="?", help="a config naming the cache (or use --dir)")
-    stats.add_argument(
-        "--dir", type=Path, help="cache directory (default: the config's, else ~/.cache/ahi_torch/frames)"
-    )
-    add_overrides(stats)
-    stats.set_defaults(handler=stats_command)
+    for name, help_text, handler in (
+        ("stats", "entries and size of a cache", stats_command),
+        ("repair", "rebuild a damaged cache database, keeping its intact entries", repair_command),
+        ("clear", "remove every entry of a cache", clear_command),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("config", type=Path, nargs="?", help="a config naming the cache (or use --dir)")
+        command.add_argument(
+            "--dir", type=Path, help="cache directory (default: the config's, else ~/.cache/ahi_torch/frames)"
+        )
+        add_overrides(command)
+        command.set_defaults(handler=handler)
 
 
 def _dataset(args: argparse.Namespace) -> Any:
@@ -88,20 +93,44 @@ def verify_command(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if bad or evicted else EXIT_OK
 
 
-def stats_command(args: argparse.Namespace) -> int:
+def _named_cache(args: argparse.Namespace) -> Any:
+    """The cache a config or ``--dir`` names, with the config's size limit and mode."""
     from ..cache import FrameCache
     from ..config import load
 
-    directory = args.dir
-    mode = "decoded"
-    if directory is None and args.config is not None:
+    if args.config is not None:
         cfg = load(args.config, list(args.override))
-        directory, mode = cfg.cache.dir, cfg.cache.mode
-    cache = FrameCache(directory, mode=mode)
+        cache = FrameCache(args.dir or cfg.cache.dir, mode=cfg.cache.mode, size_limit_gb=cfg.cache.size_gb)
+    else:
+        cache = FrameCache(args.dir)
     if not cache.directory.exists():
         raise UsageError(f"no cache at {cache.directory}")
-    stats = cache.stats()
+    return cache
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    stats = _named_cache(args).stats()
     print(f"directory   {stats['directory']}")
     print(f"entries     {stats['entries']}")
     print(f"size        {stats['volume_bytes'] / 1e6:.1f} MB of {stats['size_limit_bytes'] / 1e9:.1f} GB")
+    return EXIT_OK
+
+
+def repair_command(args: argparse.Namespace) -> int:
+    from ..cache.repair import repair_cache
+
+    report = repair_cache(_named_cache(args))
+    if report.backup is None:
+        print("no cache database to repair")
+        return EXIT_OK
+    print(
+        f"kept {report.kept} intact entries, dropped {report.dropped} corrupt ones, "
+        f"skipped {report.unreadable_rows} unreadable pages; the damaged database is at {report.backup}"
+    )
+    return EXIT_OK
+
+
+def clear_command(args: argparse.Namespace) -> int:
+    cache = _named_cache(args)
+    print(f"removed {cache.clear()} entries from {cache.directory}")
     return EXIT_OK

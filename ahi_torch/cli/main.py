@@ -54,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:
         print(f"ahi-torch: error: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as error:  # one line, not a traceback; -v shows the traceback
+        if args.verbose:
+            raise
+        print(f"ahi-torch: error: {type(error).__name__}: {error} (run with -v for details)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def entry_point() -> None:

@@ -23,6 +23,13 @@ from torch import nn
 
 from .config import build_dataloader, build_dataset, config_hash, from_dict, write_manifest
 from .config.schema import Config
+from .errors import ConfigError
+
+#: Marks a directory as a demo's output; it lists what the demo made there, the only entries a
+#: later demo run removes. A non-empty directory without it is refused: it may hold a user's files.
+MARKER = ".ahi-torch-demo"
+#: What a demo run writes into its output directory.
+OUTPUTS = ("dicom", "labels.csv", "index.parquet", "cache", "manifest.json")
 
 #: Real files from the pydicom wheel (no download): CT, MR, RGB ultrasound, JPEG baseline.
 REAL_FILES = ("CT_small.dcm", "MR_small.dcm", "US1_UNCR.dcm", "SC_rgb_jpeg_dcmtk.dcm")
@@ -160,6 +167,34 @@ def _write_inputs(output: Path, options: DemoOptions) -> Path:
     return dicom
 
 
+def prepare_output(output: Path) -> None:
+    """Make ``output`` ready for a run without touching anything the demo did not create.
+
+    An empty or missing directory is used as it is; a previous demo's output (it has the
+    :data:`MARKER` file) loses only the entries the marker lists; any other non-empty directory is
+    refused with a :class:`~ahi_torch.errors.ConfigError`.
+    """
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output-dir {output} is a file, not a directory")
+    entries = sorted(p.name for p in output.iterdir()) if output.exists() else []
+    if entries:
+        marker = output / MARKER
+        if not marker.exists():
+            raise ConfigError(
+                f"--output-dir {output} is not empty and was not made by ahi-torch demo "
+                f"(it holds {', '.join(entries[:3])}{'...' if len(entries) > 3 else ''}); choose an empty directory"
+            )
+        for name in marker.read_text().split():
+            if name in OUTPUTS:  # a marker cannot make the demo delete anything else
+                target = output / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+    output.mkdir(parents=True, exist_ok=True)
+    (output / MARKER).write_text("\n".join(OUTPUTS) + "\n")
+
+
 def run_demo(options: DemoOptions | None = None, log: Callable[[str], None] = print) -> DemoReport:
     """Run the whole path and return what it measured (the CLI prints it)."""
     from .local import LocalAHI
@@ -167,8 +202,7 @@ def run_demo(options: DemoOptions | None = None, log: Callable[[str], None] = pr
     options = options or DemoOptions()
     torch.manual_seed(options.seed)
     output = Path(options.output_dir)
-    shutil.rmtree(output, ignore_errors=True)
-    output.mkdir(parents=True)
+    prepare_output(output)
     report = DemoReport()
     dicom = _write_inputs(output, options)
     log(
@@ -179,7 +213,7 @@ def run_demo(options: DemoOptions | None = None, log: Callable[[str], None] = pr
         log(f"local AHI at {ahi.endpoint_url}, S3 at {ahi.s3_endpoint_url}")
         datastore_id = ahi.create_datastore("ahi-torch-demo")
         started = time.perf_counter()
-        result = ahi.import_dicom(dicom)
+        result = ahi.import_dicom(dicom, datastore_id)
         summary = result.manifest.get("jobSummary", {})
         report.imported_files = int(summary.get("numberOfImportedFiles", 0))
         report.failed_files = len(result.failures)
@@ -190,8 +224,6 @@ def run_demo(options: DemoOptions | None = None, log: Callable[[str], None] = pr
         )
         for failure in result.failures:
             log(f"  not imported: {failure['inputFile']}: {failure['exception']['message']}")
-        if result.datastore_id != datastore_id:
-            datastore_id = result.datastore_id
         cfg = demo_config(output, ahi.endpoint_url, datastore_id, options)
         train = build_dataset(cfg, progress=False)
         val_cfg = from_dict(Config, {**_as_dict(cfg), "split": {**_as_dict(cfg)["split"], "use": "val"}})

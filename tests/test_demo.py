@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from ahi_torch.cli.main import main
 from ahi_torch.config import load
-from ahi_torch.demo import DemoOptions, run_demo
+from ahi_torch.demo import DemoOptions, prepare_output, run_demo
+from ahi_torch.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -30,6 +34,26 @@ def test_demo_pipeline(tmp_path: Path) -> None:
     assert manifest["config_hash"] == report.config_hash and manifest["index_version"] == report.index_version
     assert manifest["report"]["epochs"][1]["cache_hit_rate"] == 1.0
     assert any(line.startswith("epoch 2 (warm cache)") for line in lines)
+
+    # A second run in the same directory replaces the demo's own outputs and nothing else.
+    keep = tmp_path / "demo" / "my-notes.txt"
+    keep.write_text("a user's file")
+    again = run_demo(
+        DemoOptions(patients=4, slices=4, size=16, epochs=1, batch_size=8, workers=0, output_dir=str(tmp_path / "demo"))
+    )
+    assert again.indexed_frames == 16 and keep.read_text() == "a user's file"
+
+
+def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "thesis.tex").write_text("years of work")
+    assert main(["demo", "--output-dir", str(target), "--patients", "4"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not empty and was not made by ahi-torch demo" in err
+    assert (target / "thesis.tex").read_text() == "years of work"
+    with pytest.raises(ConfigError, match="is a file"):
+        prepare_output(target / "thesis.tex")
 
 
 def test_shipped_configs_are_valid() -> None:

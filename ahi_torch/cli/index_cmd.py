@@ -28,6 +28,7 @@ def register(commands: Any) -> None:
     build = sub.add_parser("build", help="search a data store and index its frames (or refresh the index)")
     build.add_argument("config", type=Path, help="a configs/*.yaml file")
     build.add_argument("--output", type=Path, help="write the index here instead of index.path")
+    build.add_argument("--rebuild", action="store_true", help="build it again even if a saved index matches")
     add_overrides(build)
     build.set_defaults(handler=build_command)
     show = sub.add_parser("show", help="summarise a saved index")
@@ -42,7 +43,7 @@ def build_command(args: argparse.Namespace) -> int:
     if args.output:
         overrides.append(f"index.path={args.output}")
     cfg = load(args.config, overrides)
-    index = build_index_from_config(cfg, progress=sys.stderr.isatty())
+    index = build_index_from_config(cfg, progress=sys.stderr.isatty(), rebuild=args.rebuild)
     print(
         f"indexed {len(index)} frames of {index.image_set_count} image sets -> {cfg.index.path}"
         f" (version {index.version[:12]})"

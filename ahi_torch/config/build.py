@@ -87,13 +87,23 @@ def searches_of(cfg: Config) -> list[Search]:
     return [Search(*[_filter(f, f"search.filters[{i}]") for i, f in enumerate(group)]) for group in groups]
 
 
-def build_index_from_config(cfg: Config, client: AHIClient | None = None, *, progress: bool = True) -> FrameIndex:
-    """Load the index at ``index.path`` (refreshed if asked) or build and save it."""
+def build_index_from_config(
+    cfg: Config, client: AHIClient | None = None, *, progress: bool = True, rebuild: bool = False
+) -> FrameIndex:
+    """Load the index at ``index.path`` (refreshed if asked) or build and save it.
+
+    A saved index is reused only when it was built from what the config asks for (data store,
+    searches, extra tags, non-primary image sets); otherwise it is built again, with a warning
+    saying what changed. ``rebuild=True`` always builds it again.
+    """
     client = client or build_client(cfg)
     path = Path(cfg.index.path)
     datastore_id = resolve_datastore(cfg, client)
     saved = _saved_index(path)
-    if saved is None or saved.info.get("datastore_id") != datastore_id:
+    changes = selection_changes(saved, cfg, datastore_id) if saved is not None else []
+    if changes:
+        log.warning("the index at %s was built from %s; building it again", path, "; ".join(changes))
+    if saved is None or changes or rebuild:
         index = _fresh_index(cfg, client, datastore_id, progress)
     elif cfg.index.refresh:
         index, _ = refresh_index(client, saved, max_workers=cfg.index.max_workers, progress=progress)
@@ -104,6 +114,26 @@ def build_index_from_config(cfg: Config, client: AHIClient | None = None, *, pro
     if cfg.search.modalities:
         index = index.filter(pc.is_in(index.table.column("modality"), value_set=pa.array(cfg.search.modalities)))
     return index
+
+
+def selection_changes(index: FrameIndex, cfg: Config, datastore_id: str) -> list[str]:
+    """What differs between the selection ``index`` was built from and the one ``cfg`` asks for."""
+    info = index.info
+
+    def canonical(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    wanted = {
+        "datastore_id": datastore_id,
+        "searches": [s.describe() for s in searches_of(cfg)],
+        "extra_tags": list(cfg.search.extra_tags),
+        "include_non_primary": cfg.search.include_non_primary,
+    }
+    return [
+        f"another {name} ({canonical(info.get(name))} instead of {canonical(value)})"
+        for name, value in wanted.items()
+        if canonical(info.get(name)) != canonical(value)
+    ]
 
 
 def _saved_index(path: Path) -> FrameIndex | None:

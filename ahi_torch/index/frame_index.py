@@ -32,6 +32,18 @@ from .references import volume_uri
 from .schema import FORMAT_VERSION, schema
 
 _META_KEY = b"ahi_torch"
+_DIGEST_KEY = b"ahi_torch.sha256"
+
+
+def _digest(info: bytes, schema: pa.Schema) -> bytes:
+    """SHA-256 of the provenance and the column names (the pages carry CRC32s of their own).
+
+    Types stay out: Parquet renames list children ("item" becomes "element") on the way back.
+    """
+    digest = hashlib.sha256(info)
+    for name in schema.names:
+        digest.update(f"\n{name}".encode())
+    return digest.hexdigest().encode()
 
 
 @dataclass(frozen=True)
@@ -195,14 +207,21 @@ class FrameIndex:
     # --- persistence ----------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> Path:
-        """Write Parquet (atomically: a temporary file renamed over the target)."""
+        """Write Parquet (atomically: a temporary file renamed over the target).
+
+        Every data page carries a CRC32 and the provenance its own SHA-256, both checked by
+        :meth:`load`, so a flipped bit never loads as a different frame ID or data store.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        info = {**self.info, "format_version": FORMAT_VERSION, "index_version": self.version}
+        info = json.dumps({**self.info, "format_version": FORMAT_VERSION, "index_version": self.version})
         metadata = dict(self.table.schema.metadata or {})
-        metadata[_META_KEY] = json.dumps(info).encode()
+        metadata[_META_KEY] = info.encode()
+        metadata[_DIGEST_KEY] = _digest(info.encode(), self.table.schema)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes saving at once never share one
-        pq.write_table(self.table.replace_schema_metadata(metadata), tmp, compression="zstd")
+        pq.write_table(
+            self.table.replace_schema_metadata(metadata), tmp, compression="zstd", write_page_checksum=True
+        )
         tmp.replace(path)
         return path
 
@@ -212,11 +231,16 @@ class FrameIndex:
         if not path.exists():
             raise ConfigError(f"no index file at {path}")
         try:
-            table = pq.read_table(path)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise ConfigError(f"{path} is not a readable Parquet index: {error}") from None
-        raw = (table.schema.metadata or {}).get(_META_KEY)
-        info = json.loads(raw) if raw else {}
+            table = pq.read_table(path, page_checksum_verification=True)
+            metadata = table.schema.metadata or {}
+            raw = metadata.get(_META_KEY)
+            digest = metadata.get(_DIGEST_KEY)
+            intact = raw is None or digest is None or _digest(raw, table.schema) == digest
+            info = json.loads(raw) if raw and intact else {}
+        except (pa.ArrowException, OSError, ValueError) as error:  # ValueError: names that are not UTF-8
+            raise ConfigError(f"{path} is damaged or not a Parquet index ({error}); rebuild it") from None
+        if not intact:
+            raise ConfigError(f"{path} is damaged: its provenance does not match its checksum; rebuild it")
         if info.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
             raise IndexFormatError(
                 f"{path} has index format {info['format_version']}; this ahi_torch reads {FORMAT_VERSION} "

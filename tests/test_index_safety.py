@@ -1,0 +1,96 @@
+"""A saved index is reused only for what it was built from, and a damaged one never loads."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ahi_torch.cli.main import main
+from ahi_torch.config import build_index_from_config, from_dict
+from ahi_torch.config.schema import Config
+from ahi_torch.errors import ConfigError
+from ahi_torch.index import FrameIndex, build_index
+
+from .conftest import ImportedData
+
+
+def _config(ahi, imported: ImportedData, path: Path, **search) -> Config:  # type: ignore[no-untyped-def]
+    return from_dict(
+        Config,
+        {
+            "connection": {"endpoint_url": ahi.endpoint_url},
+            "datastore": {"id": imported.datastore_id},
+            "index": {"path": str(path)},
+            "search": search,
+        },
+    )
+
+
+def test_changed_search_or_tags_rebuild_the_index(ahi, synthetic_import: ImportedData, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "index.parquet"
+    mr = _config(ahi, synthetic_import, path, filters=[{"patient_id": "SYN-MR"}])
+    first = build_index_from_config(mr, progress=False)
+    assert set(first.texts("patient_id")) == {"SYN-MR"}
+    ct = _config(ahi, synthetic_import, path, filters=[{"patient_id": "SYN-0001"}])
+    with caplog.at_level(logging.WARNING):
+        second = build_index_from_config(ct, progress=False)
+    assert set(second.texts("patient_id")) == {"SYN-0001"}, "never the old selection"
+    assert "building it again" in caplog.text and "another searches" in caplog.text
+    tagged = _config(ahi, synthetic_import, path, filters=[{"patient_id": "SYN-0001"}], extra_tags=["KVP"])
+    third = build_index_from_config(tagged, progress=False)
+    assert "KVP" in third.table.column_names and set(third.texts("KVP")) == {"120"}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert build_index_from_config(tagged, progress=False).version == third.version
+    assert "building it again" not in caplog.text, "an unchanged config reuses the index"
+
+
+def test_index_build_rebuild_flag(ahi, synthetic_import: ImportedData, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "cfg.yaml"
+    config.write_text(
+        f"connection: {{endpoint_url: '{ahi.endpoint_url}', access_key_id: local, secret_access_key: local}}\n"
+        f"datastore: {{id: {synthetic_import.datastore_id}}}\nindex: {{path: '{tmp_path / 'i.parquet'}'}}\n"
+    )
+    assert main(["index", "build", str(config)]) == 0
+    built = (tmp_path / "i.parquet").stat().st_mtime_ns
+    assert main(["index", "build", str(config), "-o", "index.refresh=false"]) == 0
+    assert (tmp_path / "i.parquet").stat().st_mtime_ns == built, "reused as it is"
+    assert main(["index", "build", str(config), "--rebuild"]) == 0
+    assert (tmp_path / "i.parquet").stat().st_mtime_ns != built
+    capsys.readouterr()
+
+
+def test_flipped_bits_never_load_as_other_ids(ahi, synthetic_import: ImportedData, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    index = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
+    path = index.save(tmp_path / "index.parquet")
+    data = path.read_bytes()
+    rng = random.Random(7)
+    damaged = tmp_path / "damaged.parquet"
+    silent = loaded = 0
+    for _ in range(150):
+        flipped = bytearray(data)
+        position = rng.randrange(4, len(flipped) - 8)
+        flipped[position] ^= 1 << rng.randrange(8)
+        damaged.write_bytes(bytes(flipped))
+        try:
+            again = FrameIndex.load(damaged)
+        except ConfigError as error:
+            assert "damaged" in str(error) or "format" in str(error)
+            continue
+        loaded += 1
+        same = again.table.equals(index.table) and again.info["datastore_id"] == index.info["datastore_id"]
+        silent += not same
+    assert silent == 0, f"{silent} flipped files loaded with other content"
+    assert loaded < 100, "most flips are caught; the rest land where they change nothing (statistics, padding)"
+
+    # Provenance that changed without its checksum (a flip pyarrow would decode) is refused.
+    table = pq.read_table(path)
+    metadata = dict(table.schema.metadata)
+    metadata[b"ahi_torch"] = metadata[b"ahi_torch"].replace(index.info["datastore_id"].encode(), b"0" * 32)
+    pq.write_table(table.replace_schema_metadata(metadata), damaged)
+    with pytest.raises(ConfigError, match="provenance does not match its checksum"):
+        FrameIndex.load(damaged)

@@ -146,7 +146,8 @@ def demo_config(output: Path, endpoint_url: str, datastore_id: str, options: Dem
     )
 
 
-def _write_inputs(output: Path, options: DemoOptions) -> Path:
+def write_inputs(output: Path, options: DemoOptions) -> Path:
+    """The demo's inputs under ``output``: ``dicom/`` (synthetic cohort, pydicom samples) and ``labels.csv``."""
     from .synthetic import demo_cohort
 
     dicom = output / "dicom"
@@ -204,7 +205,7 @@ def run_demo(options: DemoOptions | None = None, log: Callable[[str], None] = pr
     output = Path(options.output_dir)
     prepare_output(output)
     report = DemoReport()
-    dicom = _write_inputs(output, options)
+    dicom = write_inputs(output, options)
     log(
         f"wrote {options.patients} synthetic CT series ({options.slices} slices of {options.size}x{options.size})"
         + (f" and {len(REAL_FILES)} pydicom sample files" if options.real_files else "")

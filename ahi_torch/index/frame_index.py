@@ -219,9 +219,7 @@ class FrameIndex:
         metadata[_META_KEY] = info.encode()
         metadata[_DIGEST_KEY] = _digest(info.encode(), self.table.schema)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes saving at once never share one
-        pq.write_table(
-            self.table.replace_schema_metadata(metadata), tmp, compression="zstd", write_page_checksum=True
-        )
+        pq.write_table(self.table.replace_schema_metadata(metadata), tmp, compression="zstd", write_page_checksum=True)
         tmp.replace(path)
         return path
 

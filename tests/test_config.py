@@ -70,3 +70,24 @@ def test_bad_values_fail_when_the_config_loads(tmp_path: Path, text: str, messag
 def test_config_error_is_a_value_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         config.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("split: {fractions: {train: 0.75, val: 0.5}}", "split: fractions must add up to 1, not 1.25"),
+        ("split: {fractions: {train: 1.0}, use: val}", "split: use: 'val' is not one of train"),
+        ("loader: {batch_size: -4}", "loader: batch_size must be at least 1, not -4"),
+        ("loader: {num_workers: -1}", "loader: num_workers must be at least 0, not -1"),
+        ("transforms: [{name: resise}]", "unknown transform 'resise'"),
+        ("transforms: [{name: resize, args: {sise: [4, 4]}}]", "transform 'resize'"),
+        ("intensity: {window: [40]}", r"intensity: window must be \[center, width\]"),
+        ("intensity: {window: [40, 0]}", "with a positive width"),
+        ("cache: {size_gb: 0}", "cache: size_gb must be positive"),
+        ("connection: {max_attempts: 0}", "connection: max_attempts must be at least 1"),
+        ("labels: {table: x.csv, value_type: integer}", "labels.value_type: 'integer' is not one of"),
+    ],
+)
+def test_every_value_is_checked_when_the_config_loads(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, text))

@@ -169,7 +169,7 @@ def _labels(spec: LabelsConfig | None) -> Any:
     if spec.column:
         return spec.column
     if spec.table:
-        return TableLabels(spec.table, on=spec.join_on, column=spec.value, key=spec.key)
+        return TableLabels(spec.table, on=spec.join_on, column=spec.value, key=spec.key, value_type=spec.value_type)
     raise ConfigError("labels: give a column or a table")
 
 
@@ -183,17 +183,11 @@ def build_dataset(cfg: Config, client: AHIClient | None = None, *, progress: boo
     """The dataset a config describes (index built or refreshed as needed)."""
     client = client or build_client(cfg)
     index = build_index_from_config(cfg, client, progress=progress)
-    if cfg.split is not None and cfg.split.use is not None:
-        if cfg.split.use not in cfg.split.fractions:
-            raise ConfigError(
-                f"split.use: {cfg.split.use!r} is not one of {', '.join(cfg.split.fractions) or 'the fractions'}"
-            )
+    if cfg.split is not None and cfg.split.use is not None:  # SplitConfig checked use and fractions
         rows = patient_splits(index, cfg.split.fractions, seed=cfg.split.seed, key=cfg.split.by)[cfg.split.use]
         index = index.take(rows)
     window: tuple[float, float] | str | None = None
-    if cfg.intensity.window is not None:
-        if len(cfg.intensity.window) != 2:
-            raise ConfigError("intensity.window: give [center, width]")
+    if cfg.intensity.window is not None:  # IntensityConfig checked [center, width]
         window = (float(cfg.intensity.window[0]), float(cfg.intensity.window[1]))
     elif cfg.intensity.dicom_window:
         window = "dicom"

@@ -11,6 +11,21 @@ from typing import Any, Literal
 
 from ..errors import ConfigError
 from ..index.search import FILTERS, named_filter
+from ..transforms import create
+
+
+def _at_least(section: object, minimum: float, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if value < minimum:
+            raise ConfigError(f"{name} must be at least {minimum:g}, not {value:g}")
+
+
+def _positive(section: object, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if not value > 0:
+            raise ConfigError(f"{name} must be positive, not {value:g}")
 
 
 @dataclass(frozen=True)
@@ -28,6 +43,13 @@ class ConnectionConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     rate_limits: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_pool_connections", "max_attempts")
+        _positive(self, "connect_timeout", "read_timeout")
+        for operation, rate in self.rate_limits.items():
+            if not rate > 0:
+                raise ConfigError(f"rate_limits.{operation} must be positive, not {rate:g}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +80,7 @@ class SearchConfig:
     modalities: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _at_least(self, 1, "partitions")
         if self.filters and self.searches:
             raise ConfigError("search: give filters (one search) or searches (several), not both")
         groups = [("search.filters", self.filters)] if self.filters else []
@@ -80,6 +103,9 @@ class IndexConfig:
     refresh: bool = True
     max_workers: int = 8
 
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "max_workers")
+
 
 @dataclass(frozen=True)
 class LabelsConfig:
@@ -99,6 +125,7 @@ class LabelsConfig:
     ] = "series_instance_uid"
     key: str | None = None
     value: str = "label"
+    value_type: Literal["text", "int", "float"] | None = None
     unlabeled: Literal["error", "drop", "keep"] = "error"
 
 
@@ -111,6 +138,15 @@ class SplitConfig:
     seed: int = 0
     use: str | None = None
 
+    def __post_init__(self) -> None:
+        if any(f < 0 for f in self.fractions.values()):
+            raise ConfigError(f"fractions must not be negative: {self.fractions}")
+        total = sum(self.fractions.values())
+        if self.fractions and abs(total - 1) > 1e-3:
+            raise ConfigError(f"fractions must add up to 1, not {total:g}")
+        if self.use is not None and self.use not in self.fractions:
+            raise ConfigError(f"use: {self.use!r} is not one of {', '.join(self.fractions) or 'the fractions'}")
+
 
 @dataclass(frozen=True)
 class TransformConfig:
@@ -118,6 +154,9 @@ class TransformConfig:
 
     name: str
     args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        create(self.name, self.args)  # an unknown name or argument fails when the config loads
 
 
 @dataclass(frozen=True)
@@ -128,6 +167,13 @@ class IntensityConfig:
     verify: bool = True
     reduce: int = 0
 
+    def __post_init__(self) -> None:
+        _at_least(self, 0, "reduce")
+        if self.window is not None and (len(self.window) != 2 or not self.window[1] > 0):
+            raise ConfigError(f"window must be [center, width] with a positive width, not {self.window}")
+        if self.window is not None and self.dicom_window:
+            raise ConfigError("give window or dicom_window, not both")
+
 
 @dataclass(frozen=True)
 class CacheConfig:
@@ -135,6 +181,9 @@ class CacheConfig:
     dir: str | None = None
     size_gb: float = 20.0
     mode: Literal["decoded", "encoded"] = "decoded"
+
+    def __post_init__(self) -> None:
+        _positive(self, "size_gb")
 
 
 @dataclass(frozen=True)
@@ -149,6 +198,10 @@ class LoaderConfig:
     fetch_threads: int = 8
     error_policy: Literal["raise", "skip", "retry"] = "raise"
     failure_log: str | None = None
+
+    def __post_init__(self) -> None:
+        _at_least(self, 1, "batch_size", "fetch_threads")
+        _at_least(self, 0, "num_workers")
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,10 @@ JOIN_KEYS = (
 )
 
 
+#: How a table's label column is read: None lets the CSV reader infer it.
+VALUE_TYPES = ("text", "int", "float")
+
+
 @dataclass(frozen=True)
 class TableLabels:
     """Labels from a table (CSV, Parquet, pyarrow or pandas) joined to the index on one key.
@@ -42,24 +46,39 @@ class TableLabels:
         source: path to ``.csv``/``.parquet``, or a table.
         on: the index column to join on (patient, study or series UID, ...).
         column: the table column holding the label.
-        key: the table column holding the join key (default: same name as ``on``).
+        key: the table column holding the join key (default: same name as ``on``). Keys are
+            always read as text, so a PatientID ``0001`` joins as ``"0001"``.
+        value_type: ``"text"`` (class names), ``"int"`` or ``"float"``; None infers it.
     """
 
     source: str | Path | Any
     on: str = "series_instance_uid"
     column: str = "label"
     key: str | None = None
+    value_type: str | None = None
 
-    def lookup(self) -> dict[str, Any]:
+    def __post_init__(self) -> None:
         if self.on not in JOIN_KEYS:
             raise ConfigError(f"labels can be joined on {', '.join(JOIN_KEYS)}, not {self.on!r}")
+        if self.value_type is not None and self.value_type not in VALUE_TYPES:
+            raise ConfigError(f"value_type must be one of {', '.join(VALUE_TYPES)} or None, not {self.value_type!r}")
+
+    def _typed(self, value: Any) -> Any:
+        if value is None or self.value_type is None:
+            return value
+        try:
+            return {"text": str, "int": int, "float": float}[self.value_type](value)
+        except ValueError:
+            raise ConfigError(f"label {value!r} in column {self.column!r} is not {self.value_type}") from None
+
+    def lookup(self) -> dict[str, Any]:
         table = self._table()
         key = self.key or self.on
         for name in (key, self.column):
             if name not in table.column_names:
                 raise ConfigError(f"label table has no column {name!r}; it has {', '.join(table.column_names)}")
         keys = [str(k).strip() if k is not None else None for k in table.column(key).to_pylist()]
-        values = table.column(self.column).to_pylist()
+        values = [self._typed(v) for v in table.column(self.column).to_pylist()]
         mapping: dict[str, Any] = {}
         for k, value in zip(keys, values, strict=True):
             if k is None:
@@ -82,7 +101,10 @@ class TableLabels:
             return pq.read_table(path)
         if path.suffix.lower() in (".csv", ".tsv"):
             options = pa_csv.ParseOptions(delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            convert = pa_csv.ConvertOptions(strings_can_be_null=True)
+            text = {self.key or self.on: pa.string()}  # IDs are text: "0001" must not become 1
+            if self.value_type == "text":
+                text[self.column] = pa.string()
+            convert = pa_csv.ConvertOptions(strings_can_be_null=True, column_types=text)
             return pa_csv.read_csv(path, parse_options=options, convert_options=convert)
         raise ConfigError(f"label tables are .csv, .tsv or .parquet, not {path.suffix}")
 

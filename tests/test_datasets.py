@@ -14,7 +14,16 @@ from pydicom.pixels import apply_modality_lut
 from torch.utils.data import DataLoader
 
 from ahi_torch.cache import FrameCache
-from ahi_torch.datasets import ErrorPolicy, FailureLog, FrameDataset, TableLabels, VolumeDataset
+from ahi_torch.datasets import (
+    ErrorPolicy,
+    FailureLog,
+    FrameDataset,
+    TableLabels,
+    VolumeDataset,
+    list_collate,
+    pad_collate,
+)
+from ahi_torch.datasets.policy import replacement
 from ahi_torch.errors import ConfigError, SampleError
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
@@ -155,14 +164,68 @@ def test_error_policy_skip_replaces_deterministically(ahi, index: FrameIndex, tm
     dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("skip", failure_log=str(log)))
     _break_frame(dataset, 3)
     item = dataset[3]
-    assert item["meta"]["index"] == 4, "sample 3 is replaced by sample 4"
-    assert [(r.index, r.replaced_by, r.kind) for r in dataset.failures.records] == [(3, 4, "ChecksumMismatch")]
+    substitute = replacement(3, 1, len(dataset))
+    assert substitute != 3 and item["meta"]["index"] == substitute, "sample 3 is replaced by its first candidate"
+    assert [(r.index, r.replaced_by, r.kind) for r in dataset.failures.records] == [(3, substitute, "ChecksumMismatch")]
     loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="fork")
+    dataset.stats.reset()
     indices = [i for batch in loader for i in batch["meta"]["index"].tolist()]
-    assert len(indices) == len(dataset) and indices[3] == 4 and None not in indices
+    assert len(indices) == len(dataset) and indices[3] == substitute and None not in indices
+    summary = dataset.stats.summary()
+    assert summary["items_served"] == summary["frames_served"] == len(dataset) and summary["replaced"] == 1
     logged = FailureLog.read(log)
-    assert [(f["index"], f["replaced_by"]) for f in logged] == [(3, 4), (3, 4)]
+    assert [(f["index"], f["replaced_by"]) for f in logged] == [(3, substitute), (3, substitute)]
     assert "image set" in logged[0]["where"]
+
+
+def test_skip_spreads_a_run_of_dead_samples(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    dataset = FrameDataset(index, ahi.client(), error_policy="skip")
+    for row in range(8):
+        _break_frame(dataset, row)
+    served = [int(dataset[i]["meta"]["index"]) for i in range(8)]
+    assert all(s >= 8 for s in served), "only working samples stand in"
+    assert max(served.count(s) for s in served) <= 3, f"replacements pile onto one sample: {served}"
+    assert served == [int(dataset[i]["meta"]["index"]) for i in range(8)], "and they are deterministic"
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_epoch_summary_gathers_every_worker(ahi, index: FrameIndex, tmp_path: Path, context: str) -> None:  # type: ignore[no-untyped-def]
+    dataset = FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path), error_policy="skip")
+    _break_frame(dataset, 5)
+    loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context=context, persistent_workers=True)
+    for epoch in range(2):
+        dataset.stats.reset()
+        assert sum(len(b["image"]) for b in loader) == len(dataset)
+        summary = dataset.stats.summary()
+        assert summary["frames_served"] == len(dataset) == 24 and summary["replaced"] == 1
+        if epoch == 0:
+            # Only the stand-in for the broken frame can be a hit in a cold epoch.
+            assert summary["cache_hits"] <= 1 and summary["requests"] >= 23 and summary["bytes_fetched"] > 0
+        else:
+            assert summary["cache_hit_rate"] > 0.9 and summary["requests"] <= 3, summary  # the broken frame only
+    assert "24 frames in 24 items, 1 replaced" in dataset.stats.line()
+
+
+def test_collate_helpers_batch_mixed_sizes(ahi, index: FrameIndex, real_import) -> None:  # type: ignore[no-untyped-def]
+    mixed = build_index(ahi.client(), real_import.datastore_id, progress=False)
+    mono = mixed.filter((mixed.column("samples_per_pixel") == 1) & (mixed.column("bits_allocated") == 16))
+    dataset = FrameDataset(mono, ahi.client())
+    items = [dataset[i] for i in range(len(dataset))]
+    shapes = {tuple(item["image"].shape) for item in items}
+    assert len(shapes) > 1, "the real files mix sizes"
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        next(iter(DataLoader(dataset, batch_size=len(dataset))))
+    batch = next(iter(DataLoader(dataset, batch_size=len(dataset), collate_fn=pad_collate)))
+    height = max(s[1] for s in shapes)
+    width = max(s[2] for s in shapes)
+    assert batch["image"].shape == (len(dataset), 1, height, width) and batch["mask"].shape == batch["image"].shape
+    for k, item in enumerate(items):
+        h, w = item["image"].shape[1:]
+        torch.testing.assert_close(batch["image"][k, :, :h, :w], item["image"])
+        assert int(batch["mask"][k].sum()) == h * w and float(batch["image"][k, :, h:, :].abs().sum()) == 0
+    as_list = next(iter(DataLoader(dataset, batch_size=len(dataset), collate_fn=list_collate)))
+    assert [tuple(t.shape) for t in as_list["image"]] == [tuple(i["image"].shape) for i in items]
+    assert as_list["meta"]["sop_instance_uid"] == [i["meta"]["sop_instance_uid"] for i in items]
 
 
 def test_error_policy_retry(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]

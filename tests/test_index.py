@@ -122,7 +122,7 @@ def test_save_load_round_trip(index: FrameIndex, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no index file"):
         FrameIndex.load(tmp_path / "missing.parquet")
     (tmp_path / "junk.parquet").write_text("not parquet")
-    with pytest.raises(ConfigError, match="not a readable Parquet index"):
+    with pytest.raises(ConfigError, match="damaged or not a Parquet index"):
         FrameIndex.load(tmp_path / "junk.parquet")
 
 

@@ -92,5 +92,10 @@ def test_flipped_bits_never_load_as_other_ids(ahi, synthetic_import: ImportedDat
     metadata = dict(table.schema.metadata)
     metadata[b"ahi_torch"] = metadata[b"ahi_torch"].replace(index.info["datastore_id"].encode(), b"0" * 32)
     pq.write_table(table.replace_schema_metadata(metadata), damaged)
-    with pytest.raises(ConfigError, match="provenance does not match its checksum"):
+    with pytest.raises(ConfigError, match="content does not match its checksum"):
         FrameIndex.load(damaged)
+
+
+def test_no_progress_bar_off_a_terminal(ahi, synthetic_import: ImportedData, capsys) -> None:  # type: ignore[no-untyped-def]
+    build_index(ahi.client(), synthetic_import.datastore_id, progress=True)
+    assert capsys.readouterr().err == "", "a piped stderr gets no bar"

@@ -34,4 +34,4 @@ def test_notebook_executes(path: Path, tmp_path: Path) -> None:
         print(f"imagecodecs reported {len(upstream)} unraisable 'ojph error'(s); pixels were verified")
     assert [e for e in errors if e not in upstream] == []
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 3, "frames, orthogonal planes and the batch grid were drawn"
+    assert len(images) == 4, "frames, the real CT and MR, orthogonal planes and the batch grid were drawn"

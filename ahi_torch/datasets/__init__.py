@@ -6,9 +6,22 @@
 """
 
 from ._convert import Intensity
+from .collate import list_collate, pad_collate
 from .frames import FrameDataset
 from .labels import TableLabels, resolve_labels
 from .policy import ErrorPolicy, FailureLog
+from .stats import EpochStats
 from .volumes import VolumeDataset
 
-__all__ = ["ErrorPolicy", "FailureLog", "FrameDataset", "Intensity", "TableLabels", "VolumeDataset", "resolve_labels"]
+__all__ = [
+    "EpochStats",
+    "ErrorPolicy",
+    "FailureLog",
+    "FrameDataset",
+    "Intensity",
+    "TableLabels",
+    "VolumeDataset",
+    "list_collate",
+    "pad_collate",
+    "resolve_labels",
+]

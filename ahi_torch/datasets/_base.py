@@ -19,7 +19,8 @@ from ..pixels import FrameFetcher, FrameRef
 from ._convert import Intensity
 from ._table import FrameTable
 from .labels import LabelSpec, ResolvedLabels, resolve_labels
-from .policy import ErrorPolicy, FailureLog, FailureRecord, sleep_before_retry
+from .policy import ErrorPolicy, FailureLog, FailureRecord, replacement, sleep_before_retry
+from .stats import EpochStats
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class AHIDataset(Dataset[Any]):
         self.fetcher = FrameFetcher(
             client, cache=cache, verify=verify, reduce=reduce, max_workers=max_workers, decoder=decoder
         )
+        self.stats = EpochStats()
+        self.outcomes = {"items_served": 0, "frames_served": 0, "replaced": 0, "retried": 0, "failed": 0}
 
     # --- what subclasses provide ------------------------------------------------------------------
 
@@ -103,6 +106,7 @@ class AHIDataset(Dataset[Any]):
         state = self.__dict__.copy()
         state["index"] = None  # workers use the flat FrameTable; the Arrow table stays home
         state["failures"] = FailureLog(self.policy.failure_log)
+        state["outcomes"] = dict.fromkeys(self.outcomes, 0)  # each process counts its own
         return state
 
     def refs(self, unit: int) -> list[FrameRef]:
@@ -125,7 +129,26 @@ class AHIDataset(Dataset[Any]):
         return f"image set {self.table.text('image_set_id', first)} frame {self.table.text('frame_id', first)}"
 
     def _fail(self, unit: int, error: Exception, replaced_by: int | None) -> None:
+        self.outcomes["replaced" if replaced_by is not None else "failed"] += 1
         self.failures.record(FailureRecord(unit, replaced_by, str(error), type(error).__name__, self._describe(unit)))
+
+    def _served(self, items: list[Any], units: Sequence[int]) -> None:
+        """Count what was served and publish this process's totals to :attr:`stats`."""
+        self.outcomes["items_served"] += len(items)
+        self.outcomes["frames_served"] += sum(len(self._rows(int(u))) for u in units)
+        self._publish()
+
+    def _publish(self) -> None:
+        fetched = self.fetcher.counters
+        cache = self.fetcher.cache
+        totals = {**self.outcomes, "requests": fetched.requests, "bytes_fetched": fetched.bytes_fetched}
+        if cache is not None:
+            totals.update(
+                cache_hits=cache.counters.hits,
+                cache_misses=cache.counters.misses,
+                cache_unavailable=cache.counters.unavailable,
+            )
+        self.stats.record(totals)
 
     def _recover(self, unit: int, error: Exception) -> Any:
         """Apply the error policy to a unit whose first attempt failed with ``error``."""
@@ -133,6 +156,7 @@ class AHIDataset(Dataset[Any]):
         if policy.mode == "retry":
             for attempt in range(policy.retries):
                 sleep_before_retry(policy, attempt)
+                self.outcomes["retried"] += 1
                 try:
                     return self._load(unit)
                 except Exception as again:
@@ -144,7 +168,7 @@ class AHIDataset(Dataset[Any]):
         if policy.mode == "skip":
             size = len(self)
             for step in range(1, min(policy.max_replacements, size - 1) + 1):
-                candidate = (unit + step) % size
+                candidate = replacement(unit, step, size)
                 try:
                     item = self._load(candidate)
                 except Exception:
@@ -163,18 +187,27 @@ class AHIDataset(Dataset[Any]):
         if not 0 <= unit < len(self):
             raise IndexError(f"index {unit} out of range for a dataset of {len(self)}")
         try:
-            return self._load(unit)
+            item = self._load(unit)
         except Exception as error:
-            return self._recover(unit, error)
+            try:
+                item = self._recover(unit, error)
+            finally:
+                self._publish()
+        self._served([item], [unit])
+        return item
 
     def __getitems__(self, units: Sequence[int]) -> list[Any]:
         """A whole batch, its frames fetched concurrently (PyTorch's map fetcher calls this)."""
         pending = [(unit, self._submit(int(unit))) for unit in units]
         items = []
-        for unit, futures in pending:
-            try:
-                frames = [future.result() for future in futures]
-                items.append(self._finish(self._build(int(unit), frames)))
-            except Exception as error:
-                items.append(self._recover(int(unit), error))
+        try:
+            for unit, futures in pending:
+                try:
+                    frames = [future.result() for future in futures]
+                    items.append(self._finish(self._build(int(unit), frames)))
+                except Exception as error:
+                    items.append(self._recover(int(unit), error))
+        finally:
+            self._publish()
+        self._served(items, units)
         return items

@@ -1,8 +1,10 @@
 """What a dataset does when a sample cannot be produced: raise, skip (replace), or retry.
 
-Failures are never returned as ``None``: under ``skip`` the sample is replaced by the next index
-that works (deterministically: ``i+1``, ``i+2``, ... modulo the length) and the failure is
-recorded; under ``retry`` it is attempted again with backoff before the error is raised.
+Failures are never returned as ``None``: under ``skip`` the sample is replaced by another index
+that works and the failure is recorded; under ``retry`` it is attempted again with backoff before
+the error is raised. Replacements are drawn deterministically from a sequence seeded by the
+failed index (:func:`replacement`), so a run of dead samples is spread over the dataset instead
+of piling onto the first good sample after it.
 Every failure is counted and, with ``failure_log``, appended as one JSON line to a file that
 all DataLoader workers share.
 """
@@ -15,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import ConfigError
 
@@ -88,6 +92,12 @@ class FailureLog:
         if not target.exists():
             return []
         return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
+
+
+def replacement(unit: int, step: int, size: int) -> int:
+    """The ``step``-th candidate to replace sample ``unit`` of ``size``: deterministic, never ``unit``."""
+    candidate = int(np.random.default_rng([unit, step]).integers(0, size - 1))
+    return candidate + 1 if candidate >= unit else candidate
 
 
 def sleep_before_retry(policy: ErrorPolicy, attempt: int) -> None:

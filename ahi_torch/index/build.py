@@ -15,6 +15,7 @@ the same content always gives the same row order.
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -125,7 +126,9 @@ def _fetch_rows(
 
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
         futures = [pool.submit(fetch, s) for s in todo]
-        bar = tqdm(total=len(futures), desc="metadata", unit="image set", disable=not progress)
+        # unit " image sets" reads "12 image sets"; no bar at all when stderr is not a terminal.
+        shown = progress and sys.stderr.isatty()
+        bar = tqdm(total=len(futures), desc="metadata", unit=" image sets", disable=not shown)
         try:
             for future in as_completed(futures):
                 summary, image_set = future.result()

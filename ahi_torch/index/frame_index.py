@@ -35,14 +35,46 @@ _META_KEY = b"ahi_torch"
 _DIGEST_KEY = b"ahi_torch.sha256"
 
 
-def _digest(info: bytes, schema: pa.Schema) -> bytes:
-    """SHA-256 of the provenance and the column names (the pages carry CRC32s of their own).
+def _same_type(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Equal types; fixed-size lists compare size and value type (Parquet renames their child)."""
+    if pa.types.is_fixed_size_list(expected):
+        return (
+            pa.types.is_fixed_size_list(actual)
+            and actual.list_size == expected.list_size
+            and actual.value_type == expected.value_type
+        )
+    return bool(actual == expected)
 
-    Types stay out: Parquet renames list children ("item" becomes "element") on the way back.
+
+def _column_bytes(column: pa.ChunkedArray) -> list[bytes]:
+    """A column's values and nulls as bytes that do not depend on how Parquet laid them out."""
+    array = column.combine_chunks()
+    if pa.types.is_fixed_size_list(array.type):
+        array = array.flatten()
+    nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False)).tobytes()
+    if pa.types.is_string(array.type) or pa.types.is_binary(array.type):
+        offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
+        data = array.buffers()[2]
+        values = b"" if data is None or len(offsets) == 0 else data.to_pybytes()[offsets[0] : offsets[-1]]
+        return [nulls, (offsets - offsets[0]).tobytes(), values]
+    if pa.types.is_boolean(array.type):
+        return [nulls, np.asarray(array.fill_null(False).to_numpy(zero_copy_only=False)).tobytes()]
+    return [nulls, np.asarray(array.fill_null(0).to_numpy(zero_copy_only=False)).tobytes()]
+
+
+def _digest(info: bytes, table: pa.Table) -> bytes:
+    """SHA-256 of the provenance, the column names and every value (pages carry CRC32s of their own too).
+
+    Values are hashed, not Parquet's bytes: a damaged footer can point a column at another
+    column's intact pages, which no page checksum notices. Types stay out: Parquet renames list
+    children ("item" becomes "element") on the way back; they are checked against the schema.
     """
     digest = hashlib.sha256(info)
-    for name in schema.names:
-        digest.update(f"\n{name}".encode())
+    for name in table.column_names:
+        digest.update(f"\n{name}\n".encode())
+        for part in _column_bytes(table.column(name)):
+            digest.update(len(part).to_bytes(8, "little"))
+            digest.update(part)
     return digest.hexdigest().encode()
 
 
@@ -62,6 +94,10 @@ class FrameIndex:
         missing = [name for name in schema().names if name not in table.column_names]
         if missing:
             raise ConfigError(f"not a frame index: missing columns {', '.join(missing[:5])}")
+        for field in schema():
+            kind = table.schema.field(field.name).type
+            if not _same_type(kind, field.type):
+                raise ConfigError(f"not a frame index: column {field.name} is {kind}, not {field.type}")
         self.table = table
         self.info: dict[str, Any] = dict(info or {})
 
@@ -217,7 +253,7 @@ class FrameIndex:
         info = json.dumps({**self.info, "format_version": FORMAT_VERSION, "index_version": self.version})
         metadata = dict(self.table.schema.metadata or {})
         metadata[_META_KEY] = info.encode()
-        metadata[_DIGEST_KEY] = _digest(info.encode(), self.table.schema)
+        metadata[_DIGEST_KEY] = _digest(info.encode(), self.table)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes saving at once never share one
         pq.write_table(self.table.replace_schema_metadata(metadata), tmp, compression="zstd", write_page_checksum=True)
         tmp.replace(path)
@@ -233,12 +269,14 @@ class FrameIndex:
             metadata = table.schema.metadata or {}
             raw = metadata.get(_META_KEY)
             digest = metadata.get(_DIGEST_KEY)
-            intact = raw is None or digest is None or _digest(raw, table.schema) == digest
+            intact = raw is not None and digest is not None and _digest(raw, table) == digest
             info = json.loads(raw) if raw and intact else {}
         except (pa.ArrowException, OSError, ValueError) as error:  # ValueError: names that are not UTF-8
             raise ConfigError(f"{path} is damaged or not a Parquet index ({error}); rebuild it") from None
+        if raw is None or digest is None:
+            raise ConfigError(f"{path} has no ahi_torch provenance or checksum (damaged, or not an ahi_torch index)")
         if not intact:
-            raise ConfigError(f"{path} is damaged: its provenance does not match its checksum; rebuild it")
+            raise ConfigError(f"{path} is damaged: its content does not match its checksum; rebuild it")
         if info.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
             raise IndexFormatError(
                 f"{path} has index format {info['format_version']}; this ahi_torch reads {FORMAT_VERSION} "

@@ -7,6 +7,7 @@ benchmarks; it speaks only S3 and the ``medical-imaging`` API through plain boto
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -66,7 +67,7 @@ def upload(
     except Exception:
         s3.create_bucket(Bucket=bucket)
     keys = []
-    for path in tqdm(files, desc="upload", unit="file", disable=not progress):
+    for path in tqdm(files, desc="upload", unit=" files", disable=not (progress and sys.stderr.isatty())):
         relative = path.relative_to(root) if root and path.is_relative_to(root) else Path(path.name)
         key = f"{prefix}{relative.as_posix()}"
         s3.upload_file(str(path), bucket, key)

@@ -96,6 +96,8 @@ def test_index_build_show_cache_warm_verify_stats(ahi, imported, tmp_path, capsy
     assert code == 0 and "12 cached frames verified, 0 checksum mismatches, 0 corrupt entries evicted" in out
     code, out, _ = _run(capsys, "cache", "stats", "--dir", str(tmp_path / "cache"))
     assert code == 0 and "entries     12" in out
+    code, out, _ = _run(capsys, "cache", "stats", str(CONFIG), *flags, "-o", "cache.size_gb=3")
+    assert code == 0 and "of 3.2 GB" in out, "the config's size limit, not the default"
     # Corrupt one cached frame on disk: verify reports it and exits non-zero.
     import sqlite3
 
@@ -154,6 +156,9 @@ def test_error_paths_are_one_line_with_exit_codes(ahi, imported, tmp_path, capsy
     with pytest.raises(SystemExit) as info:
         main(["index", "frobnicate"])
     assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["local", "serve", "--port", "99999"])
+    assert info.value.code == 2 and "port 99999 is not in 0..65535" in capsys.readouterr().err
 
 
 def test_local_serve_and_import_in_processes(tmp_path: Path) -> None:
@@ -182,7 +187,29 @@ def test_local_serve_and_import_in_processes(tmp_path: Path) -> None:
         )
         assert completed.returncode == 0, completed.stderr
         assert "imported 2 of 3 files into 1 image sets; 1 failed" in completed.stdout
-        assert "failed: cli/broken.dcm: The file is not a valid DICOM P10 object" in completed.stdout
+        assert "broken.dcm: The file is not a valid DICOM P10 object" in completed.stdout
+        # A second import reads only its own files, into the same named data store.
+        (tmp_path / "more").mkdir()
+        (tmp_path / "more" / "one.dcm").write_bytes((tmp_path / "dicom" / "s-0000.dcm").read_bytes())
+        again = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ahi_torch",
+                "local",
+                "import",
+                str(tmp_path / "more"),
+                "--data-dir",
+                str(tmp_path / "store"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert again.returncode == 0, again.stderr
+        assert "imported 1 of 1 files" in again.stdout
+        assert again.stdout.split()[1] == completed.stdout.split()[1], "the data store named ahi-torch-demo is reused"
     finally:
         stop_subprocess(server)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..errors import CacheError
 from .index_cmd import add_overrides
 from .main import EXIT_FAILURE, EXIT_OK, UsageError
 
@@ -74,6 +75,8 @@ def verify_command(args: argparse.Namespace) -> int:
     table, fetcher = dataset.table, dataset.fetcher
     cache = fetcher.cache
     assert cache is not None  # _dataset refuses configs with the cache disabled
+    if not cache.available:
+        raise CacheError(f"cannot verify the frame cache at {cache.directory}: {cache.problem}")
     checked = missing = bad = 0
     for row in tqdm(range(len(table)), desc="verify", unit="frame", disable=not sys.stderr.isatty()):
         ref = table.ref(row)

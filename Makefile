@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip on this machine prints one warning per local index without the package; keep the log readable.
 PIP_QUIET := 2>&1 | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: venv test lint typecheck unit demo bench bench-quick clean
+.PHONY: venv test lint typecheck unit demo bench bench-quick mutate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,5 +40,17 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --quick
 
+# Mutation testing (not part of `make test`): cosmic-ray plants bugs in the modules named in
+# mutation/<group>.toml and runs the tests that guard them. `make mutate MUTATE=samplers` runs one
+# group. It edits files in place while it runs: commit first and do not edit meanwhile.
+MUTATE ?= samplers geometry cache ratelimit fetch index
+mutate: $(STAMP)
+	@for group in $(MUTATE); do \
+	  rm -f .mutation-$$group.sqlite; \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cosmic-ray init mutation/$$group.toml .mutation-$$group.sqlite; \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cosmic-ray exec mutation/$$group.toml .mutation-$$group.sqlite; \
+	  echo "== $$group"; $(BIN)/cr-report .mutation-$$group.sqlite --show-pending | tail -n 3; \
+	done
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis .mutation-*.sqlite

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import socket
 import zlib
 
 import pytest
-import torch
 from botocore.exceptions import ClientError
 from torch.utils.data import DataLoader, Dataset
 
@@ -220,12 +220,12 @@ class FrameChecksums(Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitem__(self, index: int) -> tuple[int, int]:
+    def __getitem__(self, index: int) -> tuple[int, int, int]:
         image_set_id, frame_id = self.frames[index]
         frame = self.client.get_image_frame(
             datastoreId=self.datastore_id, imageSetId=image_set_id, imageFrameInformation={"imageFrameId": frame_id}
         )
-        return index, zlib.crc32(frame.data)
+        return index, zlib.crc32(frame.data), os.getpid()
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
@@ -251,7 +251,9 @@ def test_dataloader_workers_share_one_client(client: AHIClient, synthetic_import
         FrameChecksums(client, datastore_id, frames), batch_size=4, num_workers=2, multiprocessing_context=context
     )
     seen = {}
-    for indices, checksums in loader:
+    pids = set()
+    for indices, checksums, workers in loader:
         seen.update(zip(indices.tolist(), checksums.tolist(), strict=True))
+        pids.update(workers.tolist())
     assert seen == expected
-    assert torch.utils.data.get_worker_info() is None
+    assert len(pids) == 2 and os.getpid() not in pids, "both worker processes fetched frames with their own client"

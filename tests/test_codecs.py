@@ -140,10 +140,8 @@ def test_truncated_codestream_never_passes_verification(backend: str) -> None:
     data = wrap_jph(bytes(imagecodecs.htj2k_encode(CT, reversible=True)))
     truncated = data[: len(data) // 2]
     levels = [{"Width": 48, "Height": 64, "Checksum": pixel_crc32(CT)}]
-    try:
-        decoded = decode_frame(truncated, pixel=_pixel(CT), prefer=backend)
-    except DecodeError:
-        return
+    decoded = decode_frame(truncated, pixel=_pixel(CT), prefer=backend)  # both backends return partial pixels
+    assert decoded.shape == CT.shape and not np.array_equal(decoded, CT)
     with pytest.raises(ChecksumMismatch):
         verify_pixels(decoded, levels, where="truncated frame")
 

@@ -23,7 +23,7 @@ from ahi_torch.datasets import (
     list_collate,
     pad_collate,
 )
-from ahi_torch.datasets.policy import replacement
+from ahi_torch.datasets.policy import replacements
 from ahi_torch.errors import ConfigError, SampleError
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
@@ -64,6 +64,7 @@ def test_frames_through_dataloader_are_exact(
     loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context=context, persistent_workers=True)
     nodule_by_series = {spec.series_uid: int(spec.nodule) for spec, _ in cohort["series"]}
     for epoch in range(2):  # the second epoch reuses the persistent workers (and hits the cache)
+        dataset.stats.reset()
         seen = 0
         for batch in loader:
             assert batch["image"].dtype == torch.int16 and batch["image"].shape[1:] == (1, 24, 24)
@@ -78,6 +79,11 @@ def test_frames_through_dataloader_are_exact(
                 assert int(label) == nodule_by_series[series]
                 seen += 1
         assert seen == len(dataset) == 24, f"epoch {epoch}"
+        summary = dataset.stats.summary()
+        if epoch == 0:
+            assert summary["requests"] == 24 and summary["cache_hits"] == 0
+        else:
+            assert summary["requests"] == 0 and summary["cache_hits"] == 24, "the second epoch is served from cache"
 
 
 def test_rescale_gives_hounsfield_units_and_windowing(ahi, cohort: dict, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
@@ -164,7 +170,7 @@ def test_error_policy_skip_replaces_deterministically(ahi, index: FrameIndex, tm
     dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("skip", failure_log=str(log)))
     _break_frame(dataset, 3)
     item = dataset[3]
-    substitute = replacement(3, 1, len(dataset))
+    substitute = replacements(3, len(dataset), 1)[0]
     assert substitute != 3 and item["meta"]["index"] == substitute, "sample 3 is replaced by its first candidate"
     assert [(r.index, r.replaced_by, r.kind) for r in dataset.failures.records] == [(3, substitute, "ChecksumMismatch")]
     loader = DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="fork")

@@ -74,9 +74,8 @@ def test_epoch_survives_injected_faults(tmp_path: Path) -> None:
         assert exact == 60
         assert sum(injected.values()) > 0 and injected.get("throttle", 0) > 0
         assert frame_requests > 60, "faults on GetImageFrame forced retries"
-        assert all(f["replaced_by"] is not None for f in failures), (
-            "a frame that stayed corrupt is reported, not returned"
-        )
+        # Every fault here is transient: the retries absorb them all, so no sample was replaced.
+        assert failures == [], failures
 
 
 def test_stuck_requests_time_out(tmp_path: Path) -> None:
@@ -102,22 +101,36 @@ def test_truncated_json_bodies_are_retried_not_swallowed() -> None:
         assert client.counters.truncated_bodies > 0
 
 
-def _take_tokens(directory: str, count: int) -> None:
+def _take_tokens(directory: str, count: int, start: mp.synchronize.Barrier, out: str) -> None:
     limiter = RateLimiter({"GetImageFrame": 40.0}, directory)
+    start.wait()
+    granted = []
     for _ in range(count):
         limiter.acquire("GetImageFrame")
+        granted.append(time.time())
+    Path(out).write_text("\n".join(map(str, granted)))
 
 
 def test_rate_limit_is_shared_by_processes(tmp_path: Path) -> None:
-    """Two processes taking 50 tokens each at 40/s (burst 40) need at least (100 - 40) / 40 s."""
-    started = time.monotonic()
-    workers = [mp.get_context("spawn").Process(target=_take_tokens, args=(str(tmp_path), 50)) for _ in range(2)]
+    """Two processes starting together at 40/s (burst 40): at most 40 + 40 x t grants in any first t seconds."""
+    context = mp.get_context("spawn")
+    start = context.Barrier(2)
+    outs = [tmp_path / f"grants{k}.txt" for k in range(2)]
+    workers = [
+        context.Process(target=_take_tokens, args=(str(tmp_path / "buckets"), 50, start, str(out))) for out in outs
+    ]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=60)
         assert worker.exitcode == 0
-    assert time.monotonic() - started >= 1.4, "the processes shared one budget (a lower bound: load only adds time)"
+    grants = sorted(float(t) for out in outs for t in out.read_text().split())
+    assert len(grants) == 100
+    first = grants[0]
+    for window in (0.05, 0.25, 0.5, 1.0):
+        within = sum(1 for t in grants if t - first <= window)
+        # Separate buckets would grant 80 at once; load on the machine can only delay grants.
+        assert within <= 40 + 40 * window + 2, f"{within} grants in the first {window} s"
     unlimited = RateLimiter({}, tmp_path)
     assert unlimited.acquire("GetImageFrame") == 0.0
 

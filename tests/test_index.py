@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+import torch
 
+from ahi_torch.cache import FrameCache
 from ahi_torch.client import AHIClient, dicom_updates
+from ahi_torch.datasets import FrameDataset
 from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex, Search, build_index, refresh_index, search
 from ahi_torch.local import LocalAHI
@@ -167,3 +170,48 @@ def test_incremental_refresh_fetches_only_the_changed_set(client: AHIClient, coh
     assert set(changed.column("image_set_version").tolist()) == {2}
     assert set(changed.table.column("study_description").to_pylist()) == {"Reviewed"}
     assert len(refreshed) == len(index)
+
+
+def test_refresh_adds_new_and_drops_deleted_image_sets_and_refetches_new_versions(
+    client: AHIClient, cohort: dict, ahi: LocalAHI, tmp_path: Path
+) -> None:
+    datastore_id = cohort["datastore_id"]
+    index = build_index(client, datastore_id, progress=False)
+    deleted = index.texts("image_set_id")[0]
+    changed = next(i for i in index.texts("image_set_id") if i != deleted)
+    version = index.image_sets()[changed][0]
+    old_rows = index.filter(pc.field("image_set_id") == changed)
+    cache = FrameCache(tmp_path / "cache")
+    before = FrameDataset(old_rows, client, cache=cache, rescale=False, dtype=None)
+    old_pixels = [before[i]["image"] for i in range(len(before))]
+
+    client.delete_image_set(datastoreId=datastore_id, imageSetId=deleted)
+    client.update_image_set_metadata(
+        datastoreId=datastore_id,
+        imageSetId=changed,
+        latestVersionId=str(version),
+        updateImageSetMetadataUpdates=dicom_updates(updatable={"Patient": {"DICOM": {"PatientName": "NEW^NAME"}}}),
+    )
+    client.wait_for_image_set(datastore_id, changed, timeout=10)
+    spec = SeriesSpec(patient_id="ADDED", study_key="added", series_key="added", slices=3, rows=8, columns=8)
+    write_series(tmp_path / "added", spec)
+    added = ahi.import_dicom(tmp_path / "added", datastore_id)
+    time.sleep(0.01)
+
+    refreshed, stats = refresh_index(ahi.client(), index, progress=False)
+    assert (stats.added, stats.changed, stats.removed) == (1, 1, 1)
+    ids = set(refreshed.texts("image_set_id"))
+    assert deleted not in ids and set(added.image_set_ids) <= ids and changed in ids
+    assert len(refreshed) == len(index) - len(index.filter(pc.field("image_set_id") == deleted)) + 3
+
+    # Pixels of the new version are fetched and cached under the new version, never served from the old entries.
+    new_rows = refreshed.filter(pc.field("image_set_id") == changed)
+    assert set(new_rows.column("image_set_version").tolist()) == {version + 1}
+    after = FrameDataset(new_rows, client, cache=cache, rescale=False, dtype=None)
+    requests = after.fetcher.counters.requests
+    new_pixels = [after[i]["image"] for i in range(len(after))]
+    assert after.fetcher.counters.requests - requests == len(new_rows), "a new version is fetched, not read from cache"
+    cached = cache.keys()
+    assert sum(f"/v{version + 1}/" in key for key in cached) == len(new_rows)
+    for old, new in zip(old_pixels, new_pixels, strict=True):
+        torch.testing.assert_close(old, new)  # a metadata update keeps the pixels

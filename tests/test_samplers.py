@@ -104,6 +104,11 @@ def test_resume_with_stateful_dataloader() -> None:
     rest = [batch.tolist() for batch in resumed]
     assert consumed == reference[:4]
     assert rest == reference[4:], "the resumed run yields exactly the batches the uninterrupted one would"
+    # The next epoch after a resumed one is whole again, in the order a fresh sampler gives.
+    resumed_sampler.set_epoch(3)
+    full_sampler.set_epoch(3)
+    next_epoch = [i for batch in resumed for i in batch.tolist()]
+    assert len(next_epoch) == 57 and next_epoch == list(full_sampler)
 
 
 def test_resume_without_torchdata() -> None:
@@ -112,6 +117,9 @@ def test_resume_without_torchdata() -> None:
     expected = list(sampler)
     sampler.load_state_dict({"epoch": 3, "yielded": 7, "seed": 1})
     assert list(sampler) == expected[7:]
+    assert list(sampler) == expected, "only the resumed iteration is short"
+    sampler.set_epoch(4)
+    assert len(list(sampler)) == 20 == len(sampler)
     with pytest.raises(ConfigError, match="seed"):
         sampler.load_state_dict({"epoch": 0, "yielded": 0, "seed": 99})
 
@@ -140,3 +148,26 @@ def test_index_splits(ahi, synthetic_import) -> None:  # type: ignore[no-untyped
     for i, first in enumerate(names):
         for second in names[i + 1 :]:
             assert not patients[first] & patients[second]
+
+
+def test_sampling_without_replacement_never_repeats() -> None:
+    weights = np.array([1000.0] + [1.0] * 49)
+    without = WeightedSampler(weights, num_samples=50, replacement=False, seed=4)
+    for epoch in range(3):
+        without.set_epoch(epoch)
+        drawn = list(without)
+        assert sorted(drawn) == list(range(50)), "every index exactly once"
+    with_replacement = WeightedSampler(weights, num_samples=50, replacement=True, seed=4)
+    assert Counter(with_replacement)[0] > 40, "the heavy index dominates when drawn with replacement"
+    partial = WeightedSampler(weights, num_samples=10, replacement=False, seed=4)
+    assert len(set(partial)) == 10 and 0 in set(partial)
+
+
+def test_lightning_and_torch_see_distributed_samplers() -> None:
+    """Lightning wraps any sampler that is not a torch DistributedSampler (double sharding)."""
+    from torch.utils.data import DistributedSampler as TorchDistributedSampler
+
+    for sampler in (ShuffleSampler(8), WeightedSampler([1.0] * 8), DistributedSampler(8, num_replicas=2, rank=1)):
+        assert isinstance(sampler, TorchDistributedSampler)
+    late = ShuffleSampler(8, seed=0)  # made before any process group: rank and world are read when iterated
+    assert (late.num_replicas, late.rank) == (1, 0) and len(late) == 8

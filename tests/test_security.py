@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import urllib.error
 import urllib.request
 
@@ -52,7 +53,12 @@ def test_correctly_signed_requests_pass(signed: LocalAHI) -> None:
     arn = f"arn:aws:medical-imaging:us-east-1:123456789012:datastore/{datastore_id}"
     client.tag_resource(resourceArn=arn, tags={"team": "a b/c"})  # percent-encoded ARN in the path
     assert client.list_tags_for_resource(resourceArn=arn)["tags"] == {"team": "a b/c"}
-    assert client.search_image_sets  # data-plane calls are signed the same way
+    deadline = time.monotonic() + 10
+    while client.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    found = client.search_image_sets(datastoreId=datastore_id)  # data-plane calls are signed the same way
+    assert found["imageSetsMetadataSummaries"] == []
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from ..pixels import FrameFetcher, FrameRef
 from ._convert import Intensity
 from ._table import FrameTable
 from .labels import LabelSpec, ResolvedLabels, resolve_labels
-from .policy import ErrorPolicy, FailureLog, FailureRecord, replacement, sleep_before_retry
+from .policy import ErrorPolicy, FailureLog, FailureRecord, replacements, sleep_before_retry
 from .stats import EpochStats
 
 log = logging.getLogger(__name__)
@@ -166,9 +166,8 @@ class AHIDataset(Dataset[Any]):
                 f"sample {unit} ({self._describe(unit)}) failed after {policy.retries + 1} attempts: {error}"
             ) from error
         if policy.mode == "skip":
-            size = len(self)
-            for step in range(1, min(policy.max_replacements, size - 1) + 1):
-                candidate = replacement(unit, step, size)
+            candidates = replacements(unit, len(self), policy.max_replacements)
+            for candidate in candidates:
                 try:
                     item = self._load(candidate)
                 except Exception:
@@ -178,7 +177,7 @@ class AHIDataset(Dataset[Any]):
                 return item
             self._fail(unit, error, None)
             raise SampleError(
-                f"sample {unit} ({self._describe(unit)}) and {policy.max_replacements} replacements failed: {error}"
+                f"sample {unit} ({self._describe(unit)}) and {len(candidates)} replacements failed: {error}"
             ) from error
         self._fail(unit, error, None)
         raise SampleError(f"sample {unit} ({self._describe(unit)}) failed: {error}") from error

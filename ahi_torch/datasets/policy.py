@@ -3,7 +3,7 @@
 Failures are never returned as ``None``: under ``skip`` the sample is replaced by another index
 that works and the failure is recorded; under ``retry`` it is attempted again with backoff before
 the error is raised. Replacements are drawn deterministically from a sequence seeded by the
-failed index (:func:`replacement`), so a run of dead samples is spread over the dataset instead
+failed index (:func:`replacements`), so a run of dead samples is spread over the dataset instead
 of piling onto the first good sample after it.
 Every failure is counted and, with ``failure_log``, appended as one JSON line to a file that
 all DataLoader workers share.
@@ -94,10 +94,21 @@ class FailureLog:
         return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
 
 
-def replacement(unit: int, step: int, size: int) -> int:
-    """The ``step``-th candidate to replace sample ``unit`` of ``size``: deterministic, never ``unit``."""
-    candidate = int(np.random.default_rng([unit, step]).integers(0, size - 1))
-    return candidate + 1 if candidate >= unit else candidate
+def replacements(unit: int, size: int, count: int) -> list[int]:
+    """Up to ``count`` distinct candidates to replace sample ``unit`` of ``size``: deterministic, never ``unit``."""
+    rng = np.random.default_rng([unit, size])
+    others = size - 1
+    if others <= count:
+        order = rng.permutation(others)
+        return [int(c) + (c >= unit) for c in order]
+    chosen: list[int] = []
+    seen: set[int] = set()
+    while len(chosen) < count:
+        candidate = int(rng.integers(0, others))
+        if candidate not in seen:
+            seen.add(candidate)
+            chosen.append(candidate + (candidate >= unit))
+    return chosen
 
 
 def sleep_before_retry(policy: ErrorPolicy, attempt: int) -> None:

@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ahi_torch.local import LocalAHI
 from ahi_torch.synthetic import SeriesSpec, write_series
+
+from .service import ServiceProcess
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,6 @@ SIZES = {
 
 @dataclass
 class Dataset:
-    ahi: LocalAHI
     datastore_id: str
     root: Path
     write_seconds: float
@@ -37,7 +37,7 @@ class Dataset:
     files: int
 
 
-def build(ahi: LocalAHI, size: Size, root: Path) -> Dataset:
+def build(service: ServiceProcess, size: Size, root: Path) -> Dataset:
     started = time.perf_counter()
     for series in range(size.series):
         spec = SeriesSpec(
@@ -53,9 +53,9 @@ def build(ahi: LocalAHI, size: Size, root: Path) -> Dataset:
         )
         write_series(root / spec.series_key, spec)
     written = time.perf_counter()
-    result = ahi.import_dicom(root, progress=False)
+    result = service.import_dicom(root)
     if result.status != "COMPLETED" or result.failures:
         raise RuntimeError(f"benchmark import failed: {result.message or result.failures[:3]}")
     return Dataset(
-        ahi, result.datastore_id, root, written - started, time.perf_counter() - written, size.series * size.slices
+        result.datastore_id, root, written - started, time.perf_counter() - written, size.series * size.slices
     )

@@ -1,0 +1,102 @@
+"""The local AHI in a process of its own, so the benchmark's client processes do not carry it.
+
+Its CPU is then not counted against ahi_torch, and DataLoader workers forked from the benchmark
+do not inherit (and report in their RSS) the service and its in-memory S3. Network latency is a
+start option (``--faults GetImageFrame:latency=...``), so LAN and WAN runs restart the service on
+the same data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from ahi_torch.client import AHIClient, ClientConfig
+from ahi_torch.local.uploads import ImportResult, dicom_files, run_import, upload
+
+
+class ServiceProcess:
+    """``ahi-torch local serve`` in a child process; :meth:`restart` changes its fault options."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.process: subprocess.Popen[str] | None = None
+        self.endpoints: dict[str, str] = {}
+
+    def start(self, faults: str | None = None) -> ServiceProcess:
+        command = [sys.executable, "-m", "ahi_torch", "local", "serve", "--data-dir", str(self.data_dir), "--port", "0"]
+        command += ["--faults", faults] if faults else []
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("AHI endpoint"):
+            raise RuntimeError(f"local serve did not start: {line}{self.process.stdout.read()}")
+        self.endpoints = json.loads((self.data_dir / "endpoints.json").read_text())
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process = None
+
+    def restart(self, faults: str | None = None) -> None:
+        self.stop()
+        self.start(faults)
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def endpoint_url(self) -> str:
+        return self.endpoints["endpoint_url"]
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def client(self, **options: Any) -> AHIClient:
+        return AHIClient(
+            ClientConfig(
+                endpoint_url=self.endpoint_url,
+                region=self.endpoints.get("region", "us-east-1"),
+                access_key_id="local",
+                secret_access_key="local",
+                **options,
+            )
+        )
+
+    def boto3(self, service: str, **config: Any) -> Any:
+        session = boto3.session.Session(
+            aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1"
+        )
+        if service == "s3":
+            return session.client("s3", endpoint_url=self.endpoints["s3_endpoint_url"])
+        return session.client(
+            service, endpoint_url=self.endpoint_url, config=Config(inject_host_prefix=False, **config)
+        )
+
+    def import_dicom(self, root: Path) -> ImportResult:
+        """Upload a folder to the service's S3 and run StartDICOMImportJob on it, in a new data store."""
+        mi = self.boto3("medical-imaging")
+        datastore_id = self.client().create_datastore(datastoreName="bench")["datastoreId"]
+        self.client().wait_for_datastore(datastore_id)
+        s3 = self.boto3("s3")
+        prefix = f"bench/{uuid.uuid4().hex[:12]}/"
+        upload(s3, dicom_files([root]), "ahi-torch-bench", prefix, root=root)
+        return run_import(mi, s3, datastore_id, f"s3://ahi-torch-bench/{prefix}", "s3://ahi-torch-bench/output/")

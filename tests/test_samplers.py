@@ -171,3 +171,15 @@ def test_lightning_and_torch_see_distributed_samplers() -> None:
         assert isinstance(sampler, TorchDistributedSampler)
     late = ShuffleSampler(8, seed=0)  # made before any process group: rank and world are read when iterated
     assert (late.num_replicas, late.rank) == (1, 0) and len(late) == 8
+
+
+def test_resume_state_and_split_fractions_are_checked() -> None:
+    """Two mutants cosmic-ray found surviving (docs/testing.md)."""
+    sampler = ShuffleSampler(10, seed=1)
+    sampler.load_state_dict({"epoch": 0, "yielded": 0, "seed": 1})
+    assert len(list(sampler)) == 10, "resuming at 0 is the whole epoch"
+    with pytest.raises(ConfigError, match="negative"):
+        sampler.load_state_dict({"epoch": 0, "yielded": -1, "seed": 1})
+    with pytest.raises(ConfigError, match="add up to 1, not 0.5"):
+        assign_splits(["P1"], {"train": 0.25, "val": 0.25})
+    assert assign_splits(["P1"], {"train": 0.9995, "val": 0.0}) == ["train"]

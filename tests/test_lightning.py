@@ -86,3 +86,23 @@ def test_ddp_resumes_exactly_from_a_mid_epoch_checkpoint(config: Path, tmp_path:
     for rank in (0, 1):
         resumed = order(before, 1, rank) + order(second, 1, rank)
         assert resumed == order(first, 1, rank), "the resumed epoch keeps the uninterrupted order"
+
+
+def test_data_module_from_an_index(ahi: LocalAHI, config: Path) -> None:
+    from ahi_torch.index import build_index
+    from ahi_torch.integrations.lightning import AHIDataModule
+
+    datastore_id = yaml.safe_load(config.read_text())["datastore"]["id"]
+    index = build_index(ahi.client(), datastore_id, progress=False)
+    data = AHIDataModule.from_index(
+        index, ahi.client(), fractions={"train": 0.5, "val": 0.5}, batch_size=4, num_workers=0, split_seed=1
+    )
+    train, val = data.train_dataloader(), data.val_dataloader()
+    assert isinstance(train.sampler, ShuffleSampler)
+    served = [i for batch in train for i in batch["meta"]["patient_id"]] + [
+        i for batch in val for i in batch["meta"]["patient_id"]
+    ]
+    assert len(served) == SAMPLES and set(served) == {"LIT-0", "LIT-1"}
+    train_patients = {i for batch in train for i in batch["meta"]["patient_id"]}
+    val_patients = {i for batch in val for i in batch["meta"]["patient_id"]}
+    assert not train_patients & val_patients, "a patient is in one split only"

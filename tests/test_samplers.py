@@ -180,6 +180,6 @@ def test_resume_state_and_split_fractions_are_checked() -> None:
     assert len(list(sampler)) == 10, "resuming at 0 is the whole epoch"
     with pytest.raises(ConfigError, match="negative"):
         sampler.load_state_dict({"epoch": 0, "yielded": -1, "seed": 1})
-    with pytest.raises(ConfigError, match="add up to 1, not 0.5"):
+    with pytest.raises(ConfigError, match=r"add up to 1, not 0\.5"):
         assign_splits(["P1"], {"train": 0.25, "val": 0.25})
     assert assign_splits(["P1"], {"train": 0.9995, "val": 0.0}) == ["train"]

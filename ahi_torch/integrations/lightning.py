@@ -28,9 +28,12 @@ import lightning.pytorch as pl
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from ..client import AHIClient
 from ..config import Config, build_client, build_dataset, build_index_from_config, load
+from ..datasets import FrameDataset, VolumeDataset
 from ..errors import ConfigError
-from ..samplers import ShuffleSampler
+from ..index import FrameIndex
+from ..samplers import ShuffleSampler, patient_splits
 
 
 class AHIDataModule(pl.LightningDataModule):
@@ -113,6 +116,34 @@ class AHIDataModule(pl.LightningDataModule):
         if not module.splits:
             module.splits = {"train": ""}  # no split: the whole index trains
         return module
+
+    @classmethod
+    def from_index(
+        cls,
+        index: FrameIndex,
+        client: AHIClient,
+        *,
+        fractions: dict[str, float] | None = None,
+        split_seed: int = 0,
+        volumes: bool = False,
+        dataset_options: dict[str, Any] | None = None,
+        **loader_options: Any,
+    ) -> AHIDataModule:
+        """Train and validation datasets from an index, split by patient (``{"train": 0.8, "val": 0.2}``).
+
+        ``dataset_options`` go to every :class:`FrameDataset` (or :class:`VolumeDataset` with
+        ``volumes=True``); ``loader_options`` to this class (batch size, workers, seed...).
+
+        >>> data = AHIDataModule.from_index(index, client, dataset_options={"window": (40, 400)}, batch_size=32)
+        """
+        splits = patient_splits(index, fractions or {"train": 0.8, "val": 0.2}, seed=split_seed)
+        kind = VolumeDataset if volumes else FrameDataset
+
+        def made(role: str) -> FrameDataset | VolumeDataset | None:
+            rows = splits.get(role)
+            return kind(index.take(rows), client, **(dataset_options or {})) if rows is not None and len(rows) else None
+
+        return cls(made("train"), made("val"), made("test"), **loader_options)
 
     def prepare_data(self) -> None:
         if self.config is not None:

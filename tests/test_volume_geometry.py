@@ -135,9 +135,20 @@ def test_a_filter_that_leaves_gaps_is_flagged(ahi, series: dict) -> None:  # typ
     spec = series["specs"]["regular"]
     index = _only(series["index"], spec)
     gappy = index.filter(index.column("slice_index") != 3)
-    with pytest.warns(IrregularSeriesWarning, match="7 of the series' 8 slices are in the index"):
+    with pytest.warns(IrregularSeriesWarning, match="7 of the series' 8 slices are in the index, with gaps"):
         volumes = VolumeDataset(gappy, ahi.client())
     assert volumes[0]["meta"]["regular"] is False
+    # A contiguous run of slices is a regular volume whose affine starts at its own first slice.
+    full = VolumeDataset(index, ahi.client())[0]
+    middle = index.filter((index.column("slice_index") >= 2) & (index.column("slice_index") <= 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IrregularSeriesWarning)
+        part = VolumeDataset(middle, ahi.client())[0]
+    assert part["meta"]["regular"] and part["image"].shape[1] == 4
+    torch.testing.assert_close(part["image"], full["image"][:, 2:6])
+    np.testing.assert_allclose(
+        part["meta"]["affine"].numpy() @ [0, 0, 0, 1], full["meta"]["affine"].numpy() @ [2, 0, 0, 1]
+    )
 
 
 def test_reduce_scales_the_in_plane_geometry(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]

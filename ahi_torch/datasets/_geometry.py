@@ -36,7 +36,10 @@ def spacing_of(affine: np.ndarray, axes: int) -> np.ndarray:
 
 def volume_affine(table: FrameTable, first: int, reduce: int = 0) -> np.ndarray:
     """Voxel ``(slice, row, column, 1)`` to LPS mm for the volume whose first frame is row ``first``."""
-    affine = np.asarray(table.series_affine[first], dtype=np.float64).reshape(4, 4)
+    affine = np.asarray(table.series_affine[first], dtype=np.float64).reshape(4, 4).copy()
+    # The series affine starts at the series' first slice; a volume may start further in (an index
+    # filtered to a contiguous run of slices).
+    affine[:3, 3] += affine[:3, 0] * int(table.slice_index[first])
     if not np.isfinite(affine).all():
         steps = [_finite(table.slice_spacing[first]), _finite(table.pixel_spacing_row[first])]
         affine = np.diag([*steps, _finite(table.pixel_spacing_col[first]), 1.0])

@@ -61,9 +61,9 @@ class VolumeDataset(AHIDataset):
             return ""
         if not table.series_regular[first]:
             return table.irregularity(first)
-        expected = int(table.slice_count[first])
-        if len(rows) != expected or (np.diff(table.slice_index[rows]) != 1).any():
-            return f"{len(rows)} of the series' {expected} slices are in the index (a filter left gaps)"
+        if (np.diff(table.slice_index[rows]) != 1).any():
+            expected = int(table.slice_count[first])
+            return f"{len(rows)} of the series' {expected} slices are in the index, with gaps (a filter left them)"
         return ""
 
     def _warn_irregular(self) -> None:

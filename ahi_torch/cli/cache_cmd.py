@@ -11,8 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import CacheError
-from .index_cmd import add_overrides
-from .main import EXIT_FAILURE, EXIT_OK, UsageError
+from .common import EXIT_FAILURE, EXIT_OK, UsageError, add_overrides
 
 
 def register(commands: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .main import EXIT_OK
+from .common import EXIT_OK, UsageError
 
 
 def register(commands: Any) -> None:
@@ -27,7 +27,6 @@ def register(commands: Any) -> None:
 
 def demo_command(args: argparse.Namespace) -> int:
     from ..demo import DemoOptions, run_demo
-    from .main import UsageError
 
     if min(args.patients, args.slices, args.size, args.epochs, args.batch_size) < 1 or args.workers < 0:
         raise UsageError("--patients, --slices, --size, --epochs and --batch-size must be positive, --workers >= 0")

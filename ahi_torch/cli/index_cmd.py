@@ -8,18 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .main import EXIT_OK
-
-
-def add_overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-o",
-        "--override",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value (repeatable)",
-    )
+from .common import EXIT_OK, add_overrides
 
 
 def register(commands: Any) -> None:

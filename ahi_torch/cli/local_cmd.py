@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .main import EXIT_FAILURE, EXIT_OK, UsageError
+from .common import EXIT_FAILURE, EXIT_OK, UsageError
 
 ENDPOINTS_FILE = "endpoints.json"
 PID_FILE = "serve.pid"

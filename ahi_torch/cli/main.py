@@ -5,18 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import AHIError, ConfigError
+from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Command, UsageError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-Command = Callable[[argparse.Namespace], int]
-
-
-class UsageError(Exception):
-    """Bad arguments discovered after parsing (missing files, incompatible options)."""
+__all__ = ["EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "UsageError", "entry_point", "main"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ahi_torch.errors import ConfigError
 from ahi_torch.local import LocalAHI
 from ahi_torch.samplers import ShuffleSampler
 from ahi_torch.synthetic import SeriesSpec, write_series
@@ -95,7 +96,7 @@ def test_data_module_from_an_index(ahi: LocalAHI, config: Path) -> None:
     datastore_id = yaml.safe_load(config.read_text())["datastore"]["id"]
     index = build_index(ahi.client(), datastore_id, progress=False)
     data = AHIDataModule.from_index(
-        index, ahi.client(), fractions={"train": 0.5, "val": 0.5}, batch_size=4, num_workers=0, split_seed=1
+        index, ahi.client(), fractions={"train": 0.5, "val": 0.5}, batch_size=4, num_workers=0, split_seed=5
     )
     train, val = data.train_dataloader(), data.val_dataloader()
     assert isinstance(train.sampler, ShuffleSampler)
@@ -105,4 +106,24 @@ def test_data_module_from_an_index(ahi: LocalAHI, config: Path) -> None:
     assert len(served) == SAMPLES and set(served) == {"LIT-0", "LIT-1"}
     train_patients = {i for batch in train for i in batch["meta"]["patient_id"]}
     val_patients = {i for batch in val for i in batch["meta"]["patient_id"]}
-    assert not train_patients & val_patients, "a patient is in one split only"
+    assert len(train_patients) == len(val_patients) == 1 and not train_patients & val_patients
+
+
+def test_data_module_from_a_config_with_splits(config: Path, tmp_path: Path) -> None:
+    from ahi_torch.integrations.lightning import AHIDataModule
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["split"] = {"fractions": {"train": 0.5, "val": 0.5}, "use": "train", "seed": 5}  # one patient each
+    cfg["index"]["path"] = str(tmp_path / "index.parquet")
+    cfg["loader"]["num_workers"] = 0
+    path = tmp_path / "split.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    data = AHIDataModule.from_config(path)
+    assert data.splits == {"train": "train", "val": "val"}
+    data.prepare_data()
+    data.setup("fit")
+    train = {p for batch in data.train_dataloader() for p in batch["meta"]["patient_id"]}
+    val = {p for batch in data.val_dataloader() for p in batch["meta"]["patient_id"]}
+    assert train and val and not train & val and train | val == {"LIT-0", "LIT-1"}
+    with pytest.raises(ConfigError, match=r"split 'test' for test is not in split\.fractions"):
+        AHIDataModule.from_config(path, test="test")

@@ -95,11 +95,10 @@ class AHIDataModule(pl.LightningDataModule):
         cfg = config if isinstance(config, Config) else load(config)
         fractions = cfg.split.fractions if cfg.split is not None else {}
         names = {"train": train or (cfg.split.use if cfg.split is not None else None), "val": val, "test": test}
+        if names["val"] == "val" and "val" not in fractions:
+            names["val"] = None  # the default validation split is optional
         for stage, name in names.items():
             if name is not None and name not in fractions:
-                if stage == "val" and name == "val" and val == "val":
-                    names["val"] = None  # the default validation split is optional
-                    continue
                 raise ConfigError(f"split {name!r} for {stage} is not in split.fractions ({', '.join(fractions)})")
         loader = cfg.loader
         module = cls(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import pickle
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -149,15 +150,30 @@ def test_label_sources(ahi, cohort: dict, index: FrameIndex, tmp_path: Path) -> 
         FrameDataset(index, client, labels="NotAColumn")
 
 
-def _break_frame(dataset: FrameDataset, row: int) -> None:
-    """Make one frame fail verification on every attempt (its expected checksum is wrong)."""
-    dataset.table.checksum = dataset.table.checksum.copy()
-    dataset.table.checksum[row] ^= 0x5A5A
+@pytest.fixture
+def break_frame(ahi: LocalAHI) -> Iterator[Callable[[FrameDataset, int], None]]:
+    """Damage a frame's stored bytes at rest in the local AHI (restored after the test).
+
+    One byte near the end of the codestream is flipped: the frame still decodes, to wrong pixels,
+    so every fetch of it fails AHI's CRC32 check as a bad disk or a bad hop would make it.
+    """
+    saved: dict[Path, bytes] = {}
+
+    def damage(dataset: FrameDataset, row: int) -> None:
+        path = ahi.store.frame_path(dataset.table.text("frame_id", row))
+        data = saved.setdefault(path, path.read_bytes())
+        damaged = bytearray(data)
+        damaged[len(damaged) - 40] ^= 0x5A
+        path.write_bytes(bytes(damaged))
+
+    yield damage
+    for path, data in saved.items():
+        path.write_bytes(data)
 
 
-def test_error_policy_raise(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_error_policy_raise(ahi, break_frame, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
     dataset = FrameDataset(index, ahi.client())
-    _break_frame(dataset, 3)
+    break_frame(dataset, 3)
     with pytest.raises(SampleError, match=r"sample 3 .*checksum mismatch"):
         dataset[3]
     loader = DataLoader(dataset, batch_size=4, num_workers=2)
@@ -165,10 +181,10 @@ def test_error_policy_raise(ahi, index: FrameIndex) -> None:  # type: ignore[no-
         list(loader)
 
 
-def test_error_policy_skip_replaces_deterministically(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_error_policy_skip_replaces_deterministically(ahi, break_frame, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     log = tmp_path / "failures.jsonl"
     dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("skip", failure_log=str(log)))
-    _break_frame(dataset, 3)
+    break_frame(dataset, 3)
     item = dataset[3]
     substitute = replacements(3, len(dataset), 1)[0]
     assert substitute != 3 and item["meta"]["index"] == substitute, "sample 3 is replaced by its first candidate"
@@ -184,10 +200,10 @@ def test_error_policy_skip_replaces_deterministically(ahi, index: FrameIndex, tm
     assert "image set" in logged[0]["where"]
 
 
-def test_skip_spreads_a_run_of_dead_samples(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_skip_spreads_a_run_of_dead_samples(ahi, break_frame, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
     dataset = FrameDataset(index, ahi.client(), error_policy="skip")
     for row in range(8):
-        _break_frame(dataset, row)
+        break_frame(dataset, row)
     served = [int(dataset[i]["meta"]["index"]) for i in range(8)]
     assert all(s >= 8 for s in served), "only working samples stand in"
     assert max(served.count(s) for s in served) <= 3, f"replacements pile onto one sample: {served}"
@@ -195,9 +211,9 @@ def test_skip_spreads_a_run_of_dead_samples(ahi, index: FrameIndex) -> None:  # 
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_epoch_summary_gathers_every_worker(ahi, index: FrameIndex, tmp_path: Path, context: str) -> None:  # type: ignore[no-untyped-def]
+def test_epoch_summary_gathers_every_worker(ahi, break_frame, index: FrameIndex, tmp_path: Path, context: str) -> None:  # type: ignore[no-untyped-def]
     dataset = FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path), error_policy="skip")
-    _break_frame(dataset, 5)
+    break_frame(dataset, 5)
     loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context=context, persistent_workers=True)
     for epoch in range(2):
         dataset.stats.reset()
@@ -234,9 +250,9 @@ def test_collate_helpers_batch_mixed_sizes(ahi, index: FrameIndex, real_import) 
     assert as_list["meta"]["sop_instance_uid"] == [i["meta"]["sop_instance_uid"] for i in items]
 
 
-def test_error_policy_retry(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_error_policy_retry(ahi, break_frame, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
     dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("retry", retries=2, backoff=0.01))
-    _break_frame(dataset, 2)
+    break_frame(dataset, 2)
     requests_before = dataset.fetcher.counters.requests
     with pytest.raises(SampleError, match="after 3 attempts"):
         dataset[2]

@@ -158,3 +158,25 @@ def test_checksum_verification_names_the_frame() -> None:
 def test_backends_are_registered_fastest_first() -> None:
     assert [b.name for b in backends_for("htj2k")] == ["imagecodecs", "openjpeg"]
     assert [b.name for b in backends_for("htj2k", prefer="openjpeg")] == ["openjpeg", "imagecodecs"]
+
+
+def test_openjph_failures_are_errors_not_printed_noise() -> None:
+    """imagecodecs reports OpenJPH's "ojph error" from a C callback as unraisable; ahi_torch makes it an error."""
+    import sys
+
+    from ahi_torch.codecs.decoders import _imagecodecs_htj2k
+
+    damaged = bytearray(imagecodecs.htj2k_encode(CT, reversible=True))
+    damaged[len(damaged) - 20] ^= 0x5A  # a damaged code-block: OpenJPH gives up inside its callback
+    printed: list[str] = []
+    previous, sys.unraisablehook = sys.unraisablehook, lambda u: printed.append(str(u.exc_value))
+    try:
+        with pytest.raises(RuntimeError, match="OpenJPH could not decode the codestream"):
+            _imagecodecs_htj2k(bytes(damaged), None, 0)
+        # decode_frame then tries the next backend; here OpenJPEG gives up too: one DecodeError naming both.
+        with pytest.raises(DecodeError, match=r"imagecodecs: OpenJPH could not decode .*; openjpeg: "):
+            decode_frame(bytes(damaged), pixel=_pixel(CT), prefer="imagecodecs")
+        np.testing.assert_array_equal(decode_frame(bytes(imagecodecs.htj2k_encode(CT, reversible=True))), CT)
+    finally:
+        sys.unraisablehook = previous
+    assert printed == [], "nothing reaches the unraisable hook"

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -90,10 +93,51 @@ def frame_kind(data: bytes, transfer_syntax: str | None = None, content_type: st
 # --- decoders --------------------------------------------------------------------------------
 
 
+class _OpenJPHFailure(RuntimeError):
+    """OpenJPH gave up on a codestream inside imagecodecs (the next backend is tried)."""
+
+
+_decoding = threading.local()
+
+
+def _report_ojph(unraisable: Any) -> None:
+    """``sys.unraisablehook``: keep OpenJPH's errors from the decoding thread, pass on the rest.
+
+    imagecodecs' OpenJPH wrapper raises ``RuntimeError("ojph error")`` inside a C callback
+    (``_copy_from_codestream``), where Python can only print it as "Exception ignored in ..."; the
+    decode call itself returns partial pixels. The callback runs in the thread that called the
+    decoder, so a thread-local flag ties the error to that call.
+    """
+    error = unraisable.exc_value
+    if getattr(_decoding, "active", False) and isinstance(error, RuntimeError) and "ojph" in str(error):
+        _decoding.error = str(error)
+        return
+    _report_ojph.previous(unraisable)  # type: ignore[attr-defined]
+
+
+_report_ojph.previous = sys.unraisablehook  # type: ignore[attr-defined]
+
+
+def _capture_ojph_errors() -> None:
+    # Checked on every decode: test runners and notebooks install hooks of their own later.
+    current = sys.unraisablehook
+    if current is not _report_ojph:
+        _report_ojph.previous = current  # type: ignore[attr-defined]
+        sys.unraisablehook = _report_ojph
+
+
 def _imagecodecs_htj2k(data: bytes, pixel: PixelDescription | None, reduce: int) -> np.ndarray:
     import imagecodecs
 
-    return imagecodecs.htj2k_decode(data, skipres=reduce or None)
+    _capture_ojph_errors()
+    _decoding.active, _decoding.error = True, None
+    try:
+        array = imagecodecs.htj2k_decode(data, skipres=reduce or None)
+    finally:
+        _decoding.active = False
+    if _decoding.error:
+        raise _OpenJPHFailure(f"OpenJPH could not decode the codestream ({_decoding.error})")
+    return array
 
 
 def _openjpeg(data: bytes, pixel: PixelDescription | None, reduce: int) -> np.ndarray:

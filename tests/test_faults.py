@@ -151,3 +151,50 @@ def test_fault_specs_are_validated() -> None:
         Faults.parse("GetImageFrame:explode=0.1")
     with pytest.raises(ConfigError, match="between 0 and 1"):
         Faults.parse("*:throttle=1.5")
+
+
+def _take_after_fork(limiter: RateLimiter, count: int, start: mp.synchronize.Barrier, out: str) -> None:
+    start.wait()
+    granted = []
+    for _ in range(count):
+        limiter.acquire("GetImageFrame")
+        granted.append(time.time())
+    Path(out).write_text("\n".join(map(str, granted)))
+
+
+def test_forked_workers_do_not_share_the_parents_lock(tmp_path: Path) -> None:
+    """flock belongs to an open file: a forked child must open its own, or parent and children never exclude."""
+    limiter = RateLimiter({"GetImageFrame": 40.0}, tmp_path / "buckets")
+    limiter.acquire("GetImageFrame")  # the parent opens the bucket file before forking
+    context = mp.get_context("fork")
+    start = context.Barrier(2)
+    outs = [tmp_path / f"grants{k}.txt" for k in range(2)]
+    workers = [context.Process(target=_take_after_fork, args=(limiter, 40, start, str(out))) for out in outs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+        assert worker.exitcode == 0
+    grants = sorted(float(t) for out in outs for t in out.read_text().split())
+    first = grants[0]
+    for window in (0.25, 0.5):
+        within = sum(1 for t in grants if t - first <= window)
+        assert within <= 40 + 40 * window + 2, f"{within} grants in the first {window} s"
+
+
+def test_bucket_files_are_private_and_reused(tmp_path: Path) -> None:
+    import os
+    import stat
+    import tempfile
+
+    from ahi_torch.client.ratelimit import default_directory
+
+    assert default_directory() == Path(tempfile.gettempdir()) / f"ahi-torch-ratelimit-{os.getuid()}"
+    limiter = RateLimiter({"GetImageFrame": 1e6}, tmp_path / "buckets")
+    limiter.acquire("GetImageFrame")
+    open_files = len(os.listdir("/proc/self/fd"))
+    for _ in range(50):
+        limiter.acquire("GetImageFrame")
+    assert len(os.listdir("/proc/self/fd")) == open_files, "one open bucket file per operation, not one per call"
+    assert stat.S_IMODE((tmp_path / "buckets").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "buckets" / "GetImageFrame.bucket").stat().st_mode) == 0o600

@@ -91,3 +91,36 @@ def test_config_error_is_a_value_error(tmp_path: Path) -> None:
 def test_every_value_is_checked_when_the_config_loads(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         config.load(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("sampler", ["sequential", "shuffle", "locality", "weighted", "class_balanced"])
+def test_every_sampler_option_builds_a_working_loader(ahi, synthetic_import, tmp_path: Path, sampler: str) -> None:  # type: ignore[no-untyped-def]
+    from collections import Counter
+
+    from ahi_torch.config import build_dataloader, build_dataset, build_sampler
+    from ahi_torch.config.schema import Config
+    from ahi_torch.samplers import ShuffleSampler, WeightedSampler
+
+    cfg = config.from_dict(
+        Config,
+        {
+            "connection": {"endpoint_url": ahi.endpoint_url},
+            "datastore": {"id": synthetic_import.datastore_id},
+            "index": {"path": str(tmp_path / "index.parquet")},
+            "search": {"modalities": ["CT"]},
+            "labels": {"column": "slice_index"},
+            "cache": {"enabled": False},
+            "loader": {"sampler": sampler, "batch_size": 4, "num_workers": 0, "seed": 3},
+        },
+    )
+    dataset = build_dataset(cfg, progress=False)
+    built = build_sampler(cfg, dataset)
+    order = list(built)  # type: ignore[arg-type]
+    assert len(order) == len(dataset) == 24
+    if sampler in ("sequential", "shuffle", "locality"):
+        assert isinstance(built, ShuffleSampler) and sorted(order) == list(range(24)), "each frame once"
+        assert (order == list(range(24))) == (sampler == "sequential"), order
+    else:
+        assert isinstance(built, WeightedSampler) and max(Counter(order).values()) > 1, "drawn with replacement"
+    loader = build_dataloader(cfg, dataset)
+    assert loader.sampler is not None and sum(len(b["image"]) for b in loader) == 24

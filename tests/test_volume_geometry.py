@@ -180,3 +180,20 @@ def test_float64_computes_the_rescale_in_float64(ahi, series: dict) -> None:  # 
     for k, sop in enumerate(slices):
         expected = apply_modality_lut(sop.pixel_array, sop).astype(np.float64)
         np.testing.assert_allclose(volume["image"][0, k].numpy(), expected, rtol=0, atol=1e-9)
+
+
+def test_volume_hounsfield_units_and_window_match_pydicom(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]
+    spec = series["specs"]["regular"]
+    index = _only(series["index"], spec)
+    hu = VolumeDataset(index, ahi.client())[0]["image"][0].numpy()
+    windowed = VolumeDataset(index, ahi.client(), window=(40, 400))[0]["image"][0].numpy()
+    dicom_window = VolumeDataset(index, ahi.client(), window="dicom")[0]["image"][0].numpy()
+    slices = [ds for ds in series["sources"].values() if ds.SeriesInstanceUID == spec.series_uid]
+    normal = np.cross(np.array(slices[0].ImageOrientationPatient[:3], float), slices[0].ImageOrientationPatient[3:])
+    slices.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, float))))
+    expected_hu = np.stack([apply_modality_lut(ds.pixel_array, ds).astype(np.float32) for ds in slices])
+    np.testing.assert_allclose(hu, expected_hu)
+    expected_window = np.clip((expected_hu - (40 - 200)) / 400, 0, 1)
+    np.testing.assert_allclose(windowed, expected_window, atol=1e-6)
+    np.testing.assert_allclose(dicom_window, expected_window, atol=1e-6)  # the files say center 40, width 400
+    assert 0 < float(windowed.mean()) < 1 and float(hu.min()) < -1000

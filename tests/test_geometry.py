@@ -82,3 +82,19 @@ def test_mixed_pixel_spacing_is_irregular() -> None:
     slices[2] = Slice(slices[2].position, pixel_spacing=(0.9, 0.9), instance_number=3)
     geometry = series_geometry(slices)
     assert not geometry.regular and geometry.irregularity == "mixed PixelSpacing"
+
+
+def test_single_slices_and_stacks_at_one_position() -> None:
+    """Survivors of `make mutate` (docs/testing.md): the slice step when there is no second position."""
+    (one,) = stack([0.0])
+    geometry = series_geometry([one])
+    assert geometry.regular
+    np.testing.assert_allclose(geometry.affine[:3, 0], [0.0, 0.0, 2.5])  # normal x SliceThickness
+    assert geometry.spacing == pytest.approx((2.5, 0.8, 0.7))
+    same_place = series_geometry(stack([5.0, 5.0, 5.0]))
+    assert not same_place.regular and "duplicated" in same_place.irregularity
+    np.testing.assert_allclose(same_place.affine[:3, 0], [0.0, 0.0, 2.5])
+    two = stack([0, 2.5])
+    two[1] = Slice(two[1].position, oblique(10.0), instance_number=2)  # type: ignore[arg-type]
+    mixed = series_geometry(two)
+    assert not mixed.regular and mixed.irregularity.startswith("mixed ImageOrientationPatient")

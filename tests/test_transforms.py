@@ -149,3 +149,32 @@ def test_registry_and_import_paths() -> None:
         create("resize", {"shape": [4, 4]})
     with pytest.raises(ConfigError, match="does not match 3 spatial dims"):
         Resize([4, 4])(volume_item())
+
+
+def test_details_mutation_testing_found_untested() -> None:
+    """Survivors of `make mutate` (docs/testing.md): integer images, default axis, odd widths, H/W padding, frozen."""
+    import dataclasses
+
+    integer = {
+        "image": torch.arange(16, dtype=torch.int16).reshape(1, 4, 4),
+        "meta": {"spacing": torch.tensor([1.0, 1.0])},
+    }
+    nearest = Spacing([2.0, 2.0], mode="nearest")(dict(integer))
+    assert nearest["image"].dtype == torch.int16 and nearest["image"].tolist() == [[[0, 2], [8, 10]]]
+    smooth = Spacing([2.0, 2.0])({"image": integer["image"].clone(), "meta": {"spacing": torch.tensor([1.0, 1.0])}})
+    assert smooth["image"].dtype == torch.float32
+    flipped = RandomFlip(p=1.0)({"image": torch.arange(6.0).reshape(1, 2, 3)})
+    assert flipped["image"].tolist() == [[[2.0, 1.0, 0.0], [5.0, 4.0, 3.0]]], "the default axis is the last one"
+    np.testing.assert_allclose(Window(40, 401)({"image": torch.tensor([[[-160.5]]])})["image"].numpy(), [[[0.0]]])
+    padded = CropOrPad([4, 6])({"image": torch.ones(1, 2, 2)})["image"][0]
+    assert padded[1:3, 2:4].sum() == 4 and padded.sum() == 4, "padding is centred on both axes"
+    with pytest.raises(ConfigError, match="does not match 2 spatial dims"):
+        CropOrPad([4, 4, 4])({"image": torch.ones(1, 2, 2)})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Resize([4, 4]).size = [2, 2]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("transform", [CropOrPad([16, 70, 80]), CropOrPad([18, 60, 72])], ids=repr)
+def test_padding_every_axis_keeps_the_blob_in_place(transform) -> None:  # type: ignore[no-untyped-def]
+    out = transform(volume_item())
+    np.testing.assert_allclose(blob_world(out), TRUTH, atol=0.35)

@@ -75,16 +75,13 @@ def resolve_datastore(cfg: Config, client: AHIClient) -> str:
     return matches[0]
 
 
-def _filter(spec: dict[str, Any], where: str) -> dict[str, Any]:
-    if len(spec) != 1:
-        raise ConfigError(f"{where}: each filter has exactly one key (one of {', '.join(search.FILTERS)})")
-    ((name, value),) = spec.items()
-    return search.named_filter(name, value, where)
-
-
 def searches_of(cfg: Config) -> list[Search]:
+    """The config's searches; SearchConfig checked each filter (one key, a known name, a fitting value) at load."""
     groups = cfg.search.searches or [cfg.search.filters]
-    return [Search(*[_filter(f, f"search.filters[{i}]") for i, f in enumerate(group)]) for group in groups]
+    return [
+        Search(*[search.named_filter(*next(iter(f.items())), f"search.filters[{i}]") for i, f in enumerate(group)])
+        for group in groups
+    ]
 
 
 def build_index_from_config(

@@ -235,7 +235,7 @@ def test_bad_credentials_are_one_line(tmp_path: Path) -> None:
         )
         assert completed.returncode == 1
         assert _one_line_error(completed.stderr).startswith(
-            "ahi-torch: error: AccessDeniedException: The request signature"
+            "ahi-torch: error: InvalidSignatureException: The request signature"
         )
     finally:
         stop_subprocess(server)

@@ -160,7 +160,7 @@ def test_backends_are_registered_fastest_first() -> None:
     assert [b.name for b in backends_for("htj2k", prefer="openjpeg")] == ["openjpeg", "imagecodecs"]
 
 
-def test_openjph_failures_are_errors_not_printed_noise() -> None:
+def test_openjph_failures_are_errors_not_printed_noise(capfd: pytest.CaptureFixture[str]) -> None:
     """imagecodecs reports OpenJPH's "ojph error" from a C callback as unraisable; ahi_torch makes it an error."""
     import sys
 
@@ -180,3 +180,5 @@ def test_openjph_failures_are_errors_not_printed_noise() -> None:
     finally:
         sys.unraisablehook = previous
     assert printed == [], "nothing reaches the unraisable hook"
+    # Cython also prints the error through sys.excepthook (PyErr_PrintEx) before reporting it.
+    assert "ojph" not in capfd.readouterr().err, "nothing is printed to stderr"

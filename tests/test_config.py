@@ -85,6 +85,7 @@ def test_config_error_is_a_value_error(tmp_path: Path) -> None:
         ("intensity: {window: [40, 0]}", "with a positive width"),
         ("cache: {size_gb: 0}", "cache: size_gb must be positive"),
         ("connection: {max_attempts: 0}", "connection: max_attempts must be at least 1"),
+        ("loader: {fetch_attempts: 0}", "loader: fetch_attempts must be at least 1, not 0"),
         ("labels: {table: x.csv, value_type: integer}", "labels.value_type: 'integer' is not one of"),
     ],
 )
@@ -110,10 +111,11 @@ def test_every_sampler_option_builds_a_working_loader(ahi, synthetic_import, tmp
             "search": {"modalities": ["CT"]},
             "labels": {"column": "slice_index"},
             "cache": {"enabled": False},
-            "loader": {"sampler": sampler, "batch_size": 4, "num_workers": 0, "seed": 3},
+            "loader": {"sampler": sampler, "batch_size": 4, "num_workers": 0, "seed": 3, "fetch_attempts": 2},
         },
     )
     dataset = build_dataset(cfg, progress=False)
+    assert dataset.fetcher.retry.max_attempts == 2, "loader.fetch_attempts reaches the fetch layer"
     built = build_sampler(cfg, dataset)
     order = list(built)  # type: ignore[arg-type]
     assert len(order) == len(dataset) == 24

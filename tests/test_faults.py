@@ -14,7 +14,8 @@ from torch.utils.data import DataLoader
 from ahi_torch.cache import FrameCache
 from ahi_torch.client import AHIClient, RateLimiter
 from ahi_torch.datasets import ErrorPolicy, FailureLog, FrameDataset
-from ahi_torch.errors import ConfigError, EndpointUnreachable
+from ahi_torch.errors import ConfigError, EndpointUnreachable, SampleError
+from ahi_torch.fetch import RetryPolicy
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.local.faults import Faults
@@ -192,3 +193,52 @@ def test_bucket_files_are_private_and_reused(tmp_path: Path) -> None:
     assert len(os.listdir("/proc/self/fd")) == open_files, "one open bucket file per operation, not one per call"
     assert stat.S_IMODE((tmp_path / "buckets").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "buckets" / "GetImageFrame.bucket").stat().st_mode) == 0o600
+
+
+FRAME_FAULTS = "GetImageFrame:throttle=0.10,error=0.05,drop=0.02,bitflip=0.02"
+
+
+def test_one_retry_layer_bounds_requests_per_frame(tmp_path: Path) -> None:
+    """Transient faults are retried once, in the fetch layer: bit-exact pixels, <= 1.25 requests per frame."""
+    sources = {}
+    for series in range(12):
+        spec = SeriesSpec(
+            patient_id=f"R{series:02d}", study_key="r", series_key=f"r{series}", slices=16, rows=48, columns=48
+        )
+        for path in write_series(tmp_path / "dicom" / spec.series_key, spec):
+            ds = pydicom.dcmread(path)
+            sources[ds.SOPInstanceUID] = ds.pixel_array
+    faults = Faults(seed=7)
+    with LocalAHI(faults=faults) as ahi:
+        result = ahi.import_dicom(tmp_path / "dicom")
+        client = ahi.client()
+        index = build_index(client, result.datastore_id, progress=False)
+        assert len(index) == 192
+        faults.specs.update(Faults.parse(FRAME_FAULTS).specs)
+        dataset = FrameDataset(index, client, rescale=False, dtype=None)
+        exact = 0
+        for batch in DataLoader(dataset, batch_size=16, num_workers=2):
+            for image, sop in zip(batch["image"], batch["meta"]["sop_instance_uid"], strict=True):
+                np.testing.assert_array_equal(image[0].numpy(), sources[sop])
+                exact += 1
+        counts = ahi.frame_request_counts()
+        per_frame = [counts.get(frame_id, 0) for frame_id in index.texts("frame_id")]
+        injected = dict(faults.injected)
+        print(f"\nfaults {injected}; {sum(per_frame)} GetImageFrame requests for {len(per_frame)} frames")
+        assert exact == 192
+        assert all(kind in injected for kind in ("throttle", "error", "drop", "bitflip")), injected
+        assert sum(per_frame) / len(per_frame) <= 1.25, "each fault costs one more request, not a cascade"
+        assert min(per_frame) >= 1 and max(per_frame) <= RetryPolicy().max_attempts
+
+        # A frame that can never succeed costs exactly the budget, whatever the layers above do.
+        frame_id = index.texts("frame_id")[5]
+        path = ahi.store.frame_path(frame_id)
+        damaged = bytearray(path.read_bytes())
+        damaged[len(damaged) - 30] ^= 0x5A
+        path.write_bytes(bytes(damaged))
+        faults.specs.clear()
+        before = ahi.frame_request_counts()[frame_id]
+        retrying = FrameDataset(index, client, error_policy=ErrorPolicy("retry", retries=3, backoff=0.001))
+        with pytest.raises(SampleError, match="after 4 attempts"):
+            retrying[5]
+        assert ahi.frame_request_counts()[frame_id] - before == RetryPolicy().max_attempts == 4

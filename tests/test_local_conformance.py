@@ -426,6 +426,10 @@ def test_update_versions_and_revert(mi, loaded) -> None:  # type: ignore[no-unty
     )
     assert [v["versionId"] for v in rest["imageSetPropertiesList"]] == ["1"]
     assert rest["imageSetPropertiesList"][0]["ImageSetWorkflowStatus"] == "CREATED"
+    created = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id, versionId="2")["createdAt"]
+    every = listed + rest["imageSetPropertiesList"]
+    assert {v["createdAt"] for v in every} == {created}, "every version shows the image set's creation time"
+    assert len({v["updatedAt"] for v in every}) > 1, "while each keeps its own update time"
     summary = next(
         s
         for s in mi.search_image_sets(datastoreId=datastore_id)["imageSetsMetadataSummaries"]

@@ -12,8 +12,8 @@ import pytest
 from ahi_torch.cache import FrameCache
 from ahi_torch.datasets._table import FrameTable
 from ahi_torch.errors import ChecksumMismatch
+from ahi_torch.fetch import FrameFetcher, RetryPolicy
 from ahi_torch.index import FrameIndex, build_index, search
-from ahi_torch.pixels import FrameFetcher
 
 from .conftest import ImportedData
 
@@ -56,10 +56,10 @@ def test_fetch_verify_and_cache(
 def test_wrong_checksum_is_retried_then_raised(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
     ref = FrameTable(ct_index).ref(0)
     bad = dataclasses.replace(ref, checksum=(ref.checksum or 0) ^ 0xFFFF)
-    fetcher = FrameFetcher(ahi.client(), verify=True, mismatch_retries=2)
+    fetcher = FrameFetcher(ahi.client(), verify=True, retry=RetryPolicy(max_attempts=3, base_delay=0.001))
     with pytest.raises(ChecksumMismatch, match=f"image set {ref.image_set_id} \\(version 1\\) frame {ref.frame_id}"):
         fetcher.get(bad)
-    assert fetcher.counters.requests == 3 and fetcher.counters.checksum_retries == 2
+    assert fetcher.counters.requests == 3 and fetcher.counters.retries == 2 and fetcher.counters.checksum_failures == 1
     unverified = FrameFetcher(ahi.client(), verify=False)
     assert unverified.get(bad).shape == (96, 80)
 

@@ -14,6 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+from botocore.exceptions import ClientError
 
 from ahi_torch.local import LocalAHI
 from ahi_torch.local.security import signature_required
@@ -62,14 +63,15 @@ def test_correctly_signed_requests_pass(signed: LocalAHI) -> None:
 
 
 @pytest.mark.parametrize(
-    ("key", "secret", "extra", "message"),
+    ("key", "secret", "extra", "code", "message"),
     [
-        ("trusted", "wrong-secret", {}, "signature does not match"),
-        ("stranger", SECRET, {}, "security token included in the request is invalid"),
-        (None, None, {"signature_version": UNSIGNED}, "not signed"),
+        ("trusted", "wrong-secret", {}, "InvalidSignatureException", "signature we calculated does not match"),
+        ("stranger", SECRET, {}, "UnrecognizedClientException", "security token included in the request is invalid"),
+        (None, None, {"signature_version": UNSIGNED}, "AccessDeniedException", "not signed"),
     ],
 )
-def test_other_keys_and_unsigned_requests_get_403(signed: LocalAHI, key, secret, extra, message) -> None:  # type: ignore[no-untyped-def]
+def test_other_keys_and_unsigned_requests_get_403(signed: LocalAHI, key, secret, extra, code, message) -> None:  # type: ignore[no-untyped-def]
+    """AWS's own codes: an unknown key is UnrecognizedClientException, a bad signature InvalidSignatureException."""
     client = (
         _client(signed, key, secret, **extra)
         if key
@@ -80,9 +82,10 @@ def test_other_keys_and_unsigned_requests_get_403(signed: LocalAHI, key, secret,
             config=Config(inject_host_prefix=False, **extra),
         )
     )
-    with pytest.raises(client.exceptions.AccessDeniedException, match=message) as info:
+    with pytest.raises(ClientError, match=message) as info:
         client.list_datastores()
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert info.value.response["Error"]["Code"] == code
 
 
 def test_tampered_body_is_rejected(signed: LocalAHI) -> None:
@@ -100,7 +103,7 @@ def test_tampered_body_is_rejected(signed: LocalAHI) -> None:
     )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(tampered)
-    assert info.value.code == 403 and info.value.headers["x-amzn-ErrorType"] == "AccessDeniedException"
+    assert info.value.code == 403 and info.value.headers["x-amzn-ErrorType"] == "InvalidSignatureException"
     verifier = SignatureVerifier({"trusted": SECRET}, "us-east-1")
     assert SECRET not in repr(verifier)
 
@@ -116,7 +119,7 @@ def test_no_credentials_or_patient_data_in_logs(signed: LocalAHI, caplog: pytest
         )
     assert PATIENT not in info.value.response["Error"]["Message"], "sensitive values are not echoed"
     stranger = _client(signed, "trusted", "guess")
-    with pytest.raises(stranger.exceptions.AccessDeniedException):
+    with pytest.raises(ClientError, match="InvalidSignatureException"):
         stranger.list_datastores()
     logged = "\n".join(record.getMessage() for record in caplog.records if not record.name.startswith("botocore"))
     assert SECRET not in logged and PATIENT not in logged

@@ -18,7 +18,9 @@ Built on diskcache (SQLite index + files), with these guarantees:
   frames are served uncached. ``counters.unavailable`` counts the lookups that went uncached;
   ``ahi-torch cache repair`` rebuilds a damaged database from its intact entries;
 * ``mode="decoded"`` stores pixels (fastest reads), ``mode="encoded"`` stores AHI's HTJ2K bytes
-  (about half the space, decoded on every read). The benchmark suite measures both.
+  (about half the space, decoded on every read). The benchmark suite measures both. Which one is
+  the cache's own business: callers store and load frames with :meth:`FrameCache.put_frame` and
+  :meth:`FrameCache.get_frame` and never branch on the mode.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +62,26 @@ def default_directory() -> Path:
     return Path(base) / "ahi_torch" / "frames"
 
 
+@dataclass(frozen=True)
+class FrameKey:
+    """Which frame, at which version and resolution: everything a cached frame is looked up by."""
+
+    datastore_id: str
+    image_set_id: str
+    version: int
+    frame_id: str
+    reduce: int = 0
+
+    def text(self, kind: str) -> str:
+        return frame_key(kind, self.datastore_id, self.image_set_id, self.version, self.frame_id, self.reduce)
+
+
 def frame_key(kind: str, datastore_id: str, image_set_id: str, version: int, frame_id: str, reduce: int = 0) -> str:
     return f"{kind}/{datastore_id}/{image_set_id}/v{version}/{frame_id}/r{reduce}"
+
+
+#: Decodes an encoded frame read from the cache: ``decode(data, content_type)``.
+FrameDecoder = Callable[[bytes, str], np.ndarray]
 
 
 def metadata_key(datastore_id: str, image_set_id: str, version: int) -> str:
@@ -212,7 +233,7 @@ class FrameCache:
 
     # --- raw get/set ------------------------------------------------------------------------------
 
-    def _get(self, key: str) -> bytes | None:
+    def _get(self, key: str) -> bytes | bytearray | None:
         cache = self._handle()
         if cache is None:
             self.counters.unavailable += 1
@@ -230,11 +251,11 @@ class FrameCache:
         if value is None:
             self.counters.misses += 1
             return None
-        data = bytes(value)
+        data = value if isinstance(value, bytes | bytearray) else bytes(value)
         self.counters.bytes_read += len(data)
         return data
 
-    def _set(self, key: str, data: bytes) -> bool:
+    def _set(self, key: str, data: bytes | records.Parts) -> bool:
         if not self._storing:
             return False
         cache = self._handle()
@@ -254,7 +275,7 @@ class FrameCache:
             return False
         if stored:
             self.counters.writes += 1
-            self.counters.bytes_written += len(data)
+            self.counters.bytes_written += data.size if isinstance(data, records.Parts) else len(data)
         return stored
 
     def _evict(self, key: str) -> None:
@@ -264,6 +285,29 @@ class FrameCache:
             self.diskcache.delete(key, retry=True)
         except Exception as error:  # a read-only cache keeps its corrupt entry; it is never served
             log.warning("could not evict corrupt cache entry %s: %s", key, error)
+
+    # --- frames -----------------------------------------------------------------------------------
+
+    def get_frame(self, key: FrameKey, decode: FrameDecoder) -> np.ndarray | None:
+        """A frame's pixels, or None on a miss; an encoded entry is decoded with ``decode``.
+
+        Entries are checked on read (their CRC32), so what comes back is what was stored: pixels
+        that matched AHI's checksum, or the bytes they were decoded from.
+        """
+        if self.mode == "decoded":
+            return self.get_array(key.text("decoded"))
+        found = self.get_bytes(key.text("encoded"), records.ENCODED)
+        if found is None:
+            return None
+        return decode(found[0], str(found[1].get("content_type") or ""))
+
+    def put_frame(
+        self, key: FrameKey, pixels: np.ndarray, data: bytes, content_type: str, crc: int | None = None
+    ) -> bool:
+        """Store a frame in this cache's mode: its ``pixels`` (``crc`` is their CRC32 when known) or ``data``."""
+        if self.mode == "decoded":
+            return self._set(key.text("decoded"), records.pack_array(pixels, crc))
+        return self._set(key.text("encoded"), records.pack(records.ENCODED, {"content_type": content_type}, data))
 
     # --- typed entries ----------------------------------------------------------------------------
 

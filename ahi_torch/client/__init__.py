@@ -7,7 +7,8 @@
 """
 
 from .config import ClientConfig
-from .core import AHIClient, ImageFrame, dicom_updates
+from .core import AHIClient, dicom_updates
+from .frame_transport import FrameTransport, ImageFrame
 from .ratelimit import RateLimiter
 
-__all__ = ["AHIClient", "ClientConfig", "ImageFrame", "RateLimiter", "dicom_updates"]
+__all__ = ["AHIClient", "ClientConfig", "FrameTransport", "ImageFrame", "RateLimiter", "dicom_updates"]

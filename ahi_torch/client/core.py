@@ -6,7 +6,8 @@ it nicer than boto3:
 
 * ``get_image_set_metadata`` returns the parsed (gunzipped) JSON document;
 * ``get_image_frame`` returns an :class:`ImageFrame` (bytes plus content type), body read and
-  the connection returned to the pool;
+  the connection returned to the pool; :attr:`AHIClient.frame_transport` is the lean path for
+  frames that :mod:`ahi_torch.fetch` takes (one signed urllib3 request, no botocore overhead);
 * ``iter_*`` generators page through every paginated operation;
 * ``wait_for_*`` poll until a data store, import job or image set reaches a state (AHI has no
   waiters);
@@ -30,7 +31,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import boto3
 from botocore.config import Config
@@ -49,6 +50,7 @@ from botocore.exceptions import (
 from .. import __version__
 from ..errors import AHIError, EndpointUnreachable, from_client_error
 from .config import ClientConfig
+from .frame_transport import FrameTransport, ImageFrame
 from .ratelimit import RateLimiter
 from .waiters import Waiters
 
@@ -61,13 +63,6 @@ class ClientCounters:
     retries: int = 0
     stream_retries: int = 0
     truncated_bodies: int = 0
-
-
-class ImageFrame(NamedTuple):
-    """One frame as AHI returns it: the encoded bytes and their Content-Type."""
-
-    data: bytes
-    content_type: str
 
 
 def _drop_none(params: dict[str, Any]) -> dict[str, Any]:
@@ -86,6 +81,8 @@ class AHIClient(Waiters):
         base = config or ClientConfig()
         self.config = ClientConfig(**{**base.__dict__, **overrides}) if overrides else base
         self._client: Any = None
+        self._session_object: Any = None
+        self._transport: FrameTransport | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
         self.counters = ClientCounters()
@@ -102,6 +99,8 @@ class AHIClient(Waiters):
         self.config = state["config"]
         self._limiter = state["_limiter"]
         self._client = None
+        self._session_object = None
+        self._transport = None
         self._pid = None
         self._lock = threading.Lock()
         self.counters = ClientCounters()
@@ -134,8 +133,9 @@ class AHIClient(Waiters):
             # The runtime- host prefix only resolves on AWS's own endpoints.
             inject_host_prefix=c.endpoint_url is None,
         )
+        self._session_object = self._session()
         try:
-            client = self._session().client("medical-imaging", endpoint_url=c.endpoint_url, config=botocore_config)
+            client = self._session_object.client("medical-imaging", endpoint_url=c.endpoint_url, config=botocore_config)
         except NoRegionError:
             raise AHIError("no AWS region configured: set ClientConfig(region=...) or AWS_REGION") from None
         client.meta.events.register("needs-retry.medical-imaging", self._retry_truncated_body)
@@ -167,9 +167,30 @@ class AHIClient(Waiters):
         if self._client is None or self._pid != pid:
             with self._lock:
                 if self._client is None or self._pid != pid:
+                    self._transport = None
                     self._client = self._build()
                     self._pid = pid
         return self._client
+
+    @property
+    def frame_transport(self) -> FrameTransport:
+        """This process's GetImageFrame transport (one request per call; see :mod:`.frame_transport`)."""
+        client = self.boto3
+        transport = self._transport
+        if transport is None:
+            with self._lock:
+                if self._transport is None:
+                    c = self.config
+                    self._transport = FrameTransport(
+                        client,
+                        self._session_object.get_credentials(),
+                        max_connections=c.max_pool_connections,
+                        connect_timeout=c.connect_timeout,
+                        read_timeout=c.read_timeout,
+                        limiter=self._limiter,
+                    )
+                transport = self._transport
+        return transport
 
     def _call(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
         if self._limiter is not None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ..crc32 import crc32
 from ..errors import ChecksumMismatch
 
 
@@ -20,7 +20,7 @@ def pixel_crc32(pixels: np.ndarray) -> int:
     array = np.ascontiguousarray(pixels)
     if array.dtype.byteorder == ">" or (array.dtype.byteorder == "=" and np.little_endian is False):
         array = array.astype(array.dtype.newbyteorder("<"))
-    return zlib.crc32(array.data) & 0xFFFFFFFF
+    return crc32(array.data) & 0xFFFFFFFF
 
 
 def expected_checksum(levels: Sequence[Mapping[str, Any]], height: int, width: int) -> int | None:

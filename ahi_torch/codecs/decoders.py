@@ -100,6 +100,13 @@ class _OpenJPHFailure(RuntimeError):
 _decoding = threading.local()
 
 
+def _ours(error: BaseException | None) -> bool:
+    if getattr(_decoding, "active", False) and isinstance(error, RuntimeError) and "ojph" in str(error):
+        _decoding.error = str(error)
+        return True
+    return False
+
+
 def _report_ojph(unraisable: Any) -> None:
     """``sys.unraisablehook``: keep OpenJPH's errors from the decoding thread, pass on the rest.
 
@@ -108,22 +115,28 @@ def _report_ojph(unraisable: Any) -> None:
     decode call itself returns partial pixels. The callback runs in the thread that called the
     decoder, so a thread-local flag ties the error to that call.
     """
-    error = unraisable.exc_value
-    if getattr(_decoding, "active", False) and isinstance(error, RuntimeError) and "ojph" in str(error):
-        _decoding.error = str(error)
-        return
-    _report_ojph.previous(unraisable)  # type: ignore[attr-defined]
+    if not _ours(unraisable.exc_value):
+        _report_ojph.previous(unraisable)  # type: ignore[attr-defined]
+
+
+def _except_ojph(kind: type[BaseException], error: BaseException, traceback: Any) -> None:
+    """``sys.excepthook``: Cython prints the same error once more through it (``PyErr_PrintEx``)."""
+    if not _ours(error):
+        _except_ojph.previous(kind, error, traceback)  # type: ignore[attr-defined]
 
 
 _report_ojph.previous = sys.unraisablehook  # type: ignore[attr-defined]
+_except_ojph.previous = sys.excepthook  # type: ignore[attr-defined]
 
 
 def _capture_ojph_errors() -> None:
     # Checked on every decode: test runners and notebooks install hooks of their own later.
-    current = sys.unraisablehook
-    if current is not _report_ojph:
-        _report_ojph.previous = current  # type: ignore[attr-defined]
+    if sys.unraisablehook is not _report_ojph:
+        _report_ojph.previous = sys.unraisablehook  # type: ignore[attr-defined]
         sys.unraisablehook = _report_ojph
+    if sys.excepthook is not _except_ojph:
+        _except_ojph.previous = sys.excepthook  # type: ignore[attr-defined]
+        sys.excepthook = _except_ojph
 
 
 def _imagecodecs_htj2k(data: bytes, pixel: PixelDescription | None, reduce: int) -> np.ndarray:

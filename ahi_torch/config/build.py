@@ -26,6 +26,7 @@ from ..client import AHIClient, ClientConfig
 from ..datasets import ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
 from ..datasets._base import AHIDataset
 from ..errors import ConfigError, IndexFormatError, ResourceNotFound
+from ..fetch import RetryPolicy
 from ..index import FrameIndex, Search, build_index, refresh_index, search
 from ..samplers import ShuffleSampler, WeightedSampler, class_balanced_weights, patient_splits
 from ..transforms import Compose, create
@@ -203,6 +204,7 @@ def build_dataset(cfg: Config, client: AHIClient | None = None, *, progress: boo
         reduce=cfg.intensity.reduce,
         max_workers=cfg.loader.fetch_threads,
         error_policy=ErrorPolicy(cfg.loader.error_policy, failure_log=cfg.loader.failure_log),
+        fetch_retry=RetryPolicy(max_attempts=cfg.loader.fetch_attempts),
     )
 
 

@@ -196,11 +196,13 @@ class LoaderConfig:
     persistent_workers: bool = True
     multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None
     fetch_threads: int = 8
+    #: GetImageFrame requests per frame at most (the fetch layer's :class:`~ahi_torch.fetch.RetryPolicy`).
+    fetch_attempts: int = 4
     error_policy: Literal["raise", "skip", "retry"] = "raise"
     failure_log: str | None = None
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "batch_size", "fetch_threads")
+        _at_least(self, 1, "batch_size", "fetch_threads", "fetch_attempts")
         _at_least(self, 0, "num_workers")
 
 

@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 from ..cache import FrameCache
 from ..client import AHIClient
 from ..errors import ConfigError, SampleError
+from ..fetch import FrameFetcher, FrameRef, RetryPolicy, attempts_of
 from ..index import FrameIndex
-from ..pixels import FrameFetcher, FrameRef
 from ._convert import Intensity
 from ._table import FrameTable
 from .labels import LabelSpec, ResolvedLabels, resolve_labels
@@ -47,6 +47,7 @@ class AHIDataset(Dataset[Any]):
         max_workers: int = 8,
         decoder: str | None = None,
         error_policy: ErrorPolicy | str = "raise",
+        fetch_retry: RetryPolicy | None = None,
     ) -> None:
         if len(index) == 0:
             raise ConfigError("the index is empty: nothing to load (check the search filters)")
@@ -73,7 +74,13 @@ class AHIDataset(Dataset[Any]):
         self.policy = ErrorPolicy.of(error_policy)
         self.failures = FailureLog(self.policy.failure_log)
         self.fetcher = FrameFetcher(
-            client, cache=cache, verify=verify, reduce=reduce, max_workers=max_workers, decoder=decoder
+            client,
+            cache=cache,
+            verify=verify,
+            reduce=reduce,
+            max_workers=max_workers,
+            decoder=decoder,
+            retry=fetch_retry or RetryPolicy(),
         )
         self.stats = EpochStats()
         self.outcomes = {"items_served": 0, "frames_served": 0, "replaced": 0, "retried": 0, "failed": 0}
@@ -116,8 +123,7 @@ class AHIDataset(Dataset[Any]):
         return self.transform(item) if self.transform is not None else item
 
     def _submit(self, unit: int) -> list[Future[np.ndarray]]:
-        executor = self.fetcher.executor()
-        return [executor.submit(self.fetcher.get, ref) for ref in self.refs(unit)]
+        return self.fetcher.submit_many(self.refs(unit))
 
     def _load(self, unit: int) -> Any:
         frames = self.fetcher.get_many(self.refs(unit))
@@ -153,6 +159,13 @@ class AHIDataset(Dataset[Any]):
     def _recover(self, unit: int, error: Exception) -> Any:
         """Apply the error policy to a unit whose first attempt failed with ``error``."""
         policy = self.policy
+        if policy.mode == "retry" and attempts_of(error):
+            # The fetch layer already spent its attempts on this frame; more would only
+            # multiply the requests to a quota-bound service.
+            self._fail(unit, error, None)
+            raise SampleError(
+                f"sample {unit} ({self._describe(unit)}) failed after {attempts_of(error)} attempts: {error}"
+            ) from error
         if policy.mode == "retry":
             for attempt in range(policy.retries):
                 sleep_before_retry(policy, attempt)

@@ -74,16 +74,21 @@ def apply_intensity(
     # Compute in float64 when float64 is asked for: float32 loses digits of slopes such as 3.774114.
     work: type[np.floating[Any]] = np.float64 if settings.dtype == torch.float64 else np.float32
     values: np.ndarray[Any, np.dtype[np.floating[Any]]] = stack.astype(work)
+    # In place from here on: every temporary of a 512x512 frame is a fresh megabyte to fault in.
     shape = (1, -1) + (1,) * (stack.ndim - 2) if stack.ndim == 4 else (1, 1, 1)
     if rescale:
-        values = values * slope.astype(work).reshape(shape) + intercept.astype(work).reshape(shape)
+        if (slope != 1).any():
+            np.multiply(values, slope.astype(work).reshape(shape), out=values)
+        if (intercept != 0).any():
+            np.add(values, intercept.astype(work).reshape(shape), out=values)
     if windowed:
         for position, window in enumerate(windows):
             if window is None:
                 continue
             center, width = window
-            low = center - width / 2
             target = values[:, position] if stack.ndim == 4 else values
-            np.clip((target - low) / width, 0.0, 1.0, out=target)
+            np.subtract(target, work(center - width / 2), out=target)
+            np.divide(target, work(width), out=target)
+            np.clip(target, 0.0, 1.0, out=target)
     tensor = torch.from_numpy(values)
     return tensor if settings.dtype in (None, tensor.dtype) else tensor.to(settings.dtype)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
+from ..fetch import FrameRef
 from ..index import FrameIndex
 from ..metadata import PixelDescription
-from ..pixels import FrameRef
 
 
 def _codes(index: FrameIndex, name: str) -> tuple[np.ndarray, list[str]]:

@@ -39,7 +39,12 @@ class FrameDataset(AHIDataset):
         verify: check each decoded frame against AHI's CRC32.
         reduce: HTJ2K resolution levels to skip (previews, low-resolution training).
         max_workers: threads per process fetching a batch's frames concurrently.
-        error_policy: ``"raise"``, ``"skip"``, ``"retry"`` or an :class:`ErrorPolicy`.
+        error_policy: ``"raise"``, ``"skip"``, ``"retry"`` or an :class:`ErrorPolicy`: what happens
+            to an item that fails. Its ``retry`` retries only what the fetch layer does not: a
+            frame that failed after its own attempts fails the item at once.
+        fetch_retry: the fetch layer's :class:`~ahi_torch.fetch.RetryPolicy` for transient
+            failures (throttling, 5xx, cut transfers, checksum mismatches): 4 requests per frame at
+            most by default.
     """
 
     def __len__(self) -> int:

@@ -2,9 +2,13 @@
 
 Failures are never returned as ``None``: under ``skip`` the sample is replaced by another index
 that works and the failure is recorded; under ``retry`` it is attempted again with backoff before
-the error is raised. Replacements are drawn deterministically from a sequence seeded by the
-failed index (:func:`replacements`), so a run of dead samples is spread over the dataset instead
-of piling onto the first good sample after it.
+the error is raised. Transient failures of single frames (throttling, 5xx, cut transfers,
+checksum mismatches) never get here before the fetch layer has retried them
+(:mod:`ahi_torch.fetch.retry`), and ``retry`` does not retry those again: it is for what that
+layer does not retry, such as a whole volume after a non-transient failure.
+Replacements are drawn deterministically from a sequence seeded by the failed index
+(:func:`replacements`), so a run of dead samples is spread over the dataset instead of piling
+onto the first good sample after it.
 Every failure is counted and, with ``failure_log``, appended as one JSON line to a file that
 all DataLoader workers share.
 """

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, GeometryError, IrregularSeriesWarning, MetadataError
+from ..fetch import FrameRef
 from ..index import FrameIndex
 from ..metadata.geometry import SPACE
-from ..pixels import FrameRef
 from ._base import AHIDataset
 from ._convert import apply_intensity, to_channels_first
 from ._geometry import spacing_of, volume_affine

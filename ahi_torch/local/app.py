@@ -10,6 +10,7 @@ transaction waiting for SQLite's write lock never stalls the event loop.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -79,6 +80,15 @@ def _dropping(http: protocol.HttpResponse) -> Response:
     return StreamingResponse(body(), status_code=http.status, headers=headers)
 
 
+def _frame_id(body: bytes) -> str | None:
+    """The imageFrameId of a GetImageFrame body, for per-frame request counts (None if unreadable)."""
+    try:
+        value = json.loads(body).get("imageFrameId")
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def build_app(
     ctx: Context,
     guards: Sequence[Guard] = (),
@@ -95,8 +105,8 @@ def build_app(
             if found is None:
                 raise UnknownOperationException(f"No operation matches {request.method} {path}")
             route, labels = found
-            ctx.count_request(route.name)
             body = await request.body()
+            ctx.count_request(route.name, _frame_id(body) if route.name == "GetImageFrame" else None)
             for guard in guards:
                 replacement = await guard(request, route.name, body)
                 if replacement is not None:

@@ -67,15 +67,24 @@ class Context:
         self.store = store
         self.importer: Importer | None = None
         self.requests: Counter[str] = Counter()
+        self.frame_requests: Counter[str] = Counter()
         self._requests_lock = threading.Lock()
 
-    def count_request(self, operation: str) -> None:
+    def count_request(self, operation: str, frame_id: str | None = None) -> None:
+        """Count a request as it arrives (before signature checks and injected faults)."""
         with self._requests_lock:
             self.requests[operation] += 1
+            if frame_id is not None:
+                self.frame_requests[frame_id] += 1
 
     def request_counts(self) -> dict[str, int]:
         with self._requests_lock:
             return dict(self.requests)
+
+    def frame_request_counts(self) -> dict[str, int]:
+        """GetImageFrame requests per image frame ID, failed and injected-fault ones included."""
+        with self._requests_lock:
+            return dict(self.frame_requests)
 
     @staticmethod
     def now() -> float:

@@ -37,6 +37,18 @@ class AccessDeniedException(ServiceError):
     code, status = "AccessDeniedException", 403
 
 
+class UnrecognizedClientException(ServiceError):
+    """An access key the service does not know (AWS's own code, outside the service model)."""
+
+    code, status = "UnrecognizedClientException", 403
+
+
+class InvalidSignatureException(ServiceError):
+    """A known key whose signature does not match, has expired or is scoped elsewhere (AWS's own code)."""
+
+    code, status = "InvalidSignatureException", 403
+
+
 class ResourceNotFoundException(ServiceError):
     code, status = "ResourceNotFoundException", 404
 

@@ -219,7 +219,8 @@ def list_image_set_versions(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
                 "versionId": str(version["version"]),
                 "imageSetState": state,
                 "ImageSetWorkflowStatus": workflow,
-                "createdAt": version["created_at"],
+                # AHI lists the image set's creation time on every version (as GetImageSet does).
+                "createdAt": row["created_at"],
                 "updatedAt": version["updated_at"],
                 "deletedAt": row["deleted_at"] if state == "DELETED" else None,
                 "message": version["message"],

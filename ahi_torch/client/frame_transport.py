@@ -1,0 +1,159 @@
+"""GetImageFrame over a pooled urllib3 connection, signed by botocore: one attempt, no retries.
+
+boto3 spends about 2 ms of CPU on every call (event hooks, request and response objects, its
+parsers); for a 200 KB frame that is as much as decoding it. Frames are the one call made
+thousands of times a second, so they take a direct path that keeps what matters from botocore:
+
+* the URL comes from the boto3 client of the same configuration: its resolved endpoint, the
+  operation's ``requestUri`` and, against AWS's own endpoints only, the ``runtime-`` host prefix;
+* requests are signed with botocore's ``SigV4Auth`` and the session's credentials (the usual
+  chain: keys, profile, SSO, assumed roles, refreshed when they expire);
+* error responses are parsed by botocore's ``rest-json`` parser into the same
+  :mod:`ahi_torch.errors` classes as every other call.
+
+A transport makes exactly one request per call and raises on any failure: retrying is the fetch
+layer's job (:mod:`ahi_torch.fetch.retry`), so no frame is retried at two levels.
+
+>>> transport = client.frame_transport                # built lazily in each process
+>>> frame = transport.get(datastore_id, image_set_id, frame_id)
+>>> frame.content_type, len(frame.data)
+('image/jph', 215873)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, NamedTuple
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import botocore
+import urllib3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.exceptions import ClientError
+from botocore.httpsession import get_cert_path
+from botocore.parsers import create_parser
+
+from .. import __version__
+from ..errors import EndpointUnreachable, from_client_error
+
+if TYPE_CHECKING:
+    from .ratelimit import RateLimiter
+
+OPERATION = "GetImageFrame"
+
+
+class ImageFrame(NamedTuple):
+    """One frame as AHI returns it: the encoded bytes and their Content-Type."""
+
+    data: bytes
+    content_type: str
+
+
+def frame_url_template(endpoint_url: str, request_uri: str, host_prefix: str | None) -> str:
+    """``endpoint_url`` with ``host_prefix`` prepended to its host, followed by ``request_uri``."""
+    parts = urlsplit(endpoint_url)
+    netloc = f"{host_prefix}{parts.netloc}" if host_prefix else parts.netloc
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")) + request_uri
+
+
+class FrameTransport:
+    """One process's GetImageFrame connection pool; see the module docstring.
+
+    Args:
+        boto3_client: a ``medical-imaging`` client, for its endpoint, model and configuration.
+        credentials: botocore credentials (``session.get_credentials()``).
+        max_connections: connections kept open (one per concurrent fetch thread).
+        connect_timeout, read_timeout: seconds.
+        limiter: the shared request budget, taken once per request.
+    """
+
+    def __init__(
+        self,
+        boto3_client: Any,
+        credentials: Any,
+        *,
+        max_connections: int = 32,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        meta = boto3_client.meta
+        self.operation = meta.service_model.operation_model(OPERATION)
+        prefix = (self.operation.endpoint or {}).get("hostPrefix") if meta.config.inject_host_prefix else None
+        self.url_template = frame_url_template(meta.endpoint_url, self.operation.http["requestUri"], prefix)
+        self.endpoint_url = meta.endpoint_url
+        self.region = meta.region_name
+        self.signing_name = meta.service_model.signing_name
+        self.credentials = credentials
+        self.limiter = limiter
+        self.user_agent = f"ahi-torch/{__version__} botocore/{botocore.__version__}"
+        self._parser = create_parser("rest-json")
+        # Every frame goes to one host: its connection pool, without a PoolManager's per-call lookup.
+        self._pool = urllib3.connection_from_url(
+            self.url_template,
+            maxsize=max_connections,
+            block=False,
+            retries=False,
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            **({"ca_certs": get_cert_path(True)} if self.url_template.startswith("https:") else {}),
+        )
+
+    def __repr__(self) -> str:
+        return f"FrameTransport({self.url_template})"
+
+    def url(self, datastore_id: str, image_set_id: str) -> str:
+        return self.url_template.format(
+            datastoreId=quote(datastore_id, safe=""), imageSetId=quote(image_set_id, safe="")
+        )
+
+    def signed_request(self, datastore_id: str, image_set_id: str, frame_id: str) -> AWSRequest:
+        """The request, signed now (SigV4 signatures hold for 15 minutes)."""
+        body = json.dumps({"imageFrameId": frame_id}).encode()
+        request = AWSRequest(
+            "POST",
+            self.url(datastore_id, image_set_id),
+            data=body,
+            headers={"Content-Type": "application/json", "User-Agent": self.user_agent},
+        )
+        if self.credentials is None:
+            raise EndpointUnreachable("no AWS credentials found: configure a profile, keys or a session_factory")
+        SigV4Auth(self.credentials.get_frozen_credentials(), self.signing_name, self.region).add_auth(request)
+        return request
+
+    def get(self, datastore_id: str, image_set_id: str, frame_id: str) -> ImageFrame:
+        """One GetImageFrame request: the frame, or a typed error (nothing is retried here)."""
+        if self.limiter is not None:
+            self.limiter.acquire(OPERATION)
+        request = self.signed_request(datastore_id, image_set_id, frame_id)
+        try:
+            response = self._pool.urlopen(
+                "POST",
+                urlsplit(request.url).path,
+                body=request.body,
+                headers=dict(request.headers.items()),
+                preload_content=False,
+                redirect=False,
+                retries=False,
+            )
+            try:
+                data = response.read()  # urllib3 raises if the body ends before its Content-Length
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.HTTPError as error:
+            raise EndpointUnreachable(f"GetImageFrame to {self.endpoint_url} failed: {error}") from error
+        if response.status != 200:
+            raise self._error(response.status, response.headers, data)
+        return ImageFrame(data, response.headers.get("Content-Type", "application/octet-stream"))
+
+    def _error(self, status: int, headers: Any, body: bytes) -> Exception:
+        parsed = self._parser.parse(
+            {"status_code": status, "headers": headers, "body": body}, self.operation.output_shape
+        )
+        parsed.setdefault("ResponseMetadata", {})["HTTPStatusCode"] = status
+        if "Error" not in parsed or not parsed["Error"].get("Code"):
+            parsed["Error"] = {"Code": str(status), "Message": body[:200].decode("utf-8", "replace")}
+        return from_client_error(ClientError(parsed, OPERATION))
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,198 @@
+"""FrameFetcher: how a frame is obtained. Cache, then request, verify, decode, store; retried in one place.
+
+>>> fetcher = FrameFetcher(client, cache=FrameCache(), verify=True)
+>>> pixels = fetcher.get(ref)                      # numpy (rows, columns[, samples])
+>>> futures = fetcher.submit_many(refs)            # concurrent within this process
+>>> stack = [future.result() for future in futures]
+
+A frame's trip::
+
+    cache.get_frame(key)  ──hit──▶ pixels
+        │ miss
+        ▼
+    transport.get  ─▶  decode  ─▶  CRC32 vs AHI's checksum  ─▶  cache.put_frame  ─▶ pixels
+        ▲                                 │
+        └──── transient failure, at most RetryPolicy.max_attempts in all ────┘
+
+The cache decides how a frame is stored (:meth:`FrameCache.put_frame`); the transport makes one
+signed request per call; :mod:`.retry` decides what is tried again. A frame that still fails
+raises its last error (:class:`ChecksumMismatch`, :class:`DecodeError`, :class:`Throttled`...) with
+``error.attempts`` set; wrong pixels never reach the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..cache import FrameCache
+from ..client import AHIClient, ImageFrame
+from ..codecs import decode_frame, pixel_crc32
+from ..errors import ChecksumMismatch, DecodeError, EndpointUnreachable, InternalServerError, Throttled
+from .ref import FrameRef
+from .retry import RetryPolicy
+
+
+@dataclass
+class FetchCounters:
+    """Per-process counters of a :class:`FrameFetcher` (each DataLoader worker keeps its own)."""
+
+    requests: int = 0
+    cache_hits: int = 0
+    bytes_fetched: int = 0
+    retries: int = 0
+    throttled: int = 0
+    server_errors: int = 0
+    transfer_errors: int = 0
+    checksum_retries: int = 0
+    checksum_failures: int = 0
+    decode_errors: int = 0
+    failures: int = 0
+
+
+_FAILURE_COUNTER = (
+    (Throttled, "throttled"),
+    (InternalServerError, "server_errors"),
+    (EndpointUnreachable, "transfer_errors"),
+    (ChecksumMismatch, "checksum_retries"),
+    (DecodeError, "decode_errors"),
+)
+
+
+@dataclass
+class FrameFetcher:
+    """Fetch frames through a cache with verification; safe to pickle into DataLoader workers.
+
+    Args:
+        client: the AHI client; frames travel over its :attr:`~AHIClient.frame_transport`.
+        cache: a :class:`FrameCache`, or None to always fetch.
+        verify: compare decoded pixels with AHI's CRC32 (full-resolution decodes only).
+        max_workers: threads for :meth:`submit_many`; HTJ2K decoding releases the GIL.
+        reduce: resolution levels to skip when decoding HTJ2K (1 halves each side).
+        decoder: preferred backend name (``"imagecodecs"`` or ``"openjpeg"``).
+        retry: the :class:`RetryPolicy` (at most 4 requests per frame by default).
+    """
+
+    client: AHIClient
+    cache: FrameCache | None = None
+    verify: bool = True
+    max_workers: int = 8
+    reduce: int = 0
+    decoder: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    counters: FetchCounters = field(default_factory=FetchCounters)
+
+    def __post_init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid: int | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_pool=None, _pool_pid=None, _lock=None, counters=FetchCounters())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _executor(self) -> ThreadPoolExecutor:
+        pid = os.getpid()
+        if self._pool is None or self._pool_pid != pid:
+            with self._lock:
+                if self._pool is None or self._pool_pid != pid:
+                    self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="ahi-fetch")
+                    self._pool_pid = pid
+        return self._pool
+
+    # --- one frame --------------------------------------------------------------------------------
+
+    def decode(self, ref: FrameRef, data: bytes, content_type: str | None) -> np.ndarray:
+        """Decode a frame's bytes as this fetcher does (backend, resolution, dtype)."""
+        return decode_frame(
+            data,
+            transfer_syntax=ref.stored_transfer_syntax,
+            content_type=content_type,
+            pixel=ref.pixel,
+            reduce=self.reduce,
+            prefer=self.decoder,
+        )
+
+    def _verified_crc(self, ref: FrameRef, pixels: np.ndarray) -> int | None:
+        """The pixels' CRC32 once checked against AHI's; None where nothing is checked."""
+        if not self.verify or ref.checksum is None or self.reduce:
+            return None
+        actual = pixel_crc32(pixels)
+        if actual != ref.checksum:
+            raise ChecksumMismatch(ref.where(), ref.checksum, actual)
+        return actual
+
+    def _attempt(self, ref: FrameRef) -> tuple[ImageFrame, np.ndarray, int | None]:
+        self.counters.requests += 1
+        frame = self.client.frame_transport.get(ref.datastore_id, ref.image_set_id, ref.frame_id)
+        self.counters.bytes_fetched += len(frame.data)
+        pixels = self.decode(ref, frame.data, frame.content_type)
+        return frame, pixels, self._verified_crc(ref, pixels)
+
+    def download(self, ref: FrameRef) -> tuple[ImageFrame, np.ndarray, int | None]:
+        """Request, decode and verify one frame, retrying transient failures (the cache is not consulted)."""
+        policy = self.retry
+        for attempt in range(1, policy.max_attempts + 1):
+            try:
+                return self._attempt(ref)
+            except Exception as error:
+                if not policy.is_transient(error):
+                    raise
+                for kind, counter in _FAILURE_COUNTER:
+                    if isinstance(error, kind):
+                        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+                        break
+                if attempt == policy.max_attempts:
+                    self.counters.failures += 1
+                    self.counters.checksum_failures += isinstance(error, ChecksumMismatch)
+                    error.attempts = attempt  # type: ignore[attr-defined]
+                    raise
+                self.counters.retries += 1
+                time.sleep(policy.delay(attempt))
+        raise AssertionError("unreachable")
+
+    def cached(self, ref: FrameRef) -> np.ndarray | None:
+        """The frame's pixels if the cache holds them (decoded on the way for encoded caches)."""
+        if self.cache is None:
+            return None
+        return self.cache.get_frame(ref.key(self.reduce), lambda data, kind: self.decode(ref, data, kind))
+
+    def get(self, ref: FrameRef) -> np.ndarray:
+        """The frame's pixels (from the cache when present), verified against AHI's checksum."""
+        cached = self.cached(ref)
+        if cached is not None:
+            self.counters.cache_hits += 1
+            return cached
+        frame, pixels, crc = self.download(ref)
+        if self.cache is not None:
+            self.cache.put_frame(ref.key(self.reduce), pixels, frame.data, frame.content_type, crc)
+        return pixels
+
+    # --- many frames ------------------------------------------------------------------------------
+
+    def submit_many(self, refs: Sequence[FrameRef]) -> list[Future[np.ndarray]]:
+        """Start fetching ``refs`` on this process's threads; one future per frame, in order."""
+        executor = self._executor()
+        return [executor.submit(self.get, ref) for ref in refs]
+
+    def get_many(self, refs: Sequence[FrameRef]) -> list[np.ndarray]:
+        """Several frames at once, fetched concurrently; order follows ``refs``."""
+        if len(refs) <= 1 or self.max_workers <= 1:
+            return [self.get(ref) for ref in refs]
+        return [future.result() for future in self.submit_many(refs)]
+
+    def executor(self) -> ThreadPoolExecutor:
+        """Deprecated: use :meth:`submit_many`; the pool is the fetcher's own."""
+        return self._executor()

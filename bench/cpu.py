@@ -1,0 +1,117 @@
+"""Client CPU per frame on the cold path: what a training node pays for each frame it fetches.
+
+Every row handles the same frames in the benchmark's own process (DataLoader without worker
+processes, the dataset's fetch threads included), with the local AHI in a process of its own, so
+its CPU is not counted. ``time.process_time`` covers all threads of this process. Each row runs
+``repeats`` times; the medians are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import urllib3
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from torch.utils.data import DataLoader, Dataset
+
+from ahi_torch.cache import FrameCache
+from ahi_torch.codecs import decode_frame
+from ahi_torch.crc32 import BACKEND as CRC_BACKEND
+from ahi_torch.datasets import FrameDataset
+from ahi_torch.index import FrameIndex
+
+from .loaders import DecodeOnlyDataset, NaiveDataset
+
+#: Frames per row (the issue's table used 256 frames of 512x512 int16 HTJ2K).
+FRAMES = 256
+
+
+def _cpu_ms(run: Callable[[], int]) -> float:
+    """Milliseconds of this process's CPU (all threads) per frame that ``run`` handles."""
+    started = time.process_time()
+    frames = run()
+    return (time.process_time() - started) * 1000 / max(1, frames)
+
+
+def _epoch(dataset: Dataset[Any], batch_size: int = 16) -> int:
+    items = 0
+    for batch in DataLoader(dataset, batch_size=batch_size, num_workers=0):
+        images = batch["image"] if isinstance(batch, dict) else batch
+        items += len(images)
+    return items
+
+
+def _raw_requests(endpoint_url: str, datastore_id: str, frames: list[tuple[str, str]]) -> Callable[[], int]:
+    """The floor for the transfer: signed urllib3 POSTs on one pooled connection, then the same decode."""
+    pool = urllib3.PoolManager(maxsize=1)
+    auth = SigV4Auth(Credentials("local", "local"), "medical-imaging", "us-east-1")
+
+    def run() -> int:
+        for image_set_id, frame_id in frames:
+            url = f"{endpoint_url}/datastore/{datastore_id}/imageSet/{image_set_id}/getImageFrame"
+            body = json.dumps({"imageFrameId": frame_id}).encode()
+            request = AWSRequest("POST", url, data=body, headers={"Content-Type": "application/json"})
+            auth.add_auth(request)
+            response = pool.request("POST", url, body=body, headers=dict(request.headers.items()))
+            decode_frame(response.data)
+        return len(frames)
+
+    return run
+
+
+def measure_cpu(
+    endpoint_url: str,
+    client: Any,
+    datastore_id: str,
+    index: FrameIndex,
+    encoded: list[bytes],
+    work: Path,
+    repeats: int,
+) -> dict[str, Any]:
+    """Median client CPU ms per frame of each way to load the same frames."""
+    count = min(FRAMES, len(index))
+    index = index.filter(torch.arange(len(index)).numpy() < count)
+    encoded = encoded[:count]
+    frames = list(zip(index.texts("image_set_id"), index.texts("frame_id"), strict=True))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in DataLoader workers, which ahi_torch runs in
+    made = iter(range(1_000_000))
+
+    def cold(mode: str) -> Callable[[], int]:
+        return lambda: _epoch(
+            FrameDataset(index, client, cache=FrameCache(work / f"cpu-{mode}-{next(made)}", mode=mode))
+        )
+
+    warm_decoded = FrameDataset(index, client, cache=FrameCache(work / "cpu-warm-decoded"))
+    warm_encoded = FrameDataset(index, client, cache=FrameCache(work / "cpu-warm-encoded", mode="encoded"))
+    _epoch(warm_decoded)
+    _epoch(warm_encoded)
+    rows: dict[str, Callable[[], int]] = {
+        "decode_only": lambda: sum(1 for data in encoded if decode_frame(data) is not None),
+        "decode_only_dataset": lambda: _epoch(DecodeOnlyDataset(encoded)),
+        "urllib3_and_decode": _raw_requests(endpoint_url, datastore_id, frames),
+        "naive_boto3_pylibjpeg": lambda: _epoch(NaiveDataset(endpoint_url, datastore_id, frames)),
+        "ahi_torch_no_cache": lambda: _epoch(FrameDataset(index, client)),
+        "ahi_torch_decoded_cold": cold("decoded"),
+        "ahi_torch_encoded_cold": cold("encoded"),
+        "ahi_torch_decoded_warm": lambda: _epoch(warm_decoded),
+        "ahi_torch_encoded_warm": lambda: _epoch(warm_encoded),
+    }
+    try:
+        measured = {name: [_cpu_ms(run) for _ in range(repeats)] for name, run in rows.items()}
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "frames": count,
+        "crc32": CRC_BACKEND,
+        "ms_per_frame": {name: statistics.median(values) for name, values in measured.items()},
+        "runs": measured,
+    }

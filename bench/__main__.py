@@ -36,7 +36,7 @@ from ahi_torch.datasets import FrameDataset, VolumeDataset
 from ahi_torch.index import FrameIndex, build_index
 
 from . import data
-from .cpu import measure_cpu
+from .cpu import measure_cpu, measure_progressive
 from .loaders import (
     DecodeOnlyDataset,
     MemmapDataset,
@@ -188,6 +188,7 @@ def run(size: data.Size, workers: int, batch_size: int, work: Path, repeats: int
         results["cpu"] = measure_cpu(
             service.endpoint_url, client, dataset.datastore_id, index, encoded, work, max(repeats, 3)
         )
+        results["progressive"] = measure_progressive(client, index, repeats)
 
         slope = float(index.column("rescale_slope")[0])
         intercept = float(index.column("rescale_intercept")[0])
@@ -393,6 +394,28 @@ def markdown(results: dict[str, Any]) -> str:
         "ahi_torch_decoded_warm": "FrameDataset, decoded cache, warm",
         "ahi_torch_encoded_warm": "FrameDataset, encoded cache, warm",
     }
+    progressive = results["progressive"]
+    full_rate = progressive["full_download"]["frames_per_s"]
+    progressive_rows = [
+        _row(
+            "reduce=2 progressive read / full download, frames/s (LAN)",
+            ratios(progressive["reduce2_progressive"]["frames_per_s"], full_rate),
+            None,
+            f"{_median(progressive['reduce2_progressive']['frames_per_s']):.0f} vs {_median(full_rate):.0f} frames/s; "
+            f"{progressive['reduce2_progressive']['bytes_per_frame'] / 1e3:.0f} vs "
+            f"{progressive['full_download']['bytes_per_frame'] / 1e3:.0f} kB per frame",
+            source="8 threads in one process, no cache",
+        ),
+        _row(
+            "reduce=2 progressive read / reduce=2 from the whole body, frames/s (LAN)",
+            ratios(
+                progressive["reduce2_progressive"]["frames_per_s"], progressive["reduce2_whole_body"]["frames_per_s"]
+            ),
+            None,
+            f"{_median(progressive['reduce2_whole_body']['frames_per_s']):.0f} frames/s reading whole bodies",
+            source="8 threads in one process, no cache",
+        ),
+    ]
     cpu_table = [
         f"Client CPU per frame over the same {cpu['frames']} frames (ms of the client process, all threads; "
         f"median of {len(cpu_runs['decode_only'])} runs; CRC32 by {cpu['crc32']}):",
@@ -440,6 +463,7 @@ def markdown(results: dict[str, Any]) -> str:
         ),
         *cold_rows,
         cpu_row,
+        *progressive_rows,
         _row(
             "OpenJPH / pylibjpeg-openjpeg HTJ2K decode, 1 thread",
             [decode["imagecodecs_1"] / decode["openjpeg_1"]],

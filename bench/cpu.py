@@ -115,3 +115,32 @@ def measure_cpu(
         "ms_per_frame": {name: statistics.median(values) for name, values in measured.items()},
         "runs": measured,
     }
+
+
+def measure_progressive(client: Any, index: FrameIndex, repeats: int) -> dict[str, Any]:
+    """Frames/s and bytes per frame of reduce=2 reads that stop at their level, against whole frames.
+
+    Fetchers in this process, 8 threads, no cache, the same frames for every row.
+    """
+    from ahi_torch.datasets._table import FrameTable
+    from ahi_torch.fetch import FrameFetcher
+
+    count = min(FRAMES, len(index))
+    table = FrameTable(index)
+    refs = [table.ref(row) for row in range(count)]
+    rows = {
+        "full_download": {"reduce": 0},
+        "reduce2_whole_body": {"reduce": 2, "progressive": False},
+        "reduce2_progressive": {"reduce": 2, "progressive": True},
+    }
+    results: dict[str, Any] = {"frames": count}
+    for name, options in rows.items():
+        rates, sizes = [], []
+        for _ in range(repeats):
+            fetcher = FrameFetcher(client, verify=True, **options)  # type: ignore[arg-type]
+            started = time.perf_counter()
+            fetcher.get_many(refs)
+            rates.append(count / (time.perf_counter() - started))
+            sizes.append(fetcher.counters.bytes_fetched / count)
+        results[name] = {"frames_per_s": rates, "bytes_per_frame": statistics.median(sizes)}
+    return results

@@ -30,6 +30,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "cold client CPU per frame, decoded cache / decode-only",
         "| FrameDataset, decoded cache, cold |",
         "signed urllib3 POST + the same decode",
+        "reduce=2 progressive read / full download",
         "OpenJPH / pylibjpeg-openjpeg",
         "worker RSS growth",
         "3D volumes",

@@ -67,3 +67,45 @@ def test_wrong_checksum_is_retried_then_raised(ahi, ct_index: FrameIndex) -> Non
 def test_reduced_resolution_preview(ahi, ct_index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     fetcher = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path), reduce=1)
     assert fetcher.get(FrameTable(ct_index).ref(0)).shape == (48, 40)
+
+
+def test_frames_are_laid_out_by_resolution_as_ahi_does(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    """One tile-part per level with TLM, jp2c box of length 0, brand 'jp2 ' (AWS's own fixtures)."""
+    import struct
+
+    from ahi_torch.codecs import decode_frame
+    from ahi_torch.codecs.jph import codestream_of, tile_part_ends
+
+    ref = FrameTable(ct_index).ref(0)
+    frame = ahi.client().frame_transport.get(ref.datastore_id, ref.image_set_id, ref.frame_id)
+    data = frame.data
+    assert data[12:24] == struct.pack(">I4s4s", 24, b"ftyp", b"jp2 "), "brand jp2 "
+    jp2c = data.index(b"jp2c") - 4
+    assert struct.unpack_from(">I", data, jp2c)[0] == 0, "the codestream box runs to the end of the file"
+    stream = codestream_of(data)
+    assert b"\xff\x55" in stream[: stream.index(b"\xff\x90")], "a TLM marker in the main header"
+    ends = tile_part_ends(data)
+    assert len(ends) >= 4 and ends[-1] == len(data) - 2, "one tile-part per level, then EOC"
+    full = decode_frame(data)
+    for reduce in range(1, len(ends)):
+        part = data[: ends[len(ends) - 1 - reduce]]
+        np.testing.assert_array_equal(decode_frame(part, reduce=reduce), decode_frame(data, reduce=reduce))
+    assert full.shape == (96, 80)
+
+
+def test_progressive_reads_stop_at_the_level_decoded(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    from ahi_torch.codecs import decode_frame
+
+    table = FrameTable(ct_index)
+    refs = [table.ref(i) for i in range(6)]
+    full = FrameFetcher(ahi.client())
+    whole = [full.client.frame_transport.get(r.datastore_id, r.image_set_id, r.frame_id).data for r in refs]
+    for reduce in (1, 2):
+        progressive = FrameFetcher(ahi.client(), reduce=reduce)
+        complete = FrameFetcher(ahi.client(), reduce=reduce, progressive=False)
+        for ref, data in zip(refs, whole, strict=True):
+            reduced = progressive.get(ref)
+            np.testing.assert_array_equal(reduced, decode_frame(data, reduce=reduce))
+            np.testing.assert_array_equal(complete.get(ref), reduced)
+        assert complete.counters.bytes_fetched == sum(len(d) for d in whole)
+        assert progressive.counters.bytes_fetched < complete.counters.bytes_fetched / (1.5 * reduce)

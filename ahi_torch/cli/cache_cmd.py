@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import CacheError
@@ -20,6 +22,12 @@ def register(commands: Any) -> None:
     warm = sub.add_parser("warm", help="fetch every frame a config describes into the cache")
     warm.add_argument("config", type=Path)
     warm.add_argument("--threads", type=int, default=8, help="concurrent fetches (default 8)")
+    warm.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="warm only what node I of N trains on under loader.sampler=node_pinned "
+        "(default under torchrun: GROUP_RANK of WORLD_SIZE/LOCAL_WORLD_SIZE nodes, split by LOCAL_RANK)",
+    )
     add_overrides(warm)
     warm.set_defaults(handler=warm_command)
     verify = sub.add_parser("verify", help="check every cached frame against AHI's checksums")
@@ -40,19 +48,59 @@ def register(commands: Any) -> None:
         command.set_defaults(handler=handler)
 
 
-def _dataset(args: argparse.Namespace) -> Any:
-    from ..config import build_dataset, load
+def dataset_config(args: argparse.Namespace) -> Any:
+    from ..config import load
 
-    cfg = load(args.config, list(args.override))
+    return load(args.config, list(args.override))
+
+
+def _dataset(args: argparse.Namespace) -> Any:
+    from ..config import build_dataset
+
+    cfg = dataset_config(args)
     if not cfg.cache.enabled:
         raise UsageError(f"{args.config}: cache.enabled is false")
     return build_dataset(cfg, progress=sys.stderr.isatty())
 
 
+def parse_shard(text: str | None, environ: dict[str, str] | None = None) -> tuple[int, int, int, int] | None:
+    """(node, nodes, part, parts) from ``--shard I/N``, else from torchrun's environment, else None."""
+    env = dict(os.environ) if environ is None else environ
+    if text is not None:
+        node, _, nodes = text.partition("/")
+        if not (node.isdigit() and nodes.isdigit()) or not 0 <= int(node) < int(nodes):
+            raise UsageError(f"--shard must look like I/N with 0 <= I < N, not {text!r}")
+        return int(node), int(nodes), 0, 1
+    if "GROUP_RANK" not in env or "LOCAL_WORLD_SIZE" not in env:
+        return None
+    try:
+        world, per_node = int(env["WORLD_SIZE"]), int(env["LOCAL_WORLD_SIZE"])
+        return int(env["GROUP_RANK"]), world // per_node, int(env.get("LOCAL_RANK", "0")), per_node
+    except (KeyError, ValueError, ZeroDivisionError):
+        raise UsageError("torchrun's GROUP_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE are not whole numbers") from None
+
+
 def warm_command(args: argparse.Namespace) -> int:
+    from ..samplers import assign_to_nodes
+
     dataset = _dataset(args)
     table = dataset.table
-    refs = [table.ref(row) for row in range(len(table))]
+    items = np.arange(len(dataset))
+    shard = parse_shard(args.shard)
+    where = ""
+    if shard is not None:
+        node, nodes, part, parts = shard
+        loader = dataset_config(args).loader
+        if loader.sampler != "node_pinned":
+            print(
+                f"note: loader.sampler is {loader.sampler}, not node_pinned: training will also read frames "
+                "outside this shard",
+                file=sys.stderr,
+            )
+        owners = assign_to_nodes(dataset.group_keys(loader.pin_by), nodes, loader.seed)
+        items = np.flatnonzero(owners == node)[part::parts]
+        where = f" (node {node} of {nodes}" + (f", part {part} of {parts}" if parts > 1 else "") + ")"
+    refs = [table.ref(int(row)) for item in items for row in dataset._rows(int(item))]
     fetcher = dataset.fetcher
     with ThreadPoolExecutor(max_workers=max(1, args.threads)) as pool:
         for _ in tqdm(
@@ -61,7 +109,7 @@ def warm_command(args: argparse.Namespace) -> int:
             pass
     counters = fetcher.counters
     print(
-        f"{len(refs)} frames: {counters.cache_hits} already cached, "
+        f"{len(refs)} frames{where}: {counters.cache_hits} already cached, "
         f"{counters.requests} fetched ({counters.bytes_fetched / 1e6:.1f} MB)"
     )
     return EXIT_OK

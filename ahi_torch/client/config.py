@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError
+from .quotas import PRESETS
 
 RETRY_MODES = ("legacy", "standard", "adaptive")
 
@@ -33,8 +34,15 @@ class ClientConfig:
         retry_mode, max_attempts: botocore retries (throttling, 5xx and connection errors are
             retried with jittered exponential backoff in ``standard`` and ``adaptive`` modes).
         connect_timeout, read_timeout: seconds; a stuck request fails instead of stalling an epoch.
-        rate_limits: requests per second per operation shared by every process on this machine
-            (e.g. ``{"GetImageFrame": 1000}``), enforced by :mod:`ahi_torch.client.ratelimit`.
+        rate_limits: the account's quotas in requests per second per operation (e.g.
+            ``{"GetImageFrame": 1000}``), or ``"aws"`` for AWS's documented quotas. AHI throttles
+            per account, so each node takes ``rate_limit_share`` of them, shared by every process
+            on the node (:mod:`ahi_torch.client.ratelimit`), with AHI's burst of twice the rate.
+        rate_limit_share: this node's share of the quotas; default ``LOCAL_WORLD_SIZE /
+            WORLD_SIZE`` under torchrun, else 1 (:func:`~ahi_torch.client.quotas.node_share`).
+        rate_limit_store: ``"host:port"`` of a torch.distributed TCPStore, or ``"env"`` for
+            ``MASTER_ADDR:MASTER_PORT``: one budget truly shared by every process of the job on
+            every node (:mod:`ahi_torch.client.store_budget`); the share is then not applied.
     """
 
     region: str | None = None
@@ -49,8 +57,10 @@ class ClientConfig:
     max_attempts: int = 8
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
-    rate_limits: dict[str, float] | None = None
+    rate_limits: dict[str, float] | str | None = None
     rate_limit_dir: str | None = None
+    rate_limit_share: float | None = None
+    rate_limit_store: str | None = None
 
     def __post_init__(self) -> None:
         if self.retry_mode not in RETRY_MODES:
@@ -65,9 +75,20 @@ class ClientConfig:
             raise ConfigError("give both access_key_id and secret_access_key, or neither")
         if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint_url must start with http:// or https://, not {self.endpoint_url!r}")
-        for operation, rate in (self.rate_limits or {}).items():
+        if isinstance(self.rate_limits, str) and self.rate_limits not in PRESETS:
+            raise ConfigError(f"rate_limits must be a mapping or one of {', '.join(PRESETS)}, not {self.rate_limits!r}")
+        for operation, rate in self.quotas.items():
             if rate <= 0:
                 raise ConfigError(f"rate_limits[{operation!r}] must be positive, not {rate}")
+        if self.rate_limit_share is not None and not 0 < self.rate_limit_share <= 1:
+            raise ConfigError(f"rate_limit_share must be in (0, 1], not {self.rate_limit_share}")
+
+    @property
+    def quotas(self) -> dict[str, float]:
+        """The account quotas ``rate_limits`` names (empty: no limit)."""
+        if isinstance(self.rate_limits, str):
+            return dict(PRESETS.get(self.rate_limits, {}))
+        return dict(self.rate_limits or {})
 
     @property
     def resolved_region(self) -> str | None:

@@ -51,7 +51,9 @@ from .. import __version__
 from ..errors import AHIError, EndpointUnreachable, from_client_error
 from .config import ClientConfig
 from .frame_transport import FrameTransport, ImageFrame
+from .quotas import BURST_SECONDS, node_rates
 from .ratelimit import RateLimiter
+from .store_budget import StoreBudget
 from .waiters import Waiters
 
 
@@ -63,6 +65,16 @@ class ClientCounters:
     retries: int = 0
     stream_retries: int = 0
     truncated_bodies: int = 0
+
+
+def request_budget(config: ClientConfig) -> RateLimiter | StoreBudget | None:
+    """The budget a client takes each request from: none, this node's share, or the job's TCPStore."""
+    quotas = config.quotas
+    if not quotas:
+        return None
+    if config.rate_limit_store is not None:
+        return StoreBudget(quotas, config.rate_limit_store)
+    return RateLimiter(node_rates(quotas, config.rate_limit_share), config.rate_limit_dir, BURST_SECONDS)
 
 
 def _drop_none(params: dict[str, Any]) -> dict[str, Any]:
@@ -86,9 +98,7 @@ class AHIClient(Waiters):
         self._pid: int | None = None
         self._lock = threading.Lock()
         self.counters = ClientCounters()
-        self._limiter = (
-            RateLimiter(self.config.rate_limits, self.config.rate_limit_dir) if self.config.rate_limits else None
-        )
+        self._limiter = request_budget(self.config)
 
     # --- process-local boto3 client -------------------------------------------------------------
 

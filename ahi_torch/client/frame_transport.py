@@ -23,6 +23,7 @@ layer's job (:mod:`ahi_torch.fetch.retry`), so no frame is retried at two levels
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -39,8 +40,13 @@ from ..errors import EndpointUnreachable, from_client_error
 
 if TYPE_CHECKING:
     from .ratelimit import RateLimiter
+    from .store_budget import StoreBudget
 
 OPERATION = "GetImageFrame"
+#: Bytes read at a time by :meth:`FrameTransport.get_prefix`.
+PREFIX_CHUNK = 16 * 1024
+#: ``stop(received) -> length wanted | None (cannot tell yet) | -1 (all)``.
+PrefixEnd = Callable[[bytes], "int | None"]
 
 
 class ImageFrame(NamedTuple):
@@ -76,7 +82,7 @@ class FrameTransport:
         max_connections: int = 32,
         connect_timeout: float = 5.0,
         read_timeout: float = 30.0,
-        limiter: RateLimiter | None = None,
+        limiter: RateLimiter | StoreBudget | None = None,
     ) -> None:
         meta = boto3_client.meta
         self.operation = meta.service_model.operation_model(OPERATION)
@@ -144,6 +150,56 @@ class FrameTransport:
             raise EndpointUnreachable(f"GetImageFrame to {self.endpoint_url} failed: {error}") from error
         if response.status != 200:
             raise self._error(response.status, response.headers, data)
+        return ImageFrame(data, response.headers.get("Content-Type", "application/octet-stream"))
+
+    def get_prefix(self, datastore_id: str, image_set_id: str, frame_id: str, stop: PrefixEnd) -> ImageFrame:
+        """The start of a frame's body: read until ``stop(received)`` says where to stop.
+
+        ``stop`` sees the bytes received so far and returns the length wanted, ``None`` while it
+        cannot tell yet, or ``-1`` to read the whole body. Progressive HTJ2K reads use it
+        (:mod:`ahi_torch.fetch`). When the body is cut, the connection is closed rather than
+        returned to the pool, since the rest of the body is still on the wire.
+        """
+        if self.limiter is not None:
+            self.limiter.acquire(OPERATION)
+        request = self.signed_request(datastore_id, image_set_id, frame_id)
+        received = bytearray()
+        wanted: int | None = None
+        whole = False
+        try:
+            response = self._pool.urlopen(
+                "POST",
+                urlsplit(request.url).path,
+                body=request.body,
+                headers=dict(request.headers.items()),
+                preload_content=False,
+                redirect=False,
+                retries=False,
+            )
+            finished = False
+            try:
+                if response.status != 200:
+                    raise self._error(response.status, response.headers, response.read())
+                while wanted is None or len(received) < wanted:
+                    chunk = response.read(PREFIX_CHUNK)
+                    if not chunk:
+                        finished = True
+                        break
+                    received += chunk
+                    if wanted is None and not whole:
+                        end = stop(bytes(received))
+                        whole = end == -1
+                        wanted = None if end is None or whole else end
+            finally:
+                if finished:
+                    response.release_conn()
+                else:
+                    response.close()
+        except urllib3.exceptions.HTTPError as error:
+            raise EndpointUnreachable(f"GetImageFrame to {self.endpoint_url} failed: {error}") from error
+        if wanted is not None and len(received) < wanted:
+            raise EndpointUnreachable(f"GetImageFrame to {self.endpoint_url}: the body ended before {wanted} bytes")
+        data = bytes(received if wanted is None else received[:wanted])
         return ImageFrame(data, response.headers.get("Content-Type", "application/octet-stream"))
 
     def _error(self, status: int, headers: Any, body: bytes) -> Exception:

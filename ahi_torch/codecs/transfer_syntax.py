@@ -18,6 +18,8 @@ JPEG_XL = "1.2.840.10008.1.2.4.112"
 
 #: What AHI assumes when ``StoredTransferSyntaxUID`` is missing or null.
 DEFAULT_STORED = HTJ2K_LOSSLESS_RPCL
+#: The HTJ2K transfer syntaxes (frames a reduced-resolution read can stop early in).
+HTJ2K_SYNTAXES = frozenset({HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL, HTJ2K})
 
 _CONTENT_TYPES = {
     EXPLICIT_VR_LITTLE_ENDIAN: "application/octet-stream",

@@ -22,13 +22,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from .. import __version__
 from ..cache import FrameCache
-from ..client import AHIClient, ClientConfig
+from ..client import AHIClient
 from ..datasets import ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
 from ..datasets._base import AHIDataset
 from ..errors import ConfigError, IndexFormatError, ResourceNotFound
 from ..fetch import RetryPolicy
 from ..index import FrameIndex, Search, build_index, refresh_index, search
-from ..samplers import ShuffleSampler, WeightedSampler, class_balanced_weights, patient_splits
+from ..samplers import NodePinnedSampler, ShuffleSampler, WeightedSampler, class_balanced_weights, patient_splits
 from ..transforms import Compose, create
 from .loading import config_hash, to_dict
 from .schema import Config, LabelsConfig
@@ -37,22 +37,8 @@ log = logging.getLogger(__name__)
 
 
 def build_client(cfg: Config) -> AHIClient:
-    c = cfg.connection
-    return AHIClient(
-        ClientConfig(
-            region=c.region,
-            endpoint_url=c.endpoint_url,
-            profile=c.profile,
-            access_key_id=c.access_key_id,
-            secret_access_key=c.secret_access_key,
-            max_pool_connections=c.max_pool_connections,
-            retry_mode=c.retry_mode,
-            max_attempts=c.max_attempts,
-            connect_timeout=c.connect_timeout,
-            read_timeout=c.read_timeout,
-            rate_limits=dict(c.rate_limits) or None,
-        )
-    )
+    """The client the ``connection`` section describes (it is a :class:`ClientConfig` already)."""
+    return AHIClient(cfg.connection)
 
 
 def resolve_datastore(cfg: Config, client: AHIClient) -> str:
@@ -214,6 +200,10 @@ def build_sampler(cfg: Config, dataset: AHIDataset) -> Sampler[int] | None:
         return ShuffleSampler(dataset, shuffle=False, seed=loader.seed)
     if loader.sampler == "shuffle":
         return ShuffleSampler(dataset, seed=loader.seed, drop_last=loader.drop_last)
+    if loader.sampler == "node_pinned":
+        return NodePinnedSampler(
+            dataset, groups=dataset.group_keys(loader.pin_by), seed=loader.seed, drop_last=loader.drop_last
+        )
     if loader.sampler == "locality":
         groups = dataset.table.image_set_id if isinstance(dataset, FrameDataset) else None
         return ShuffleSampler(dataset, groups=groups, seed=loader.seed)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..client.config import ClientConfig
+from ..datasets import GROUP_COLUMNS
 from ..errors import ConfigError
 from ..index.search import FILTERS, named_filter
 from ..transforms import create
@@ -29,27 +31,14 @@ def _positive(section: object, *names: str) -> None:
 
 
 @dataclass(frozen=True)
-class ConnectionConfig:
-    """How to reach AHI. ``endpoint_url`` points at a local AHI; leave it null for AWS."""
+class ConnectionConfig(ClientConfig):
+    """How to reach AHI: the fields of :class:`~ahi_torch.client.ClientConfig`, loaded as they are.
 
-    region: str = "us-east-1"
-    endpoint_url: str | None = None
-    profile: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    max_pool_connections: int = 32
-    retry_mode: Literal["legacy", "standard", "adaptive"] = "standard"
-    max_attempts: int = 8
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    rate_limits: dict[str, float] = field(default_factory=dict)
+    ``endpoint_url`` points at a local AHI; leave it null for AWS. The one difference: a config
+    without ``region`` means ``us-east-1``, so a config file alone says where it connects.
+    """
 
-    def __post_init__(self) -> None:
-        _at_least(self, 1, "max_pool_connections", "max_attempts")
-        _positive(self, "connect_timeout", "read_timeout")
-        for operation, rate in self.rate_limits.items():
-            if not rate > 0:
-                raise ConfigError(f"rate_limits.{operation} must be positive, not {rate:g}")
+    region: str | None = "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -190,7 +179,9 @@ class CacheConfig:
 class LoaderConfig:
     batch_size: int = 16
     num_workers: int = 2
-    sampler: Literal["sequential", "shuffle", "locality", "weighted", "class_balanced"] = "shuffle"
+    sampler: Literal["sequential", "shuffle", "locality", "weighted", "class_balanced", "node_pinned"] = "shuffle"
+    #: what ``node_pinned`` keeps on one node: image sets (default) or patients, studies, series.
+    pin_by: str = "image_set_id"
     seed: int = 0
     drop_last: bool = False
     persistent_workers: bool = True
@@ -204,6 +195,8 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "fetch_threads", "fetch_attempts")
         _at_least(self, 0, "num_workers")
+        if self.pin_by not in GROUP_COLUMNS:
+            raise ConfigError(f"pin_by must be one of {', '.join(GROUP_COLUMNS)}, not {self.pin_by!r}")
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
 >>> loader = DataLoader(FrameDataset(index, client, cache=cache), batch_size=16, num_workers=4)
 """
 
+from ._base import GROUP_COLUMNS
 from ._convert import Intensity
 from .collate import list_collate, pad_collate
 from .frames import FrameDataset
@@ -14,6 +15,7 @@ from .stats import EpochStats
 from .volumes import VolumeDataset
 
 __all__ = [
+    "GROUP_COLUMNS",
     "EpochStats",
     "ErrorPolicy",
     "FailureLog",

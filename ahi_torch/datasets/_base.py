@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 Transform = Callable[[dict[str, Any]], Any]
 
+#: Index columns an item can be grouped by (for node pinning and locality).
+GROUP_COLUMNS = ("image_set_id", "patient_id", "study_instance_uid", "series_instance_uid")
+
 
 class AHIDataset(Dataset[Any]):
     """Base of :class:`FrameDataset` and :class:`VolumeDataset`; see their docstrings."""
@@ -115,6 +118,16 @@ class AHIDataset(Dataset[Any]):
         state["failures"] = FailureLog(self.policy.failure_log)
         state["outcomes"] = dict.fromkeys(self.outcomes, 0)  # each process counts its own
         return state
+
+    def group_keys(self, column: str = "image_set_id") -> np.ndarray:
+        """One key per item, its first frame's ``column``: what :class:`NodePinnedSampler` pins to nodes.
+
+        >>> NodePinnedSampler(dataset, groups=dataset.group_keys("patient_id"))
+        """
+        if column not in GROUP_COLUMNS:
+            raise ConfigError(f"items can be grouped by {', '.join(GROUP_COLUMNS)}, not {column!r}")
+        firsts = np.fromiter((int(self._rows(u)[0]) for u in range(len(self))), dtype=np.int64, count=len(self))
+        return np.asarray(getattr(self.table, column))[firsts]
 
     def refs(self, unit: int) -> list[FrameRef]:
         return [self.table.ref(int(row)) for row in self._rows(unit)]

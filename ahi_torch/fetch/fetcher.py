@@ -22,6 +22,7 @@ raises its last error (:class:`ChecksumMismatch`, :class:`DecodeError`, :class:`
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -35,6 +36,8 @@ import numpy as np
 from ..cache import FrameCache
 from ..client import AHIClient, ImageFrame
 from ..codecs import decode_frame, pixel_crc32
+from ..codecs import transfer_syntax as ts
+from ..codecs.jph import level_end
 from ..errors import ChecksumMismatch, DecodeError, EndpointUnreachable, InternalServerError, Throttled
 from .ref import FrameRef
 from .retry import RetryPolicy
@@ -78,6 +81,8 @@ class FrameFetcher:
         reduce: resolution levels to skip when decoding HTJ2K (1 halves each side).
         decoder: preferred backend name (``"imagecodecs"`` or ``"openjpeg"``).
         retry: the :class:`RetryPolicy` (at most 4 requests per frame by default).
+        progressive: with ``reduce``, read HTJ2K frames only up to the resolution level decoded
+            (AHI stores one tile-part per level); the connection is then closed, not reused.
     """
 
     client: AHIClient
@@ -87,6 +92,7 @@ class FrameFetcher:
     reduce: int = 0
     decoder: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    progressive: bool = True
     counters: FetchCounters = field(default_factory=FetchCounters)
 
     def __post_init__(self) -> None:
@@ -136,7 +142,14 @@ class FrameFetcher:
 
     def _attempt(self, ref: FrameRef) -> tuple[ImageFrame, np.ndarray, int | None]:
         self.counters.requests += 1
-        frame = self.client.frame_transport.get(ref.datastore_id, ref.image_set_id, ref.frame_id)
+        transport = self.client.frame_transport
+        if self.reduce and self.progressive and ref.stored_transfer_syntax in ts.HTJ2K_SYNTAXES:
+            # AHI's HTJ2K frames hold one tile-part per resolution level: stop reading at ours.
+            frame = transport.get_prefix(
+                ref.datastore_id, ref.image_set_id, ref.frame_id, functools.partial(level_end, reduce=self.reduce)
+            )
+        else:
+            frame = transport.get(ref.datastore_id, ref.image_set_id, ref.frame_id)
         self.counters.bytes_fetched += len(frame.data)
         pixels = self.decode(ref, frame.data, frame.content_type)
         return frame, pixels, self._verified_crc(ref, pixels)

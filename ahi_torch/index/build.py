@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
 from ..client import AHIClient
+from ..client.quotas import AWS_QUOTAS
 from ..errors import ConfigError
 from ..metadata import ImageSetMetadata
 from .frame_index import FrameIndex, new_info
@@ -139,6 +140,24 @@ def _fetch_rows(
     return pa.table(columns, schema=schema(extra_tags))
 
 
+#: The operations an index build or refresh makes, at AHI's per-account rates.
+INDEX_OPERATIONS = ("SearchImageSets", "GetImageSetMetadata")
+
+
+def within_quota(client: AHIClient) -> AHIClient:
+    """The client, held to AWS's quotas for the index operations when it talks to AWS without limits.
+
+    An index build runs ``max_workers`` metadata calls at once and would otherwise outrun AHI's
+    50 GetImageSetMetadata/s (25 SearchImageSets/s) and be throttled; held to them it reaches
+    the quota and stays there. A client with ``rate_limits`` of its own, or one for a local
+    endpoint, is used as it is.
+    """
+    config = client.config
+    if config.quotas or config.endpoint_url is not None:
+        return client
+    return AHIClient(config, rate_limits={operation: AWS_QUOTAS[operation] for operation in INDEX_OPERATIONS})
+
+
 def build_index(
     client: AHIClient,
     datastore_id: str,
@@ -163,6 +182,7 @@ def build_index(
         max_workers: concurrent GetImageSetMetadata calls.
     """
     queries = list(searches) if searches else [Search(*filters)]
+    client = within_quota(client)
     summaries = search_image_sets(
         client,
         datastore_id,
@@ -188,6 +208,7 @@ def refresh_index(
     if not datastore_id:
         raise ConfigError("this index records no data store; rebuild it with build_index")
     queries = [Search.from_description(filters) for filters in info.get("searches") or [[]]]
+    client = within_quota(client)
     summaries = search_image_sets(
         client,
         datastore_id,

@@ -68,18 +68,26 @@ class Context:
         self.importer: Importer | None = None
         self.requests: Counter[str] = Counter()
         self.frame_requests: Counter[str] = Counter()
+        self.request_seconds: Counter[tuple[str, int]] = Counter()
         self._requests_lock = threading.Lock()
 
     def count_request(self, operation: str, frame_id: str | None = None) -> None:
         """Count a request as it arrives (before signature checks and injected faults)."""
+        second = int(time.time())
         with self._requests_lock:
             self.requests[operation] += 1
+            self.request_seconds[(operation, second)] += 1
             if frame_id is not None:
                 self.frame_requests[frame_id] += 1
 
     def request_counts(self) -> dict[str, int]:
         with self._requests_lock:
             return dict(self.requests)
+
+    def request_timeline(self, operation: str) -> dict[int, int]:
+        """Requests of ``operation`` received in each wall-clock second (epoch seconds)."""
+        with self._requests_lock:
+            return {second: n for (name, second), n in self.request_seconds.items() if name == operation}
 
     def frame_request_counts(self) -> dict[str, int]:
         """GetImageFrame requests per image frame ID, failed and injected-fault ones included."""

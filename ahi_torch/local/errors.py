@@ -23,6 +23,15 @@ class ValidationException(ServiceError):
     code, status = "ValidationException", 400
 
 
+class ConstraintViolation(ValidationException):
+    """An update or copy that breaks AHI's metadata constraints.
+
+    AHI accepts such a request and records the failure on a new version (``UPDATE_FAILED`` or
+    ``COPY_FAILED`` with this message); the handlers catch it. Raised to a caller only where AHI
+    itself rejects the request.
+    """
+
+
 class SerializationException(ServiceError):
     """The body is not JSON or a value has the wrong type (restJson1's framework error)."""
 

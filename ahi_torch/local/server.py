@@ -261,6 +261,10 @@ class LocalAHI:
         """Requests received per operation since start (the benchmarks and the demo read these)."""
         return self.context.request_counts() if self.context is not None else {}
 
+    def request_timeline(self, operation: str) -> dict[int, int]:
+        """Requests of ``operation`` received in each wall-clock second since start."""
+        return self.context.request_timeline(operation) if self.context is not None else {}
+
     def frame_request_counts(self) -> dict[str, int]:
         """GetImageFrame requests per frame ID since start, including throttled and failed ones."""
         return self.context.frame_request_counts() if self.context is not None else {}

@@ -11,7 +11,10 @@ Per AHI's supported-transfer-syntax table:
 
 Every stored frame is decoded once more and checked against the source pixels (AHI's pixel
 data verification); ``PixelDataChecksumFromBaseToFullResolution`` lists the CRC32 of the decoded
-pixels at up to three resolution levels, base first, full resolution last.
+pixels at up to three resolution levels, base first, full resolution last. Frames kept in their
+original (possibly lossy) syntax carry no ``MinPixelValue``/``MaxPixelValue``, and their
+``FrameSizeInBytes`` is the size of the original encoded frame, as AHI's pixel-verification guide
+says; transcoded and uncompressed frames report the decoded frame's size and both values.
 """
 
 from __future__ import annotations
@@ -46,18 +49,16 @@ class StoredFrame:
 
     data: bytes
     checksums: list[dict[str, int]]
-    min_value: int
-    max_value: int
+    min_value: int | None
+    max_value: int | None
     size: int
 
     def image_frame_entry(self, frame_id: str) -> dict[str, Any]:
-        return {
-            "ID": frame_id,
-            "PixelDataChecksumFromBaseToFullResolution": self.checksums,
-            "MinPixelValue": self.min_value,
-            "MaxPixelValue": self.max_value,
-            "FrameSizeInBytes": self.size,
-        }
+        entry: dict[str, Any] = {"ID": frame_id, "PixelDataChecksumFromBaseToFullResolution": self.checksums}
+        if self.min_value is not None and self.max_value is not None:
+            entry.update(MinPixelValue=self.min_value, MaxPixelValue=self.max_value)
+        entry["FrameSizeInBytes"] = self.size
+        return entry
 
 
 def _levels(data: bytes, full: np.ndarray, reducible: bool) -> list[dict[str, int]]:
@@ -76,13 +77,14 @@ def _levels(data: bytes, full: np.ndarray, reducible: bool) -> list[dict[str, in
     return levels
 
 
-def _stored(data: bytes, decoded: np.ndarray, size: int, reducible: bool) -> StoredFrame:
+def _stored(data: bytes, decoded: np.ndarray, size: int, reducible: bool, original: bool = False) -> StoredFrame:
+    """A stored frame; ``original``: kept in its imported syntax (no min/max, encoded size)."""
     return StoredFrame(
         data=data,
         checksums=_levels(data, decoded, reducible),
-        min_value=int(decoded.min()),
-        max_value=int(decoded.max()),
-        size=size,
+        min_value=None if original else int(decoded.min()),
+        max_value=None if original else int(decoded.max()),
+        size=len(data) if original else size,
     )
 
 
@@ -91,7 +93,8 @@ def _encode(frame: np.ndarray, storage_format: str) -> tuple[bytes, bool]:
     frame = np.ascontiguousarray(frame, dtype=frame.dtype.newbyteorder("="))
     if storage_format == "JPEG_2000_LOSSLESS":
         return bytes(imagecodecs.jpeg2k_encode(frame, level=0, reversible=True, codecformat="J2K", numthreads=1)), False
-    codestream = bytes(imagecodecs.htj2k_encode(frame, reversible=True, tlm=True))
+    # RPCL with one tile-part per resolution level, indexed by TLM: AHI's progressive layout.
+    codestream = bytes(imagecodecs.htj2k_encode(frame, reversible=True, tlm=True, tilepart=1))
     return wrap_jph(codestream), True
 
 
@@ -165,7 +168,7 @@ def _keep_encapsulated(ds: Dataset, syntax: str, pixel: PixelDescription) -> Ite
             decoded = decode_frame(chunk, transfer_syntax=syntax, pixel=pixel)
         except Exception as exc:
             raise PixelDataProblem(f"frame {index + 1} cannot be decoded: {exc}") from exc
-        yield _stored(chunk, decoded, pixel.frame_bytes, reducible=syntax == ts.HTJ2K)
+        yield _stored(chunk, decoded, pixel.frame_bytes, reducible=syntax == ts.HTJ2K, original=True)
 
 
 def _pack_bits(frame: np.ndarray, pixel: PixelDescription) -> StoredFrame:

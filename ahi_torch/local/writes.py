@@ -2,18 +2,22 @@
 
 Both are asynchronous in AHI: the response reports ``LOCKED`` with ``UPDATING``/``COPYING``
 (``COPYING_WITH_READ_ONLY_ACCESS`` on a copy's source), and writes during that window get
-ConflictException. Payloads that break the metadata constraints are rejected at once with
-ValidationException rather than reported later as ``UPDATE_FAILED``/``COPY_FAILED``.
+ConflictException. As in AHI, a request the model accepts but whose content breaks the metadata
+constraints (an attribute that needs ``force``, a VR mismatch, series that do not match) is
+accepted and fails on a new version: ``UPDATE_FAILED``/``COPY_FAILED`` with the reason as its
+``message`` and the previous metadata unchanged, visible in GetImageSet and ListImageSetVersions.
+Malformed payloads, stale versions and locked image sets are still refused at call time.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
 from .context import Context, handles
 from .datastores import require_active
-from .errors import ConflictException, ServiceQuotaExceededException, ValidationException
+from .errors import ConflictException, ConstraintViolation, ServiceQuotaExceededException, ValidationException
 from .records import (
     add_frame_refs,
     document_identity,
@@ -27,6 +31,13 @@ from .records import (
     save_version,
 )
 from .updates import apply_update, frame_count, parse_payload, select_instances
+
+_OUTSIDE_MESSAGE_PATTERN = re.compile(r"[^\w -:`]")
+
+
+def failure_message(error: ConstraintViolation) -> str:
+    """The reason a version failed, as the model's ``Message`` allows it (``[\\w -:`]+``, at most 2048)."""
+    return _OUTSIDE_MESSAGE_PATTERN.sub(" ", error.message)[:2048]
 
 
 def _properties(ctx: Context, row: sqlite3.Row, state: str, workflow: str) -> dict[str, Any]:
@@ -91,9 +102,13 @@ def update_image_set_metadata(ctx: Context, p: dict[str, Any]) -> dict[str, Any]
     with ctx.store.transaction() as db:
         row = get_writable(ctx, datastore_id, image_set_id, now)
         require_version(row, p["latestVersionId"])
-        document = _updated_document(ctx, row, updates, force)
+        failure: str | None = None
+        try:
+            document = _updated_document(ctx, row, updates, force)
+        except ConstraintViolation as error:
+            failure, document = failure_message(error), load_document(ctx, row["id"], row["latest_version"])
         targets = [(row, document)]
-        if p.get("includeStudyImageSets") and "DICOMUpdates" in updates:
+        if failure is None and p.get("includeStudyImageSets") and "DICOMUpdates" in updates:
             targets += _study_targets(ctx, row, _study_level_only(updates), force, now)
         for target_row, target_document in targets:
             save_version(
@@ -105,8 +120,9 @@ def update_image_set_metadata(ctx: Context, p: dict[str, Any]) -> dict[str, Any]
                 document=target_document,
                 is_primary=bool(target_row["is_primary"]),
                 lock_status="UPDATING" if target_row is row else "UPDATING_FOR_STUDY_CONSISTENCY",
-                settled_status="UPDATED",
+                settled_status="UPDATE_FAILED" if failure else "UPDATED",
                 forced=force,
+                message=failure,
             )
         updated = get_image_set(ctx, datastore_id, image_set_id)
     locked = ctx.settings.transition_seconds > 0
@@ -115,7 +131,7 @@ def update_image_set_metadata(ctx: Context, p: dict[str, Any]) -> dict[str, Any]
         "imageSetId": image_set_id,
         "latestVersionId": str(updated["latest_version"]),
         "imageSetState": "LOCKED" if locked else "ACTIVE",
-        "imageSetWorkflowStatus": "UPDATING" if locked else "UPDATED",
+        "imageSetWorkflowStatus": "UPDATING" if locked else ("UPDATE_FAILED" if failure else "UPDATED"),
         "createdAt": updated["created_at"],
         "updatedAt": updated["updated_at"],
     }
@@ -148,9 +164,9 @@ def _merge_into(destination: dict[str, Any], selection: dict[str, Any], force: b
     dest_series = list(destination["Study"]["Series"])
     source_series = list(selection["Study"]["Series"])
     if source_series != dest_series and not force:
-        raise ValidationException("INVALID_REQUEST: Series of SourceImageSet and DestinationImageSet don't match.")
+        raise ConstraintViolation("INVALID_REQUEST: Series of SourceImageSet and DestinationImageSet don't match.")
     if document_identity(selection) != document_identity(destination) and not force:
-        raise ValidationException(
+        raise ConstraintViolation(
             "INVALID_REQUEST: Patient, Study or Series metadata of the source and destination differ; use force"
         )
     merged = {**destination, "Study": {**destination["Study"], "Series": dict(destination["Study"]["Series"])}}
@@ -170,6 +186,7 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     force = bool(p.get("force"))
     require_active(ctx, datastore_id)
     now = ctx.now()
+    failure: str | None = None
     with ctx.store.transaction() as db:
         source = get_image_set(ctx, datastore_id, source_id)
         if now < source["lock_until"] and source["lock_status"] != "COPYING_WITH_READ_ONLY_ACCESS":
@@ -188,9 +205,11 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
                 raise ValidationException("The source and destination image sets must differ")
             destination = get_writable(ctx, datastore_id, destination_info["imageSetId"], now)
             require_version(destination, destination_info["latestVersionId"])
-            document = _merge_into(
-                load_document(ctx, destination["id"], destination["latest_version"]), selection, force
-            )
+            current = load_document(ctx, destination["id"], destination["latest_version"])
+            try:
+                document = _merge_into(current, selection, force)
+            except ConstraintViolation as error:
+                failure, document = failure_message(error), current
             destination_id, version, primary = (
                 destination["id"],
                 destination["latest_version"] + 1,
@@ -218,8 +237,9 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             document=document,
             is_primary=primary,
             lock_status="COPYING",
-            settled_status="COPIED",
+            settled_status="COPY_FAILED" if failure else "COPIED",
             forced=force,
+            message=failure,
         )
         add_frame_refs(db, destination_id, frame_ids_of(document))
         db.execute(
@@ -237,6 +257,6 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             *(("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS") if locked else ("ACTIVE", source_row["settled_status"])),
         ),
         "destinationImageSetProperties": _properties(
-            ctx, destination_row, *(("LOCKED", "COPYING") if locked else ("ACTIVE", "COPIED"))
+            ctx, destination_row, *(("LOCKED", "COPYING") if locked else ("ACTIVE", destination_row["settled_status"]))
         ),
     }

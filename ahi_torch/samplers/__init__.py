@@ -7,6 +7,7 @@
 """
 
 from .base import EpochSampler, world_info
+from .pinned import NodePinnedSampler, assign_to_nodes
 from .shuffle import DistributedSampler, ShuffleSampler
 from .splits import assign_splits, patient_splits
 from .weighted import WeightedSampler, class_balanced_weights
@@ -14,9 +15,11 @@ from .weighted import WeightedSampler, class_balanced_weights
 __all__ = [
     "DistributedSampler",
     "EpochSampler",
+    "NodePinnedSampler",
     "ShuffleSampler",
     "WeightedSampler",
     "assign_splits",
+    "assign_to_nodes",
     "class_balanced_weights",
     "patient_splits",
     "world_info",

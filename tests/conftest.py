@@ -17,7 +17,7 @@ from pydicom.data import get_testdata_file
 
 from ahi_torch.local import LocalAHI, Quotas, ServiceSettings
 from ahi_torch.local.uploads import ImportResult
-from ahi_torch.synthetic import SeriesSpec, oblique, write_multiframe, write_rgb, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, oblique, write_multiframe, write_rgb, write_series
 
 # Never let a test reach real AWS or read the developer's credentials.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "local")

@@ -12,7 +12,7 @@ import pytest
 
 from ahi_torch.cli import main
 from ahi_torch.local import LocalAHI
-from ahi_torch.synthetic import SeriesSpec, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 from .conftest import serve_subprocess, stop_subprocess
 

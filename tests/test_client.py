@@ -123,7 +123,7 @@ def test_image_set_reads(client: AHIClient, synthetic_import: ImportedData) -> N
 
 
 def test_image_set_writes(ahi: LocalAHI, client: AHIClient, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from ahi_torch.synthetic import SeriesSpec, write_series
+    from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
     spec = SeriesSpec(patient_id="WRITES", study_key="w", series_key="w", slices=2, rows=8, columns=8)
     write_series(tmp_path, spec)

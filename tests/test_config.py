@@ -86,7 +86,13 @@ def test_config_error_is_a_value_error(tmp_path: Path) -> None:
         ("cache: {size_gb: 0}", "cache: size_gb must be positive"),
         ("connection: {max_attempts: 0}", "connection: max_attempts must be at least 1"),
         ("loader: {fetch_attempts: 0}", "loader: fetch_attempts must be at least 1, not 0"),
-        ("labels: {table: x.csv, value_type: integer}", "labels.value_type: 'integer' is not one of"),
+        ("labels: {table: x.csv, value_type: integer}", "labels: value_type: 'integer' is not one of"),
+        # Option lists come from the classes that use them (one definition each).
+        ("labels: {table: x.csv, join_on: mrn}", "labels: join_on: 'mrn' is not one of patient_id, "),
+        ("split: {fractions: {a: 1.0}, by: scanner}", "split: by: 'scanner' is not one of patient_id, "),
+        ("cache: {mode: raw}", "cache: mode: 'raw' is not one of decoded, encoded"),
+        ("loader: {error_policy: ignore}", "loader: error_policy: 'ignore' is not one of raise, skip, retry"),
+        ("loader: {pin_by: scanner}", "loader: pin_by: 'scanner' is not one of image_set_id, "),
     ],
 )
 def test_every_value_is_checked_when_the_config_loads(tmp_path: Path, text: str, message: str) -> None:

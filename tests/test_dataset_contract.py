@@ -15,11 +15,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ahi_torch.cache import FrameCache
-from ahi_torch.datasets import FrameDataset, VolumeDataset
-from ahi_torch.datasets._base import AHIDataset
+from ahi_torch.datasets import AHIDataset, FrameDataset, VolumeDataset
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
-from ahi_torch.synthetic import demo_cohort
+from ahi_torch.sample.synthetic import demo_cohort
 
 #: (class, spatial dims of an item's image, meta keys every item carries)
 CLASSES = [

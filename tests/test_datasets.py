@@ -29,7 +29,7 @@ from ahi_torch.errors import ConfigError, SampleError
 from ahi_torch.fetch import RetryPolicy
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
-from ahi_torch.synthetic import demo_cohort
+from ahi_torch.sample.synthetic import demo_cohort
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 
 from ahi_torch.cli.main import main
 from ahi_torch.config import load
-from ahi_torch.demo import DemoOptions, prepare_output, run_demo
 from ahi_torch.errors import ConfigError
+from ahi_torch.sample.demo import DemoOptions, prepare_output, run_demo
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -19,7 +19,7 @@ from ahi_torch.fetch import RetryPolicy
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.local.faults import Faults
-from ahi_torch.synthetic import SeriesSpec, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 FAULTS = (
     "*:throttle=0.10,error=0.05,drop=0.01;GetImageFrame:throttle=0.10,error=0.05,drop=0.01,truncate=0.005,bitflip=0.005"

@@ -15,7 +15,7 @@ from ahi_torch.errors import AccessDenied, EndpointUnreachable, ResourceNotFound
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.local.faults import Faults
-from ahi_torch.synthetic import SeriesSpec, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 DATASTORE, IMAGE_SET = "a" * 32, "b" * 32
 

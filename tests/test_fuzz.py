@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from ahi_torch.local import LocalAHI, ServiceSettings
 from ahi_torch.local.protocol import service_model
-from ahi_torch.synthetic import SeriesSpec, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 ROLE = "arn:aws:iam::123456789012:role/import"
 NASTY = [

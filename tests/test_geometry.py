@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ahi_torch.metadata import series_geometry
-from ahi_torch.synthetic import AXIAL, oblique
+from ahi_torch.sample.synthetic import AXIAL, oblique
 
 
 @dataclass(frozen=True)

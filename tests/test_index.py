@@ -17,7 +17,7 @@ from ahi_torch.datasets import FrameDataset
 from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex, Search, build_index, refresh_index, search
 from ahi_torch.local import LocalAHI
-from ahi_torch.synthetic import SeriesSpec, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 PATIENTS = 13
 SERIES_PER_PATIENT = 4  # 52 image sets: more than one page of SearchImageSets (50)

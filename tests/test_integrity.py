@@ -21,7 +21,7 @@ from botocore.config import Config
 from ahi_torch.cache import FrameCache
 from ahi_torch.codecs import decode_frame
 from ahi_torch.local.server import EmbeddedS3
-from ahi_torch.synthetic import SeriesSpec, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 from .conftest import wait_until
 

@@ -11,7 +11,7 @@ from ahi_torch.datasets import FrameDataset, TableLabels
 from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
-from ahi_torch.synthetic import SeriesSpec, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import yaml
 
 from ahi_torch.errors import ConfigError
 from ahi_torch.local import LocalAHI
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 from ahi_torch.samplers import ShuffleSampler
-from ahi_torch.synthetic import SeriesSpec, write_series
 
 pytest.importorskip("lightning")
 

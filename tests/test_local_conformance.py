@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 
 from ahi_torch.local import LocalAHI, Quotas, ServiceSettings
-from ahi_torch.synthetic import SeriesSpec, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 from .conftest import wait_until
 

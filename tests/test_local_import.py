@@ -150,7 +150,7 @@ def test_real_file_private_tags_keep_vrs(ahi, real_import: ImportedData) -> None
 
 
 def test_reimport_bumps_version_and_conflicts_go_non_primary(ahi, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from ahi_torch.synthetic import SeriesSpec, write_series
+    from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
     spec = SeriesSpec(patient_id="REIMPORT", study_key="re", series_key="re", slices=3, rows=16, columns=16)
     write_series(tmp_path / "first", spec)
@@ -169,7 +169,7 @@ def test_reimport_bumps_version_and_conflicts_go_non_primary(ahi, tmp_path) -> N
 
 @pytest.mark.parametrize("storage_format", ["JPEG_2000_LOSSLESS"])
 def test_jpeg2000_lossless_datastore(ahi, tmp_path, storage_format: str) -> None:  # type: ignore[no-untyped-def]
-    from ahi_torch.synthetic import SeriesSpec, write_series
+    from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
     spec = SeriesSpec(patient_id="J2K", study_key="j2k", series_key="j2k", slices=2, rows=32, columns=24)
     paths = write_series(tmp_path / "j2k", spec)

@@ -15,7 +15,7 @@ from ahi_torch.datasets import FrameDataset, VolumeDataset
 from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
-from ahi_torch.synthetic import SeriesSpec, oblique, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, oblique, write_series
 
 monai = pytest.importorskip("monai")
 from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset  # noqa: E402

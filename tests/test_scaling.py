@@ -27,8 +27,8 @@ from ahi_torch.errors import ConfigError
 from ahi_torch.index import build_index
 from ahi_torch.index.build import within_quota
 from ahi_torch.local import LocalAHI
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 from ahi_torch.samplers import NodePinnedSampler, assign_to_nodes
-from ahi_torch.synthetic import SeriesSpec, write_series
 
 
 def test_each_node_takes_its_share_of_the_account_quota(monkeypatch: pytest.MonkeyPatch) -> None:

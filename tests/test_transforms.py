@@ -8,7 +8,7 @@ import torch
 
 from ahi_torch.errors import ConfigError
 from ahi_torch.metadata.geometry import plane_affine
-from ahi_torch.synthetic import oblique
+from ahi_torch.sample.synthetic import oblique
 from ahi_torch.transforms import (
     Compose,
     CropOrPad,

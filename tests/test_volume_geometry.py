@@ -15,7 +15,7 @@ from ahi_torch.datasets import ErrorPolicy, FrameDataset, VolumeDataset
 from ahi_torch.errors import IrregularSeriesWarning, SampleError
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
-from ahi_torch.synthetic import SeriesSpec, oblique, write_series
+from ahi_torch.sample.synthetic import SeriesSpec, oblique, write_series
 
 
 def _renumber(paths: list[Path], drop: int | None = None, duplicate: int | None = None) -> None:

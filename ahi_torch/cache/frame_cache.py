@@ -39,7 +39,7 @@ from diskcache import Cache
 from filelock import FileLock
 
 from ..errors import CacheError, ConfigError
-from . import records
+from . import entry_format
 from .disk import BytesOnlyDisk, UnsafeEntry
 
 log = logging.getLogger(__name__)
@@ -255,7 +255,7 @@ class FrameCache:
         self.counters.bytes_read += len(data)
         return data
 
-    def _set(self, key: str, data: bytes | records.Parts) -> bool:
+    def _set(self, key: str, data: bytes | entry_format.Parts) -> bool:
         if not self._storing:
             return False
         cache = self._handle()
@@ -275,7 +275,7 @@ class FrameCache:
             return False
         if stored:
             self.counters.writes += 1
-            self.counters.bytes_written += data.size if isinstance(data, records.Parts) else len(data)
+            self.counters.bytes_written += data.size if isinstance(data, entry_format.Parts) else len(data)
         return stored
 
     def _evict(self, key: str) -> None:
@@ -296,7 +296,7 @@ class FrameCache:
         """
         if self.mode == "decoded":
             return self.get_array(key.text("decoded"))
-        found = self.get_bytes(key.text("encoded"), records.ENCODED)
+        found = self.get_bytes(key.text("encoded"), entry_format.ENCODED)
         if found is None:
             return None
         return decode(found[0], str(found[1].get("content_type") or ""))
@@ -306,8 +306,10 @@ class FrameCache:
     ) -> bool:
         """Store a frame in this cache's mode: its ``pixels`` (``crc`` is their CRC32 when known) or ``data``."""
         if self.mode == "decoded":
-            return self._set(key.text("decoded"), records.pack_array(pixels, crc))
-        return self._set(key.text("encoded"), records.pack(records.ENCODED, {"content_type": content_type}, data))
+            return self._set(key.text("decoded"), entry_format.pack_array(pixels, crc))
+        return self._set(
+            key.text("encoded"), entry_format.pack(entry_format.ENCODED, {"content_type": content_type}, data)
+        )
 
     # --- typed entries ----------------------------------------------------------------------------
 
@@ -317,8 +319,8 @@ class FrameCache:
         if data is None:
             return None
         try:
-            array = records.unpack_array(data, verify=self.verify_reads)
-        except records.CorruptEntry as error:
+            array = entry_format.unpack_array(data, verify=self.verify_reads)
+        except entry_format.CorruptEntry as error:
             log.warning("evicting corrupt cache entry %s: %s", key, error)
             self._evict(key)
             return None
@@ -326,26 +328,26 @@ class FrameCache:
         return array
 
     def put_array(self, key: str, pixels: np.ndarray) -> bool:
-        return self._set(key, records.pack_array(pixels))
+        return self._set(key, entry_format.pack_array(pixels))
 
-    def get_bytes(self, key: str, kind: int = records.ENCODED) -> tuple[bytes, dict[str, Any]] | None:
+    def get_bytes(self, key: str, kind: int = entry_format.ENCODED) -> tuple[bytes, dict[str, Any]] | None:
         """Encoded frame or metadata bytes with their header, or None on a miss."""
         data = self._get(key)
         if data is None:
             return None
         try:
-            record = records.unpack(data, verify=self.verify_reads)
+            record = entry_format.unpack(data, verify=self.verify_reads)
             if record.kind != kind:
-                raise records.CorruptEntry("entry has another kind")
-        except records.CorruptEntry as error:
+                raise entry_format.CorruptEntry("entry has another kind")
+        except entry_format.CorruptEntry as error:
             log.warning("evicting corrupt cache entry %s: %s", key, error)
             self._evict(key)
             return None
         self.counters.hits += 1
         return bytes(record.payload), dict(record.header)
 
-    def put_bytes(self, key: str, payload: bytes, header: dict[str, Any], kind: int = records.ENCODED) -> bool:
-        return self._set(key, records.pack(kind, header, payload))
+    def put_bytes(self, key: str, payload: bytes, header: dict[str, Any], kind: int = entry_format.ENCODED) -> bool:
+        return self._set(key, entry_format.pack(kind, header, payload))
 
     # --- maintenance ------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from diskcache.core import MODE_BINARY, MODE_RAW
 from filelock import FileLock
 
-from . import records
+from . import entry_format
 from .frame_cache import LOCK_NAME, FrameCache
 
 DATABASE = "cache.db"
@@ -96,9 +96,9 @@ def repair_cache(cache: FrameCache) -> RepairReport:
             data = _value(directory, mode, filename, value)
             try:
                 if data is not None:
-                    records.unpack(data, verify=True)
+                    entry_format.unpack(data, verify=True)
                     intact.append((key, data))
-            except records.CorruptEntry:
+            except entry_format.CorruptEntry:
                 continue
         backup = database.with_name(f"{DATABASE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         database.replace(backup)  # the name keeps "cache.db": diskcache's check leaves it alone

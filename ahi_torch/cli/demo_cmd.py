@@ -26,7 +26,7 @@ def register(commands: Any) -> None:
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from ..demo import DemoOptions, run_demo
+    from ..sample.demo import DemoOptions, run_demo
 
     if min(args.patients, args.slices, args.size, args.epochs, args.batch_size) < 1 or args.workers < 0:
         raise UsageError("--patients, --slices, --size, --epochs and --batch-size must be positive, --workers >= 0")

@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from ..polling import PollTimeout, poll_until
 from .common import EXIT_FAILURE, EXIT_OK, UsageError
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -131,14 +131,17 @@ def _serve_in_background(args: argparse.Namespace) -> int:
         stderr=subprocess.STDOUT,
         start_new_session=True,  # outlives this command and the shell that ran it
     )
-    deadline = time.monotonic() + 60
-    while not endpoints.exists():
+
+    def written() -> bool:
         if process.poll() is not None:
             raise UsageError(f"local serve exited with code {process.returncode}; see {data_dir / 'serve.log'}")
-        if time.monotonic() > deadline:
-            process.terminate()
-            raise UsageError(f"local serve did not start within 60 s; see {data_dir / 'serve.log'}")
-        time.sleep(0.05)
+        return endpoints.exists()
+
+    try:
+        poll_until(written, timeout=60, what="local serve to start")
+    except PollTimeout:
+        process.terminate()
+        raise UsageError(f"local serve did not start within 60 s; see {data_dir / 'serve.log'}") from None
     print(f"AHI endpoint   {json.loads(endpoints.read_text())['endpoint_url']} (pid {process.pid})")
     return EXIT_OK
 
@@ -153,9 +156,10 @@ def stop_command(args: argparse.Namespace) -> int:
     except ProcessLookupError:
         print(f"local service {pid} was not running")
     else:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.05)
+        try:
+            poll_until(lambda: not _alive(pid), timeout=30, what=f"local service {pid} to stop")
+        except PollTimeout:
+            raise UsageError(f"local service {pid} did not stop within 30 s of SIGINT") from None
         print(f"stopped local service {pid}")
     pid_file.unlink(missing_ok=True)
     (Path(args.data_dir) / ENDPOINTS_FILE).unlink(missing_ok=True)
@@ -171,7 +175,7 @@ def _alive(pid: int) -> bool:
 
 
 def synthesize_command(args: argparse.Namespace) -> int:
-    from ..demo import DemoOptions, write_inputs
+    from ..sample.demo import DemoOptions, write_inputs
 
     if min(args.patients, args.slices, args.size) < 1:
         raise UsageError("--patients, --slices and --size must be positive")
@@ -255,9 +259,12 @@ def _datastore_named(mi: Any, name: str) -> str:
     if matches:
         return str(matches[0])
     datastore_id: str = mi.create_datastore(datastoreName=name)["datastoreId"]
-    deadline = time.monotonic() + 60
-    while mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
-        if time.monotonic() > deadline:
-            raise UsageError(f"data store {datastore_id} did not become ACTIVE within 60 s")
-        time.sleep(0.05)
+    try:
+        poll_until(
+            lambda: mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] == "ACTIVE",
+            timeout=60,
+            what=f"data store {datastore_id} to become ACTIVE",
+        )
+    except PollTimeout:
+        raise UsageError(f"data store {datastore_id} did not become ACTIVE within 60 s") from None
     return datastore_id

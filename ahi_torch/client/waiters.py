@@ -7,11 +7,11 @@ They poll with exponential backoff (0.05 s doubling to 5 s) and raise
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 from ..errors import ResourceNotFound, WaiterFailure, WaiterTimeout
+from ..polling import PollTimeout, poll_until
 
 _FIRST_DELAY = 0.05
 _MAX_DELAY = 5.0
@@ -24,21 +24,30 @@ def _poll(
     failed: Callable[[str, dict[str, Any]], str | None],
     timeout: float,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    delay = _FIRST_DELAY
-    status = "unknown"
-    while True:
+    last = ["unknown"]
+
+    def reached() -> tuple[dict[str, Any]] | None:
         status, properties = probe()
+        last[0] = status
         if status == wanted:
-            return properties
+            return (properties,)  # a tuple: truthy even for empty properties
         problem = failed(status, properties)
         if problem:
             raise WaiterFailure(f"{what} reached {status} instead of {wanted}: {problem}")
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise WaiterTimeout(what, wanted, status, timeout)
-        time.sleep(min(delay, remaining))
-        delay = min(delay * 2, _MAX_DELAY)
+        return None
+
+    try:
+        found = poll_until(
+            reached,
+            timeout=timeout,
+            what=f"{what} to reach {wanted}",
+            interval=_FIRST_DELAY,
+            max_interval=_MAX_DELAY,
+            backoff=2.0,
+        )
+    except PollTimeout:
+        raise WaiterTimeout(what, wanted, last[0], timeout) from None
+    return found[0]
 
 
 class Waiters:

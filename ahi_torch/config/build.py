@@ -23,8 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 from .. import __version__
 from ..cache import FrameCache
 from ..client import AHIClient
-from ..datasets import ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
-from ..datasets._base import AHIDataset
+from ..datasets import AHIDataset, ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
 from ..errors import ConfigError, IndexFormatError, ResourceNotFound
 from ..fetch import RetryPolicy
 from ..index import FrameIndex, Search, build_index, refresh_index, search

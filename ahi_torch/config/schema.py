@@ -9,10 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ..cache.frame_cache import MODES as CACHE_MODES
 from ..client.config import ClientConfig
-from ..datasets import GROUP_COLUMNS
+from ..datasets import GROUP_COLUMNS, UNLABELED
+from ..datasets.labels import JOIN_KEYS, VALUE_TYPES
+from ..datasets.policy import MODES as ERROR_POLICIES
 from ..errors import ConfigError
 from ..index.search import FILTERS, named_filter
+from ..samplers.splits import GROUP_KEYS as SPLIT_KEYS
 from ..transforms import create
 
 
@@ -21,6 +25,13 @@ def _at_least(section: object, minimum: float, *names: str) -> None:
         value = getattr(section, name)
         if value < minimum:
             raise ConfigError(f"{name} must be at least {minimum:g}, not {value:g}")
+
+
+def _one_of(section: object, name: str, allowed: tuple[str, ...]) -> None:
+    """Check a value against the option list its runtime class defines (None is left to the default)."""
+    value = getattr(section, name)
+    if value is not None and value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not one of {', '.join(allowed)}")
 
 
 def _positive(section: object, *names: str) -> None:
@@ -104,18 +115,16 @@ class LabelsConfig:
 
     column: str | None = None
     table: str | None = None
-    join_on: Literal[
-        "patient_id",
-        "study_instance_uid",
-        "series_instance_uid",
-        "sop_instance_uid",
-        "image_set_id",
-        "accession_number",
-    ] = "series_instance_uid"
+    join_on: str = "series_instance_uid"
     key: str | None = None
     value: str = "label"
-    value_type: Literal["text", "int", "float"] | None = None
-    unlabeled: Literal["error", "drop", "keep"] = "error"
+    value_type: str | None = None
+    unlabeled: str = "error"
+
+    def __post_init__(self) -> None:
+        _one_of(self, "join_on", JOIN_KEYS)
+        _one_of(self, "value_type", VALUE_TYPES)
+        _one_of(self, "unlabeled", UNLABELED)
 
 
 @dataclass(frozen=True)
@@ -123,11 +132,12 @@ class SplitConfig:
     """Patient-grouped split; ``use`` picks the split this dataset serves (null: all rows)."""
 
     fractions: dict[str, float] = field(default_factory=dict)
-    by: Literal["patient_id", "study_instance_uid", "series_instance_uid"] = "patient_id"
+    by: str = "patient_id"
     seed: int = 0
     use: str | None = None
 
     def __post_init__(self) -> None:
+        _one_of(self, "by", SPLIT_KEYS)
         if any(f < 0 for f in self.fractions.values()):
             raise ConfigError(f"fractions must not be negative: {self.fractions}")
         total = sum(self.fractions.values())
@@ -169,10 +179,11 @@ class CacheConfig:
     enabled: bool = True
     dir: str | None = None
     size_gb: float = 20.0
-    mode: Literal["decoded", "encoded"] = "decoded"
+    mode: str = "decoded"
 
     def __post_init__(self) -> None:
         _positive(self, "size_gb")
+        _one_of(self, "mode", CACHE_MODES)
 
 
 @dataclass(frozen=True)
@@ -189,14 +200,14 @@ class LoaderConfig:
     fetch_threads: int = 8
     #: GetImageFrame requests per frame at most (the fetch layer's :class:`~ahi_torch.fetch.RetryPolicy`).
     fetch_attempts: int = 4
-    error_policy: Literal["raise", "skip", "retry"] = "raise"
+    error_policy: str = "raise"
     failure_log: str | None = None
 
     def __post_init__(self) -> None:
         _at_least(self, 1, "batch_size", "fetch_threads", "fetch_attempts")
         _at_least(self, 0, "num_workers")
-        if self.pin_by not in GROUP_COLUMNS:
-            raise ConfigError(f"pin_by must be one of {', '.join(GROUP_COLUMNS)}, not {self.pin_by!r}")
+        _one_of(self, "pin_by", GROUP_COLUMNS)
+        _one_of(self, "error_policy", ERROR_POLICIES)
 
 
 @dataclass(frozen=True)

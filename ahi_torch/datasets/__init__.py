@@ -5,7 +5,7 @@
 >>> loader = DataLoader(FrameDataset(index, client, cache=cache), batch_size=16, num_workers=4)
 """
 
-from ._base import GROUP_COLUMNS
+from ._base import GROUP_COLUMNS, UNLABELED, AHIDataset
 from ._convert import Intensity
 from .collate import list_collate, pad_collate
 from .frames import FrameDataset
@@ -16,6 +16,8 @@ from .volumes import VolumeDataset
 
 __all__ = [
     "GROUP_COLUMNS",
+    "UNLABELED",
+    "AHIDataset",
     "EpochStats",
     "ErrorPolicy",
     "FailureLog",

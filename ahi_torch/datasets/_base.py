@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 Transform = Callable[[dict[str, Any]], Any]
 
+#: What a dataset does with frames that have no label.
+UNLABELED = ("error", "drop", "keep")
 #: Index columns an item can be grouped by (for node pinning and locality).
 GROUP_COLUMNS = ("image_set_id", "patient_id", "study_instance_uid", "series_instance_uid")
 
@@ -54,8 +56,8 @@ class AHIDataset(Dataset[Any]):
     ) -> None:
         if len(index) == 0:
             raise ConfigError("the index is empty: nothing to load (check the search filters)")
-        if unlabeled not in ("error", "drop", "keep"):
-            raise ConfigError(f"unlabeled must be 'error', 'drop' or 'keep', not {unlabeled!r}")
+        if unlabeled not in UNLABELED:
+            raise ConfigError(f"unlabeled must be one of {', '.join(UNLABELED)}, not {unlabeled!r}")
         resolved = resolve_labels(index, labels)
         if resolved is not None and not resolved.present.all():
             missing = int((~resolved.present).sum())

@@ -9,7 +9,7 @@ True
 from . import search
 from .build import RefreshStats, build_index, refresh_index, search_image_sets
 from .frame_index import FrameIndex, Volume
-from .schema import COLUMNS
+from .rows import COLUMNS
 from .search import Search
 
 __all__ = [

@@ -31,7 +31,7 @@ from ..client.quotas import AWS_QUOTAS
 from ..errors import ConfigError
 from ..metadata import ImageSetMetadata
 from .frame_index import FrameIndex, new_info
-from .schema import append_rows, empty_columns, epoch_seconds, schema
+from .rows import append_rows, empty_columns, epoch_seconds, schema
 from .search import Search
 
 SORT_KEYS = [

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, IndexFormatError
 from .references import volume_uri
-from .schema import FORMAT_VERSION, schema
+from .rows import FORMAT_VERSION, schema
 
 _META_KEY = b"ahi_torch"
 _DIGEST_KEY = b"ahi_torch.sha256"

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 # Importing the handler modules registers them in HANDLERS.
 from . import datastores, imagesets, jobs, protocol, tags, writes  # noqa: F401
 from .context import HANDLERS, Context
-from .errors import InternalServerException, ServiceError, UnknownOperationException
+from .errors import InternalServerException, ServiceException, UnknownOperationException
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ READ_ONLY = frozenset(
 )
 
 #: A guard sees the request, its operation and body before the handler; it may raise a
-#: ServiceError, return a Response to send instead (fault injection), or return None.
+#: ServiceException, return a Response to send instead (fault injection), or return None.
 Guard = Callable[[Request, str, bytes], Awaitable[Response | None]]
 #: A response filter may rewrite a successful response (fault injection of corrupt frames).
 ResponseFilter = Callable[[str, protocol.HttpResponse], protocol.HttpResponse]
@@ -120,7 +120,7 @@ def build_app(
             http = _serialize(ctx, route, result)
             for response_filter in response_filters:
                 http = response_filter(route.name, http)
-        except ServiceError as error:
+        except ServiceException as error:
             http = protocol.error_response(error.code, error.status, error.message, request_id)
         except Exception:
             log.exception("internal error in %s (request %s)", found[0].name if found else "?", request_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import re
 import threading
 import time
@@ -10,13 +11,10 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ResourceNotFoundException
 from .store import Store
-
-if TYPE_CHECKING:
-    from .importer import Importer
 
 
 @dataclass(frozen=True)
@@ -59,13 +57,36 @@ class ServiceSettings:
     check_responses: bool = False
 
 
-class Context:
-    """What every handler needs: settings, the store, the clock and the import queue."""
+class JobQueue:
+    """Import jobs waiting to run: StartDICOMImportJob submits, the importer's workers take.
 
-    def __init__(self, settings: ServiceSettings, store: Store) -> None:
+    The context holds the queue and the importer is handed the context, so neither module
+    imports the other.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[str | None] = queue.Queue()
+
+    def submit(self, job_id: str) -> None:
+        self._queue.put(job_id)
+
+    def take(self) -> str | None:
+        """The next job ID, waiting for one; None tells a worker to stop."""
+        return self._queue.get()
+
+    def release(self, workers: int) -> None:
+        """Wake ``workers`` waiting workers with None so they stop."""
+        for _ in range(workers):
+            self._queue.put(None)
+
+
+class Context:
+    """What every handler needs: settings, the store, the clock and the import job queue."""
+
+    def __init__(self, settings: ServiceSettings, store: Store, jobs: JobQueue | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.importer: Importer | None = None
+        self.jobs = jobs or JobQueue()
         self.requests: Counter[str] = Counter()
         self.frame_requests: Counter[str] = Counter()
         self.request_seconds: Counter[tuple[str, int]] = Counter()

@@ -8,7 +8,7 @@ Handlers raise these; the HTTP layer turns them into the restJson1 error wire fo
 from __future__ import annotations
 
 
-class ServiceError(Exception):
+class ServiceException(Exception):
     """An error the service reports to the caller; subclasses name the modelled exception."""
 
     code = "InternalServerException"
@@ -19,7 +19,7 @@ class ServiceError(Exception):
         self.message = message
 
 
-class ValidationException(ServiceError):
+class ValidationException(ServiceException):
     code, status = "ValidationException", 400
 
 
@@ -32,59 +32,59 @@ class ConstraintViolation(ValidationException):
     """
 
 
-class SerializationException(ServiceError):
+class SerializationException(ServiceException):
     """The body is not JSON or a value has the wrong type (restJson1's framework error)."""
 
     code, status = "SerializationException", 400
 
 
-class BadRequestException(ServiceError):
+class BadRequestException(ServiceException):
     code, status = "BadRequestException", 400
 
 
-class AccessDeniedException(ServiceError):
+class AccessDeniedException(ServiceException):
     code, status = "AccessDeniedException", 403
 
 
-class UnrecognizedClientException(ServiceError):
+class UnrecognizedClientException(ServiceException):
     """An access key the service does not know (AWS's own code, outside the service model)."""
 
     code, status = "UnrecognizedClientException", 403
 
 
-class InvalidSignatureException(ServiceError):
+class InvalidSignatureException(ServiceException):
     """A known key whose signature does not match, has expired or is scoped elsewhere (AWS's own code)."""
 
     code, status = "InvalidSignatureException", 403
 
 
-class ResourceNotFoundException(ServiceError):
+class ResourceNotFoundException(ServiceException):
     code, status = "ResourceNotFoundException", 404
 
 
-class UnknownOperationException(ServiceError):
+class UnknownOperationException(ServiceException):
     code, status = "UnknownOperationException", 404
 
 
-class NotAcceptableException(ServiceError):
+class NotAcceptableException(ServiceException):
     code, status = "NotAcceptableException", 406
 
 
-class ConflictException(ServiceError):
+class ConflictException(ServiceException):
     code, status = "ConflictException", 409
 
 
-class ServiceQuotaExceededException(ServiceError):
+class ServiceQuotaExceededException(ServiceException):
     code, status = "ServiceQuotaExceededException", 402
 
 
-class ThrottlingException(ServiceError):
+class ThrottlingException(ServiceException):
     code, status = "ThrottlingException", 429
 
 
-class InternalServerException(ServiceError):
+class InternalServerException(ServiceException):
     code, status = "InternalServerException", 500
 
 
-class ServiceUnavailableException(ServiceError):
+class ServiceUnavailableException(ServiceException):
     code, status = "ServiceUnavailableException", 503

@@ -13,7 +13,7 @@ from .context import Context, handles
 from .datastores import require_active
 from .errors import ResourceNotFoundException, ValidationException
 from .pagination import fingerprint, page
-from .records import ARCHIVE_TIER, get_image_set, get_version, get_writable, state_of
+from .rows import ARCHIVE_TIER, get_image_set, get_version, get_writable, state_of
 
 _EQUAL_MEMBERS = {
     "DICOMPatientId": "patient_id",

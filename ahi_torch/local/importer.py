@@ -17,7 +17,6 @@ import io
 import json
 import logging
 import os
-import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .context import Context
 from .dicom_json import merge_missing, split_levels
 from .levels import identity_of
-from .records import add_frame_refs, frame_ids_of, load_document, save_version
+from .rows import add_frame_refs, frame_ids_of, load_document, save_version
 from .transcode import PixelDataProblem, store_frames
 
 log = logging.getLogger(__name__)
@@ -85,9 +84,7 @@ class Importer:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self._queue: queue.Queue[str | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
-        ctx.importer = self
 
     def start(self) -> None:
         with self.ctx.store.transaction() as db:
@@ -106,18 +103,17 @@ class Importer:
             self.submit(job_id)
 
     def submit(self, job_id: str) -> None:
-        self._queue.put(job_id)
+        self.ctx.jobs.submit(job_id)
 
     def stop(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
+        self.ctx.jobs.release(len(self._threads))
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
 
     def _work(self) -> None:
         while True:
-            job_id = self._queue.get()
+            job_id = self.ctx.jobs.take()
             if job_id is None:
                 return
             try:

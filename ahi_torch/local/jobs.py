@@ -89,8 +89,7 @@ def start_dicom_import_job(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
                 now,
             ),
         )
-    if ctx.importer is not None:
-        ctx.importer.submit(job_id)
+    ctx.jobs.submit(job_id)
     return {"datastoreId": datastore_id, "jobId": job_id, "jobStatus": "SUBMITTED", "submittedAt": now}
 
 

@@ -14,7 +14,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
@@ -25,6 +24,7 @@ import boto3
 import uvicorn
 from botocore.config import Config
 
+from ..polling import poll_until
 from .app import Guard, ResponseFilter, build_app
 from .context import Context, ServiceSettings
 from .faults import Faults
@@ -165,11 +165,14 @@ class LocalAHI:
             target=self._server.run, kwargs={"sockets": [sock]}, name="ahi-local-http", daemon=True
         )
         self._thread.start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the local AHI HTTP server did not start")
-            time.sleep(0.01)
+        server, thread = self._server, self._thread
+
+        def started() -> bool:
+            if not thread.is_alive():
+                raise RuntimeError("the local AHI HTTP server stopped while starting")
+            return bool(server.started)
+
+        poll_until(started, timeout=30, what="the local AHI HTTP server to start", interval=0.01, max_interval=0.1)
         return self
 
     def stop(self) -> None:
@@ -276,11 +279,12 @@ class LocalAHI:
         mi = self.boto3_client()
         kwargs = {"losslessStorageFormat": storage_format} if storage_format else {}
         datastore_id: str = mi.create_datastore(datastoreName=name, **kwargs)["datastoreId"]
-        deadline = time.monotonic() + 30
-        while mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] != "ACTIVE":
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"data store {datastore_id} did not become ACTIVE")
-            time.sleep(0.02)
+        poll_until(
+            lambda: mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] == "ACTIVE",
+            timeout=30,
+            what=f"data store {datastore_id} to become ACTIVE",
+            interval=0.02,
+        )
         return datastore_id
 
     def import_dicom(

@@ -21,7 +21,7 @@ from botocore.credentials import Credentials
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import AccessDeniedException, InvalidSignatureException, ServiceError, UnrecognizedClientException
+from .errors import AccessDeniedException, InvalidSignatureException, ServiceException, UnrecognizedClientException
 
 _AUTHORIZATION = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"
@@ -42,7 +42,7 @@ class SignatureVerifier:
     def __repr__(self) -> str:
         return f"SignatureVerifier({len(self._secrets)} keys, region={self.region})"
 
-    def _deny(self, message: str, error: type[ServiceError] = AccessDeniedException) -> None:
+    def _deny(self, message: str, error: type[ServiceException] = AccessDeniedException) -> None:
         self.rejected += 1
         raise error(message)
 

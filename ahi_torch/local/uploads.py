@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+
+from ..polling import poll_until
 
 #: A syntactically valid role ARN; the local service does not evaluate IAM.
 LOCAL_ROLE_ARN = "arn:aws:iam::123456789012:role/ahi-torch-local-import"
@@ -97,16 +98,12 @@ def run_import(
         outputS3Uri=output_uri,
         jobName=f"ahi-torch-{uuid.uuid4().hex[:8]}",
     )
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while True:
-        properties = medical_imaging.get_dicom_import_job(datastoreId=datastore_id, jobId=job["jobId"])["jobProperties"]
-        if properties["jobStatus"] in ("COMPLETED", "FAILED"):
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"import job {job['jobId']} still {properties['jobStatus']} after {timeout:g} s")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 2.0)
+
+    def ended() -> dict[str, Any] | None:
+        found = medical_imaging.get_dicom_import_job(datastoreId=datastore_id, jobId=job["jobId"])["jobProperties"]
+        return found if found["jobStatus"] in ("COMPLETED", "FAILED") else None
+
+    properties = poll_until(ended, timeout=timeout, what=f"import job {job['jobId']} to end")
     result = ImportResult(datastore_id, job["jobId"], properties["jobStatus"], properties.get("message"))
     if properties["jobStatus"] != "COMPLETED":
         return result

@@ -18,7 +18,7 @@ from typing import Any
 from .context import Context, handles
 from .datastores import require_active
 from .errors import ConflictException, ConstraintViolation, ServiceQuotaExceededException, ValidationException
-from .records import (
+from .rows import (
     add_frame_refs,
     document_identity,
     frame_ids_of,

@@ -205,9 +205,9 @@ def test_unreachable_endpoint_is_one_clear_error() -> None:
 
 def test_pickles_without_a_connection(client: AHIClient) -> None:
     client.list_datastores()
-    assert client._client is not None
+    assert client.connected
     clone = pickle.loads(pickle.dumps(client))
-    assert clone._client is None and clone.config == client.config
+    assert not clone.connected and clone.config == client.config
     assert clone.list_datastores()["datastoreSummaries"] is not None
 
 

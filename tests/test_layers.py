@@ -14,6 +14,7 @@ LAYERS: dict[str, int] = {
     "errors": 0,
     "crc32": 0,
     "polling": 0,
+    "per_process": 0,
     "client": 1,
     "metadata": 1,
     "index": 2,

@@ -1,4 +1,4 @@
-"""poll_until: the one polling helper every wait in ahi_torch uses."""
+"""poll_until and PerProcess: the one polling helper and the one lazy per-process handle."""
 
 from __future__ import annotations
 
@@ -27,3 +27,31 @@ def test_a_check_can_stop_early() -> None:
 
     with pytest.raises(RuntimeError, match="exited"):
         poll_until(dead, timeout=5, what="a process")
+
+
+def test_per_process_handles_are_made_once_and_never_pickled() -> None:
+    import os
+    import pickle
+
+    from ahi_torch.per_process import PerProcess
+
+    made = _MADE
+    made.clear()
+    handle = PerProcess(_factory)
+    assert handle.current() is None
+    first = handle.get()
+    assert handle.get() is first and made == [os.getpid()], "once per process"
+    clone = pickle.loads(pickle.dumps(handle))
+    assert clone.current() is None and clone.get() is not first, "a pickled handle starts empty"
+    handle._pid = -1  # as after fork: another process's value
+    assert handle.current() is None and handle.get() is not first
+
+
+_MADE: list[int] = []
+
+
+def _factory() -> object:
+    import os
+
+    _MADE.append(os.getpid())
+    return object()

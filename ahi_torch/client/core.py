@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import random
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +47,7 @@ from botocore.exceptions import (
 
 from .. import __version__
 from ..errors import AHIError, EndpointUnreachable, from_client_error
+from ..per_process import PerProcess
 from .config import ClientConfig
 from .frame_transport import FrameTransport, ImageFrame
 from .quotas import BURST_SECONDS, node_rates
@@ -92,13 +91,10 @@ class AHIClient(Waiters):
     def __init__(self, config: ClientConfig | None = None, **overrides: Any) -> None:
         base = config or ClientConfig()
         self.config = ClientConfig(**{**base.__dict__, **overrides}) if overrides else base
-        self._client: Any = None
-        self._session_object: Any = None
-        self._transport: FrameTransport | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
         self.counters = ClientCounters()
         self._limiter = request_budget(self.config)
+        self._handles = PerProcess(self._build)
+        self._transport = PerProcess(self._make_transport)
 
     # --- process-local boto3 client -------------------------------------------------------------
 
@@ -108,12 +104,9 @@ class AHIClient(Waiters):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config = state["config"]
         self._limiter = state["_limiter"]
-        self._client = None
-        self._session_object = None
-        self._transport = None
-        self._pid = None
-        self._lock = threading.Lock()
         self.counters = ClientCounters()
+        self._handles = PerProcess(self._build)
+        self._transport = PerProcess(self._make_transport)
 
     def __repr__(self) -> str:
         where = self.config.endpoint_url or self.config.resolved_region or "default region"
@@ -130,7 +123,8 @@ class AHIClient(Waiters):
             aws_session_token=c.session_token,
         )
 
-    def _build(self) -> Any:
+    def _build(self) -> tuple[Any, Any]:
+        """(boto3 session, medical-imaging client) of this process."""
         c = self.config
         botocore_config = Config(
             region_name=c.resolved_region,
@@ -143,13 +137,13 @@ class AHIClient(Waiters):
             # The runtime- host prefix only resolves on AWS's own endpoints.
             inject_host_prefix=c.endpoint_url is None,
         )
-        self._session_object = self._session()
+        session = self._session()
         try:
-            client = self._session_object.client("medical-imaging", endpoint_url=c.endpoint_url, config=botocore_config)
+            client = session.client("medical-imaging", endpoint_url=c.endpoint_url, config=botocore_config)
         except NoRegionError:
             raise AHIError("no AWS region configured: set ClientConfig(region=...) or AWS_REGION") from None
         client.meta.events.register("needs-retry.medical-imaging", self._retry_truncated_body)
-        return client
+        return session, client
 
     def _retry_truncated_body(
         self, response: Any = None, operation: Any = None, attempts: int = 1, **_: Any
@@ -173,34 +167,29 @@ class AHIClient(Waiters):
     @property
     def boto3(self) -> Any:
         """The underlying boto3 client of this process (created on first use, again after fork)."""
-        pid = os.getpid()
-        if self._client is None or self._pid != pid:
-            with self._lock:
-                if self._client is None or self._pid != pid:
-                    self._transport = None
-                    self._client = self._build()
-                    self._pid = pid
-        return self._client
+        return self._handles.get()[1]
+
+    @property
+    def connected(self) -> bool:
+        """Whether this process has made its boto3 client yet (pickled clients have not)."""
+        return self._handles.current() is not None
+
+    def _make_transport(self) -> FrameTransport:
+        session, client = self._handles.get()
+        c = self.config
+        return FrameTransport(
+            client,
+            session.get_credentials(),
+            max_connections=c.max_pool_connections,
+            connect_timeout=c.connect_timeout,
+            read_timeout=c.read_timeout,
+            limiter=self._limiter,
+        )
 
     @property
     def frame_transport(self) -> FrameTransport:
         """This process's GetImageFrame transport (one request per call; see :mod:`.frame_transport`)."""
-        client = self.boto3
-        transport = self._transport
-        if transport is None:
-            with self._lock:
-                if self._transport is None:
-                    c = self.config
-                    self._transport = FrameTransport(
-                        client,
-                        self._session_object.get_credentials(),
-                        max_connections=c.max_pool_connections,
-                        connect_timeout=c.connect_timeout,
-                        read_timeout=c.read_timeout,
-                        limiter=self._limiter,
-                    )
-                transport = self._transport
-        return transport
+        return self._transport.get()
 
     def _call(self, operation: str, method: str, **params: Any) -> dict[str, Any]:
         if self._limiter is not None:

@@ -127,21 +127,25 @@ class FrameTransport:
         SigV4Auth(self.credentials.get_frozen_credentials(), self.signing_name, self.region).add_auth(request)
         return request
 
-    def get(self, datastore_id: str, image_set_id: str, frame_id: str) -> ImageFrame:
-        """One GetImageFrame request: the frame, or a typed error (nothing is retried here)."""
+    def _send(self, datastore_id: str, image_set_id: str, frame_id: str) -> urllib3.BaseHTTPResponse:
+        """Take a request from the budget, sign it and send it; the body is left unread."""
         if self.limiter is not None:
             self.limiter.acquire(OPERATION)
         request = self.signed_request(datastore_id, image_set_id, frame_id)
+        return self._pool.urlopen(
+            "POST",
+            urlsplit(request.url).path,
+            body=request.body,
+            headers=dict(request.headers.items()),
+            preload_content=False,
+            redirect=False,
+            retries=False,
+        )
+
+    def get(self, datastore_id: str, image_set_id: str, frame_id: str) -> ImageFrame:
+        """One GetImageFrame request: the frame, or a typed error (nothing is retried here)."""
         try:
-            response = self._pool.urlopen(
-                "POST",
-                urlsplit(request.url).path,
-                body=request.body,
-                headers=dict(request.headers.items()),
-                preload_content=False,
-                redirect=False,
-                retries=False,
-            )
+            response = self._send(datastore_id, image_set_id, frame_id)
             try:
                 data = response.read()  # urllib3 raises if the body ends before its Content-Length
             finally:
@@ -160,22 +164,11 @@ class FrameTransport:
         (:mod:`ahi_torch.fetch`). When the body is cut, the connection is closed rather than
         returned to the pool, since the rest of the body is still on the wire.
         """
-        if self.limiter is not None:
-            self.limiter.acquire(OPERATION)
-        request = self.signed_request(datastore_id, image_set_id, frame_id)
         received = bytearray()
         wanted: int | None = None
         whole = False
         try:
-            response = self._pool.urlopen(
-                "POST",
-                urlsplit(request.url).path,
-                body=request.body,
-                headers=dict(request.headers.items()),
-                preload_content=False,
-                redirect=False,
-                retries=False,
-            )
+            response = self._send(datastore_id, image_set_id, frame_id)
             finished = False
             try:
                 if response.status != 200:

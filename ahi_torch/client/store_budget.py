@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
+from ..per_process import PerProcess
 
 
 def store_address(address: str | None = None) -> tuple[str, int]:
@@ -67,30 +68,28 @@ class StoreBudget:
         self.window = window
         self.prefix = prefix
         self.waited_seconds = 0.0
-        self._store: Any = None
-        self._pid: int | None = None
+        self._store = PerProcess(self._connect)
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_store": None, "_pid": None, "_lock": None}
+        return {**self.__dict__, "_store": None, "_lock": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._store = PerProcess(self._connect)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"StoreBudget({self.host}:{self.port}, {self.rates})"
 
+    def _connect(self) -> Any:
+        from torch.distributed import TCPStore
+
+        return TCPStore(self.host, self.port, is_master=False, timeout=dt.timedelta(seconds=60), wait_for_workers=False)
+
     def store(self) -> Any:
         """This process's TCPStore client (made on first use, again after fork)."""
-        if self._store is None or self._pid != os.getpid():
-            from torch.distributed import TCPStore
-
-            self._store = TCPStore(
-                self.host, self.port, is_master=False, timeout=dt.timedelta(seconds=60), wait_for_workers=False
-            )
-            self._pid = os.getpid()
-        return self._store
+        return self._store.get()
 
     def acquire(self, operation: str) -> float:
         """Take one request of ``operation`` from the shared budget, waiting if it is spent; returns the wait."""

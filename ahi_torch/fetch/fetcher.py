@@ -23,8 +23,6 @@ raises its last error (:class:`ChecksumMismatch`, :class:`DecodeError`, :class:`
 from __future__ import annotations
 
 import functools
-import os
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +37,7 @@ from ..codecs import decode_frame, pixel_crc32
 from ..codecs import transfer_syntax as ts
 from ..codecs.jph import level_end
 from ..errors import ChecksumMismatch, DecodeError, EndpointUnreachable, InternalServerError, Throttled
+from ..per_process import PerProcess
 from .ref import FrameRef
 from .retry import RetryPolicy
 
@@ -96,27 +95,20 @@ class FrameFetcher:
     counters: FetchCounters = field(default_factory=FetchCounters)
 
     def __post_init__(self) -> None:
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_pid: int | None = None
-        self._lock = threading.Lock()
+        self._pool = PerProcess(self._make_pool)
+
+    def _make_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="ahi-fetch")
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_pool=None, _pool_pid=None, _lock=None, counters=FetchCounters())
-        return state
+        return {**self.__dict__, "_pool": None, "counters": FetchCounters()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self._pool = PerProcess(self._make_pool)
 
     def _executor(self) -> ThreadPoolExecutor:
-        pid = os.getpid()
-        if self._pool is None or self._pool_pid != pid:
-            with self._lock:
-                if self._pool is None or self._pool_pid != pid:
-                    self._pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="ahi-fetch")
-                    self._pool_pid = pid
-        return self._pool
+        return self._pool.get()
 
     # --- one frame --------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import functools
 import gc
 import json
 import multiprocessing as mp
+import os
 import platform
 import shutil
 import statistics
@@ -97,6 +98,17 @@ def _encoded(client: Any, datastore_id: str, frames: list[tuple[str, str]]) -> l
                 frames,
             )
         )
+
+
+def measure_encode(encoded: list[bytes]) -> float:
+    """HTJ2K encodes per second on one thread (as the import writes them: reversible, TLM, tile-part per level)."""
+    import imagecodecs
+
+    sample = [decode_frame(frame) for frame in encoded[: min(len(encoded), 100)]]
+    started = time.perf_counter()
+    for pixels in sample:
+        imagecodecs.htj2k_encode(pixels, reversible=True, tlm=True, tilepart=1)
+    return _rate(time.perf_counter() - started, len(sample))
 
 
 def measure_decode(encoded: list[bytes], workers: int) -> dict[str, float]:
@@ -184,6 +196,8 @@ def run(size: data.Size, workers: int, batch_size: int, work: Path, repeats: int
         frames = _frames(index)
         encoded = _encoded(client, dataset.datastore_id, frames)
         results["decode"] = measure_decode(encoded, workers)
+        results["import"]["encode_per_s_1_thread"] = measure_encode(encoded)
+        results["import"]["cores"] = os.cpu_count() or 1
         results["service"] = measure_service(service, dataset.datastore_id, frames, size.frames_for_service)
         results["cpu"] = measure_cpu(
             service.endpoint_url, client, dataset.datastore_id, index, encoded, work, max(repeats, 3)
@@ -373,6 +387,8 @@ def markdown(results: dict[str, Any]) -> str:
                 source="decode-only: encoded frames already in memory",
             ),
         ]
+    import_rate = results["import"]["files"] / results["import"]["import_s"] if results["import"]["import_s"] else 0.0
+    encode_bound = results["import"]["encode_per_s_1_thread"] * results["import"]["cores"]
     cpu = results["cpu"]
     cpu_ms, cpu_runs = cpu["ms_per_frame"], cpu["runs"]
     cpu_row = _row(
@@ -464,6 +480,14 @@ def markdown(results: dict[str, Any]) -> str:
         *cold_rows,
         cpu_row,
         *progressive_rows,
+        _row(
+            "import files/s / HTJ2K encode bound (cores x 1-thread encode rate)",
+            [import_rate / encode_bound] if encode_bound else None,
+            0.5,
+            f"{import_rate:.0f} files/s vs {encode_bound:.0f} encodes/s "
+            f"({results['import']['cores']} cores x {results['import']['encode_per_s_1_thread']:.0f})",
+            source="StartDICOMImportJob of the benchmark's files, service in its own process",
+        ),
         _row(
             "OpenJPH / pylibjpeg-openjpeg HTJ2K decode, 1 thread",
             [decode["imagecodecs_1"] / decode["openjpeg_1"]],

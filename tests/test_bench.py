@@ -31,6 +31,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "| FrameDataset, decoded cache, cold |",
         "signed urllib3 POST + the same decode",
         "reduce=2 progressive read / full download",
+        "import files/s / HTJ2K encode bound",
         "OpenJPH / pylibjpeg-openjpeg",
         "worker RSS growth",
         "3D volumes",

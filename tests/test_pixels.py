@@ -109,3 +109,17 @@ def test_progressive_reads_stop_at_the_level_decoded(ahi, ct_index: FrameIndex) 
             np.testing.assert_array_equal(complete.get(ref), reduced)
         assert complete.counters.bytes_fetched == sum(len(d) for d in whole)
         assert progressive.counters.bytes_fetched < complete.counters.bytes_fetched / (1.5 * reduce)
+
+
+def test_reduced_reads_are_verified_where_ahi_lists_a_checksum(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    """AHI lists CRC32s for reduced decodes; the index keeps them and reduced reads are checked against them."""
+    reduced = ct_index.column("reduced_checksums")
+    assert (reduced[:, :2] >= 0).all() and (reduced[:, 2:] == -1).all(), "reduce 1 and 2 are listed for 96x80"
+    ref = FrameTable(ct_index).ref(0)
+    assert ref.checksum_at(1) == int(reduced[0, 0]) and ref.checksum_at(3) is None
+    bad = dataclasses.replace(ref, reduced_checksums=(ref.reduced_checksums[0], ref.reduced_checksums[1] ^ 1, -1, -1))
+    fetcher = FrameFetcher(ahi.client(), reduce=2, retry=RetryPolicy(max_attempts=2, base_delay=0.001))
+    assert fetcher.get(ref).shape == (24, 20)
+    with pytest.raises(ChecksumMismatch, match="at reduce=2"):
+        fetcher.get(bad)
+    assert FrameFetcher(ahi.client(), reduce=3).get(bad).shape == (12, 10), "no checksum listed: not checked"

@@ -48,6 +48,7 @@ class FrameTable:
         self.pixel_representation = index.column("pixel_representation")
         self.planar_configuration = index.column("planar_configuration")
         self.checksum = index.column("checksum")
+        self.reduced_checksums = index.column("reduced_checksums")
         self.rescale_slope = index.column("rescale_slope").astype(np.float64)
         self.rescale_intercept = index.column("rescale_intercept").astype(np.float64)
         self.window_center = index.column("window_center").astype(np.float64)
@@ -90,6 +91,7 @@ class FrameTable:
             stored_transfer_syntax=self.syntaxes[self.syntax_code[row]],
             pixel=self.pixel(row),
             checksum=checksum if checksum >= 0 else None,
+            reduced_checksums=tuple(int(c) for c in self.reduced_checksums[row]),
         )
 
     def photometric(self, row: int) -> str:

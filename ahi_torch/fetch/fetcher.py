@@ -75,7 +75,8 @@ class FrameFetcher:
     Args:
         client: the AHI client; frames travel over its :attr:`~AHIClient.frame_transport`.
         cache: a :class:`FrameCache`, or None to always fetch.
-        verify: compare decoded pixels with AHI's CRC32 (full-resolution decodes only).
+        verify: compare decoded pixels with AHI's CRC32, at full resolution and at the reduced
+            resolutions AHI lists a checksum for (``reduce`` of 1 and 2 for frames it transcoded).
         max_workers: threads for :meth:`submit_many`; HTJ2K decoding releases the GIL.
         reduce: resolution levels to skip when decoding HTJ2K (1 halves each side).
         decoder: preferred backend name (``"imagecodecs"`` or ``"openjpeg"``).
@@ -124,12 +125,13 @@ class FrameFetcher:
         )
 
     def _verified_crc(self, ref: FrameRef, pixels: np.ndarray) -> int | None:
-        """The pixels' CRC32 once checked against AHI's; None where nothing is checked."""
-        if not self.verify or ref.checksum is None or self.reduce:
+        """The pixels' CRC32 once checked against AHI's (at this resolution); None where AHI lists none."""
+        expected = ref.checksum_at(self.reduce) if self.verify else None
+        if expected is None:
             return None
         actual = pixel_crc32(pixels)
-        if actual != ref.checksum:
-            raise ChecksumMismatch(ref.where(), ref.checksum, actual)
+        if actual != expected:
+            raise ChecksumMismatch(ref.where() + (f" at reduce={self.reduce}" if self.reduce else ""), expected, actual)
         return actual
 
     def _attempt(self, ref: FrameRef) -> tuple[ImageFrame, np.ndarray, int | None]:

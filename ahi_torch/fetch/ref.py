@@ -19,6 +19,15 @@ class FrameRef:
     stored_transfer_syntax: str
     pixel: PixelDescription
     checksum: int | None = None
+    #: AHI's CRC32 of the ``reduce=k`` decode at position k - 1 (-1 where AHI lists none).
+    reduced_checksums: tuple[int, ...] = ()
+
+    def checksum_at(self, reduce: int) -> int | None:
+        """The CRC32 AHI lists for a decode skipping ``reduce`` levels, or None."""
+        if reduce == 0:
+            return self.checksum
+        found = self.reduced_checksums[reduce - 1] if reduce <= len(self.reduced_checksums) else -1
+        return found if found >= 0 else None
 
     def where(self) -> str:
         return f"image set {self.image_set_id} (version {self.version}) frame {self.frame_id}"

@@ -15,9 +15,13 @@ import pyarrow as pa
 
 from ..metadata import ImageSetMetadata, InstanceMetadata, SeriesGeometry, SeriesMetadata, series_geometry
 from ..metadata import values as v
+from ..metadata.document import FrameInfo
 
 # 2: affines index (slice, row, column); per-frame position/orientation; series regularity.
-FORMAT_VERSION = "2"
+# 3: reduced_checksums, the CRC32s AHI lists for reduced-resolution decodes.
+FORMAT_VERSION = "3"
+#: Reduced resolutions whose checksum the index keeps (``reduced_checksums[k - 1]`` for ``reduce=k``).
+MAX_REDUCE = 4
 
 COLUMNS: dict[str, pa.DataType] = {
     "datastore_id": pa.string(),
@@ -68,8 +72,23 @@ COLUMNS: dict[str, pa.DataType] = {
     "image_position": pa.list_(pa.float64(), 3),
     "image_orientation": pa.list_(pa.float64(), 6),
     "checksum": pa.int64(),
+    "reduced_checksums": pa.list_(pa.int64(), MAX_REDUCE),
     "frame_size": pa.int64(),
 }
+
+
+def reduced_checksums(frame: FrameInfo, rows: int | None, columns: int | None) -> list[int]:
+    """AHI's CRC32 for each ``reduce=k`` decode (k = 1..MAX_REDUCE) of a frame, -1 where none is listed.
+
+    AHI lists checksums by decoded size (``PixelDataChecksumFromBaseToFullResolution``); a decode
+    skipping k levels is ceil(size / 2**k) on each side.
+    """
+    by_size = {(c.width, c.height): c.checksum for c in frame.checksums}
+    found = []
+    for k in range(1, MAX_REDUCE + 1):
+        size = (-(-(columns or 0) // 2**k), -(-(rows or 0) // 2**k))
+        found.append(by_size.get(size, -1) if rows and columns else -1)
+    return found
 
 
 def epoch_seconds(value: Any) -> float:
@@ -184,6 +203,9 @@ def append_rows(
                 "image_position": list(instance.position) if instance.position and len(instance.frames) == 1 else None,
                 "image_orientation": list(instance.orientation) if instance.orientation else None,
                 "checksum": frame.full_checksum,
+                "reduced_checksums": reduced_checksums(
+                    frame, pixel.rows if pixel else None, pixel.columns if pixel else None
+                ),
                 "frame_size": frame.size,
             }
             for keyword in extra_tags:

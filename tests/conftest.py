@@ -42,7 +42,16 @@ REAL_FILES = [
 
 # One session-wide service serves every test module, each with its own data store: more than AHI's
 # default quota of 10 (the quota itself is tested in test_local_conformance.py).
-SETTINGS = ServiceSettings(check_responses=True, transition_seconds=0.05, quotas=Quotas(max_datastores=40))
+# Every import of the session service is parsed and transcoded in its process pool (as
+# `ahi-torch local serve` does), so the strict per-frame import tests check that path; the other
+# services of the suite use the importer's threads (the embedded default).
+SETTINGS = ServiceSettings(
+    check_responses=True,
+    transition_seconds=0.05,
+    quotas=Quotas(max_datastores=40),
+    import_processes=0,
+    import_pool_min_files=1,
+)
 
 
 def real_file(name: str) -> Path:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import boto3
@@ -141,8 +140,8 @@ def test_sigkill_during_import_leaves_no_half_visible_image_set(tmp_path: Path) 
                 == "IN_PROGRESS"
             )
         )
-        time.sleep(0.3)
-        assert any((data_dir / "blobs" / "frames").rglob("*")), "the kill lands after frames were written"
+        # The kill lands after the first frames were written (the process pool starts first).
+        wait_until(lambda: any(p.is_file() for p in (data_dir / "blobs" / "frames").rglob("*")), timeout=30)
         server.send_signal(signal.SIGKILL)
         server.wait(timeout=30)
     finally:

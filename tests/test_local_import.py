@@ -189,3 +189,14 @@ def test_jpeg2000_lossless_datastore(ahi, tmp_path, storage_format: str) -> None
 
     decoded = decode_frame(response["imageFrameBlob"].read(), content_type="image/j2c")
     np.testing.assert_array_equal(decoded, pydicom.dcmread(paths[0]).pixel_array)
+
+
+def test_imports_are_examined_in_processes(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+    """The session service examines every file in its process pool (the checks above ran on that path)."""
+    import os
+
+    importer = ahi._importer
+    files = len(synthetic_import.result.successes) + len(synthetic_import.result.failures)
+    assert importer.examined_in_processes >= files, "the synthetic import went through the pool"
+    pool = importer.examiners()
+    assert pool.submit(os.getpid).result() != os.getpid(), "in processes of their own"

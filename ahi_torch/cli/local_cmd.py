@@ -81,12 +81,13 @@ def register(commands: Any) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> int:
-    from ..local import LocalAHI
+    from ..local import LocalAHI, ServiceSettings
 
     if args.background:
         return _serve_in_background(args)
     service = LocalAHI(
         args.data_dir,
+        settings=ServiceSettings(import_processes=0),  # a service of its own: transcode on every core
         host=args.host,
         port=args.port,
         s3=not args.no_s3,

@@ -52,6 +52,12 @@ class ServiceSettings:
     account_id: str = "123456789012"
     transition_seconds: float = 0.2
     import_workers: int = 2
+    #: Processes that parse and transcode an import's files: 1 examines them in the importer's
+    #: own threads (the default: a LocalAHI embedded in a script must not start processes that
+    #: re-import the script's __main__); 0 is one per core, as ``ahi-torch local serve`` runs.
+    #: Jobs of fewer than ``import_pool_min_files`` files always use the threads.
+    import_processes: int = 1
+    import_pool_min_files: int = 32
     quotas: Quotas = field(default_factory=Quotas)
     s3: S3Settings = field(default_factory=S3Settings)
     check_responses: bool = False

@@ -13,29 +13,26 @@ half-visible image set, and a job interrupted by a crash is run again when the s
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import boto3
-import pydicom
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .context import Context
-from .dicom_json import merge_missing, split_levels
+from .dicom_json import merge_missing
+from .examine import examine, examiner_pool
 from .levels import identity_of
 from .rows import add_frame_refs, frame_ids_of, load_document, save_version
-from .transcode import PixelDataProblem, store_frames
 
 log = logging.getLogger(__name__)
-
-_REQUIRED = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 
 
 class JobFailure(Exception):
@@ -85,6 +82,17 @@ class Importer:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._threads: list[threading.Thread] = []
+        self._pool: Executor | None = None
+        self._pool_lock = threading.Lock()
+        #: Files examined in the process pool since start (the rest were examined in threads).
+        self.examined_in_processes = 0
+
+    def examiners(self) -> Executor:
+        """The process pool that examines files (started on the first large job, kept until stop)."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = examiner_pool(self.ctx.settings.import_processes or None)
+            return self._pool
 
     def start(self) -> None:
         with self.ctx.store.transaction() as db:
@@ -110,6 +118,10 @@ class Importer:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
 
     def _work(self) -> None:
         while True:
@@ -136,7 +148,9 @@ class Importer:
                 return
             db.execute("UPDATE import_jobs SET status = 'IN_PROGRESS' WHERE id = ?", (job_id,))
         try:
-            ImportRun(self.ctx, dict(job)).run()
+            run = ImportRun(self.ctx, dict(job), self.examiners)
+            run.run()
+            self.examined_in_processes += run.examined_in_processes
         except JobFailure as failure:
             self._finish(job_id, "FAILED", str(failure))
 
@@ -144,9 +158,13 @@ class Importer:
 class ImportRun:
     """One execution of one import job."""
 
-    def __init__(self, ctx: Context, job: dict[str, Any]) -> None:
+    def __init__(self, ctx: Context, job: dict[str, Any], examiners: Callable[[], Executor] | None = None) -> None:
         self.ctx = ctx
         self.job = job
+        self.examiners = examiners
+        self.pool: Executor | None = None
+        self.examined_in_processes = 0
+        self._count_lock = threading.Lock()
         s3 = ctx.settings.s3
         self.s3 = boto3.session.Session().client(
             "s3",
@@ -174,8 +192,17 @@ class ImportRun:
         if len(keys) > limit:
             raise JobFailure(f"FILE_COUNTS_LIMIT_EXCEEDED: {len(keys)} files found, the limit is {limit}")
         workers = min(4, os.cpu_count() or 2)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ahi-import-file") as pool:
-            parsed = [p for p in pool.map(self._process, keys) if p is not None]
+        settings = self.ctx.settings
+        if (
+            self.examiners is not None
+            and settings.import_processes != 1
+            and len(keys) >= settings.import_pool_min_files
+        ):
+            # Parse and transcode in processes; threads only read S3 and write frame files.
+            self.pool = self.examiners()
+            workers = 2 * (getattr(self.pool, "_max_workers", None) or os.cpu_count() or 2)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ahi-import-file") as threads:
+            parsed = [p for p in threads.map(self._process, keys) if p is not None]
         self._commit(keys, parsed)
 
     def _list_inputs(self) -> list[str]:
@@ -206,33 +233,21 @@ class ImportRun:
         except (ClientError, BotoCoreError) as exc:
             self._fail(key, "InternalServerException", f"could not read the object: {type(exc).__name__}")
             return None
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-        except Exception:  # pydicom raises InvalidDicomError and assorted parse errors
-            self._fail(key, "ValidationException", "The file is not a valid DICOM P10 object")
-            return None
-        if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
-            self._fail(key, "ValidationException", "DICOM attribute TransferSyntaxUID does not exist")
-            return None
-        for keyword in _REQUIRED:
-            if not str(ds.get(keyword, "") or "").strip():
-                self._fail(key, "ValidationException", f"DICOM attribute {keyword} does not exist")
-                return None
-        try:
-            levels = split_levels(ds)
-            syntax, frames = store_frames(ds, self.storage_format)
-        except PixelDataProblem as exc:
-            self._fail(key, "ValidationException", str(exc))
-            return None
-        except Exception as exc:
-            self._fail(key, "ValidationException", f"The file could not be parsed: {type(exc).__name__}")
+        if self.pool is not None:
+            examined = self.pool.submit(examine, data, self.storage_format).result()
+            with self._count_lock:
+                self.examined_in_processes += 1
+        else:
+            examined = examine(data, self.storage_format)
+        if examined.failure is not None:
+            self._fail(key, *examined.failure)
             return None
         entries = []
-        for frame in frames:
+        for frame in examined.frames:
             frame_id = self.ctx.new_id()
             self.ctx.store.write_frame(frame_id, frame.data)
             entries.append(frame.image_frame_entry(frame_id))
-        return ParsedInstance(key, levels, syntax, entries)
+        return ParsedInstance(key, examined.levels, examined.stored_syntax, entries)
 
     # --- grouping and commit --------------------------------------------------------------------
 

@@ -26,21 +26,24 @@ FAULTS = (
 )
 
 
-def test_epoch_survives_injected_faults(tmp_path: Path) -> None:
+def _write_sources(root: Path, specs: list[SeriesSpec]) -> dict[str, np.ndarray]:
+    """Write each series under ``root``; pydicom's pixels by SOPInstanceUID, to compare fetched frames with."""
     sources = {}
-    for series in range(20):
-        spec = SeriesSpec(
-            patient_id=f"F{series:02d}",
-            study_key="s",
-            series_key=f"f{series}",
-            slices=3,
-            rows=16,
-            columns=16,
-            seed=series,
-        )
-        for path in write_series(tmp_path / "dicom" / spec.series_key, spec):
+    for spec in specs:
+        for path in write_series(root / spec.series_key, spec):
             ds = pydicom.dcmread(path)
             sources[ds.SOPInstanceUID] = ds.pixel_array
+    return sources
+
+
+def test_epoch_survives_injected_faults(tmp_path: Path) -> None:
+    sources = _write_sources(
+        tmp_path / "dicom",
+        [
+            SeriesSpec(patient_id=f"F{n:02d}", study_key="s", series_key=f"f{n}", slices=3, rows=16, columns=16, seed=n)
+            for n in range(20)
+        ],
+    )
     faults = Faults(seed=2024)
     with LocalAHI(faults=faults) as ahi:
         result = ahi.import_dicom(tmp_path / "dicom")
@@ -200,14 +203,13 @@ FRAME_FAULTS = "GetImageFrame:throttle=0.10,error=0.05,drop=0.02,bitflip=0.02"
 
 def test_one_retry_layer_bounds_requests_per_frame(tmp_path: Path) -> None:
     """Transient faults are retried once, in the fetch layer: bit-exact pixels, <= 1.25 requests per frame."""
-    sources = {}
-    for series in range(12):
-        spec = SeriesSpec(
-            patient_id=f"R{series:02d}", study_key="r", series_key=f"r{series}", slices=16, rows=48, columns=48
-        )
-        for path in write_series(tmp_path / "dicom" / spec.series_key, spec):
-            ds = pydicom.dcmread(path)
-            sources[ds.SOPInstanceUID] = ds.pixel_array
+    sources = _write_sources(
+        tmp_path / "dicom",
+        [
+            SeriesSpec(patient_id=f"R{n:02d}", study_key="r", series_key=f"r{n}", slices=16, rows=48, columns=48)
+            for n in range(12)
+        ],
+    )
     faults = Faults(seed=7)
     with LocalAHI(faults=faults) as ahi:
         result = ahi.import_dicom(tmp_path / "dicom")

@@ -45,11 +45,6 @@ def pack(kind: int, header: dict[str, object], payload: bytes | memoryview, crc:
     return Parts((_HEAD.pack(MAGIC, FORMAT, kind, 0, checksum, len(meta)) + meta, payload))
 
 
-def to_bytes(parts: Parts) -> bytes:
-    """One entry's bytes (for tests and repairs; the cache writes the parts as they are)."""
-    return b"".join(bytes(part) for part in parts)
-
-
 def unpack(data: bytes | bytearray | memoryview, verify: bool = True) -> Record:
     view = memoryview(data)
     if len(view) < _HEAD.size:

@@ -108,9 +108,6 @@ class FrameFetcher:
         self.__dict__.update(state)
         self._pool = PerProcess(self._make_pool)
 
-    def _executor(self) -> ThreadPoolExecutor:
-        return self._pool.get()
-
     # --- one frame --------------------------------------------------------------------------------
 
     def decode(self, ref: FrameRef, data: bytes, content_type: str | None) -> np.ndarray:
@@ -191,7 +188,7 @@ class FrameFetcher:
 
     def submit_many(self, refs: Sequence[FrameRef]) -> list[Future[np.ndarray]]:
         """Start fetching ``refs`` on this process's threads; one future per frame, in order."""
-        executor = self._executor()
+        executor = self._pool.get()
         return [executor.submit(self.get, ref) for ref in refs]
 
     def get_many(self, refs: Sequence[FrameRef]) -> list[np.ndarray]:
@@ -202,4 +199,4 @@ class FrameFetcher:
 
     def executor(self) -> ThreadPoolExecutor:
         """Deprecated: use :meth:`submit_many`; the pool is the fetcher's own."""
-        return self._executor()
+        return self._pool.get()

@@ -200,7 +200,7 @@ class ImportRun:
         ):
             # Parse and transcode in processes; threads only read S3 and write frame files.
             self.pool = self.examiners()
-            workers = 2 * (getattr(self.pool, "_max_workers", None) or os.cpu_count() or 2)
+            workers = 2 * (settings.import_processes or os.cpu_count() or 2)  # the pool's size, twice
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ahi-import-file") as threads:
             parsed = [p for p in threads.map(self._process, keys) if p is not None]
         self._commit(keys, parsed)

@@ -19,12 +19,14 @@ class Size:
     pixels: int
     frames_for_service: int
     volumes: int
+    #: Frames of the synthetic archive whose index is built from generated metadata (issue #15).
+    index_frames: int
 
 
 SIZES = {
-    "full": Size("full", series=64, slices=64, pixels=512, frames_for_service=1000, volumes=8),
-    "quick": Size("quick", series=8, slices=48, pixels=512, frames_for_service=400, volumes=3),
-    "smoke": Size("smoke", series=2, slices=6, pixels=64, frames_for_service=20, volumes=2),
+    "full": Size("full", series=64, slices=64, pixels=512, frames_for_service=1000, volumes=8, index_frames=5_000_000),
+    "quick": Size("quick", series=8, slices=48, pixels=512, frames_for_service=400, volumes=3, index_frames=300_000),
+    "smoke": Size("smoke", series=2, slices=6, pixels=64, frames_for_service=20, volumes=2, index_frames=3_000),
 }
 
 
@@ -35,6 +37,8 @@ class Dataset:
     write_seconds: float
     import_seconds: float
     files: int
+    upload_seconds: float = 0.0
+    job_seconds: float = 0.0
 
 
 def build(service: ServiceProcess, size: Size, root: Path) -> Dataset:
@@ -57,5 +61,11 @@ def build(service: ServiceProcess, size: Size, root: Path) -> Dataset:
     if result.status != "COMPLETED" or result.failures:
         raise RuntimeError(f"benchmark import failed: {result.message or result.failures[:3]}")
     return Dataset(
-        result.datastore_id, root, written - started, time.perf_counter() - written, size.series * size.slices
+        result.datastore_id,
+        root,
+        written - started,
+        time.perf_counter() - written,
+        size.series * size.slices,
+        service.import_seconds["upload"],
+        service.import_seconds["job"],
     )

@@ -37,6 +37,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "3D volumes",
         "index build",
         "local service GetImageFrame",
+        "index resident per frame, whole node",
+        "worker private memory growth over an epoch of the index",
     ):
         assert row in table, row
     assert results["index"]["frames"] == 12 and results["volumes"]["count"] == 2
@@ -64,6 +66,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "cold epoch (LAN) / decode-only bound": median_ratio(cold["lan"]["ahi_torch"], cold["decode_only"]),
         "OpenJPH / pylibjpeg-openjpeg HTJ2K decode, 1 thread": round(decode["imagecodecs_1"] / decode["openjpeg_1"], 2),
     }
+    scale = results["index_scale"]
+    node_row = next(name for name in measured if name.startswith("index resident per frame"))
+    expected[node_row] = round(scale["node_bytes"] / scale["frames"], 2)
+    assert scale["frames"] == 3000 and len(scale["workers_memory"]) == 2
+    assert scale["node_bytes"] >= scale["table_bytes"] > 0
     for name, ratio in expected.items():
         assert measured[name] == ratio, name
     assert warm["hit_rate"] == 1.0, "the warm epochs are served by the cache alone (the bench checks it too)"

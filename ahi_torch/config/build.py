@@ -204,7 +204,7 @@ def build_sampler(cfg: Config, dataset: AHIDataset) -> Sampler[int] | None:
             dataset, groups=dataset.group_keys(loader.pin_by), seed=loader.seed, drop_last=loader.drop_last
         )
     if loader.sampler == "locality":
-        groups = dataset.table.image_set_id if isinstance(dataset, FrameDataset) else None
+        groups = dataset.group_keys("image_set_id") if isinstance(dataset, FrameDataset) else None
         return ShuffleSampler(dataset, groups=groups, seed=loader.seed)
     if dataset.labels is None:
         raise ConfigError(f"loader.sampler: {loader.sampler!r} needs labels")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ class AHIDataset(Dataset[Any]):
         decoder: str | None = None,
         error_policy: ErrorPolicy | str = "raise",
         fetch_retry: RetryPolicy | None = None,
+        table_dir: str | Path | None = None,
     ) -> None:
         if len(index) == 0:
             raise ConfigError("the index is empty: nothing to load (check the search filters)")
@@ -72,7 +75,7 @@ class AHIDataset(Dataset[Any]):
                 )
         self.index = index
         self.index_version = index.version
-        self.table = FrameTable(index)
+        self.table = FrameTable(index, table_dir, labels=resolved.values if resolved is not None else None)
         self.labels = resolved
         self.transform = transform
         self.intensity = Intensity(rescale=rescale, window=window, dtype=dtype)
@@ -111,12 +114,16 @@ class AHIDataset(Dataset[Any]):
     def label_of_row(self, row: int) -> torch.Tensor | None:
         if self.labels is None:
             return None
-        value = self.labels.values[row]
+        value = self.table.label[row]
         return torch.tensor(value, dtype=torch.float32 if self.labels.values.dtype.kind == "f" else torch.long)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["index"] = None  # workers use the flat FrameTable; the Arrow table stays home
+        if self.labels is not None:  # workers read labels from the shared table: keep only their type
+            state["labels"] = dataclasses.replace(
+                self.labels, values=self.labels.values[:0], present=self.labels.present[:0]
+            )
         state["failures"] = FailureLog(self.policy.failure_log)
         state["outcomes"] = dict.fromkeys(self.outcomes, 0)  # each process counts its own
         return state
@@ -128,8 +135,11 @@ class AHIDataset(Dataset[Any]):
         """
         if column not in GROUP_COLUMNS:
             raise ConfigError(f"items can be grouped by {', '.join(GROUP_COLUMNS)}, not {column!r}")
-        firsts = np.fromiter((int(self._rows(u)[0]) for u in range(len(self))), dtype=np.int64, count=len(self))
-        return np.asarray(getattr(self.table, column))[firsts]
+        return self.table.texts(column, self.first_rows())
+
+    def first_rows(self) -> np.ndarray:
+        """The index row of every item's first frame."""
+        return np.fromiter((int(self._rows(u)[0]) for u in range(len(self))), dtype=np.int64, count=len(self))
 
     def refs(self, unit: int) -> list[FrameRef]:
         return [self.table.ref(int(row)) for row in self._rows(unit)]

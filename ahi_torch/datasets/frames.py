@@ -45,6 +45,9 @@ class FrameDataset(AHIDataset):
         fetch_retry: the fetch layer's :class:`~ahi_torch.fetch.RetryPolicy` for transient
             failures (throttling, 5xx, cut transfers, checksum mismatches): 4 requests per frame at
             most by default.
+        table_dir: where the per-frame columns workers read are written once and memory-mapped
+            by every process of the node (:class:`~ahi_torch.index.shared_table.SharedTable`);
+            default ``$AHI_TORCH_TABLE_DIR``, else a folder under the system's temporary directory.
     """
 
     def __len__(self) -> int:
@@ -52,6 +55,9 @@ class FrameDataset(AHIDataset):
 
     def _rows(self, unit: int) -> np.ndarray:
         return np.array([unit], dtype=np.int64)
+
+    def first_rows(self) -> np.ndarray:
+        return np.arange(len(self), dtype=np.int64)
 
     def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
         table = self.table

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -19,6 +20,41 @@ from ._geometry import spacing_of, volume_affine
 #: What a volume of an irregular series does: warn once and carry ``meta["regular"] = False``, or
 #: fail (the error policy then raises, skips or retries it).
 IRREGULAR_MODES = ("warn", "error")
+
+
+class VolumeRows(Sequence[np.ndarray]):
+    """Index rows of each volume: two numbers per volume when, as in a built index, they are runs.
+
+    A list of row arrays costs 8 bytes per frame in every worker; an index sorted by series and
+    slice (what :func:`~ahi_torch.index.build_index` writes) makes every volume a run
+    ``start..stop``. Other orders keep their rows, concatenated.
+    """
+
+    def __init__(self, volumes: Sequence[np.ndarray]) -> None:
+        lengths = np.array([len(rows) for rows in volumes], dtype=np.int64)
+        runs = all(len(rows) < 2 or bool((np.diff(rows) == 1).all()) for rows in volumes)
+        if runs:
+            self.rows: np.ndarray | None = None
+            self.starts = np.array([int(rows[0]) for rows in volumes], dtype=np.int64)
+        else:
+            self.rows = np.concatenate([np.asarray(rows, dtype=np.int64) for rows in volumes])
+            self.starts = np.cumsum(lengths) - lengths
+        self.stops = self.starts + lengths
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    @overload
+    def __getitem__(self, unit: int) -> np.ndarray: ...
+    @overload
+    def __getitem__(self, unit: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, unit: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(unit, slice):
+            return [self[u] for u in range(*unit.indices(len(self)))]
+        start, stop = int(self.starts[unit]), int(self.stops[unit])
+        if self.rows is None:
+            return np.arange(start, stop, dtype=np.int64)
+        return self.rows[start:stop]
 
 
 class VolumeDataset(AHIDataset):
@@ -49,7 +85,7 @@ class VolumeDataset(AHIDataset):
             raise ConfigError(f"irregular must be one of {', '.join(IRREGULAR_MODES)}, not {irregular!r}")
         super().__init__(index, *args, **kwargs)
         self.irregular = irregular
-        self.volume_rows = [volume.rows for volume in self.index.volumes()]
+        self.volume_rows = VolumeRows([volume.rows for volume in self.index.volumes()])
         self.irregularities = [self._irregularity(rows) for rows in self.volume_rows]
         self._warn_irregular()
 
@@ -122,7 +158,7 @@ class VolumeDataset(AHIDataset):
         affine = volume_affine(table, first, self.fetcher.reduce)
         meta = {
             "index": unit,
-            "datastore_id": table.datastores[table.datastore_code[first]],
+            "datastore_id": table.text("datastore_id", first),
             "image_set_id": table.text("image_set_id", first),
             "image_set_version": int(table.image_set_version[first]),
             "patient_id": table.text("patient_id", first),

@@ -31,7 +31,7 @@ from ..client.quotas import AWS_QUOTAS
 from ..errors import ConfigError
 from ..metadata import ImageSetMetadata
 from .frame_index import FrameIndex, new_info
-from .rows import append_rows, empty_columns, epoch_seconds, schema
+from .rows import RowBuffer, epoch_seconds, sort_rows
 from .search import Search
 
 SORT_KEYS = [
@@ -116,7 +116,7 @@ def _fetch_rows(
     progress: bool,
 ) -> pa.Table:
     todo = list(summaries)
-    columns = empty_columns(extra_tags)
+    rows = RowBuffer(extra_tags)
 
     def fetch(summary: dict[str, Any]) -> tuple[dict[str, Any], ImageSetMetadata]:
         version = summary.get("version")
@@ -133,11 +133,11 @@ def _fetch_rows(
         try:
             for future in as_completed(futures):
                 summary, image_set = future.result()
-                append_rows(columns, summary, image_set, datastore_id, extra_tags)
+                rows.append(summary, image_set, datastore_id)
                 bar.update()
         finally:
             bar.close()
-    return pa.table(columns, schema=schema(extra_tags))
+    return rows.table()
 
 
 #: The operations an index build or refresh makes, at AHI's per-account rates.
@@ -195,7 +195,7 @@ def build_index(
     table = _fetch_rows(client, datastore_id, summaries.values(), extra_tags, max_workers, progress)
     info = new_info(datastore_id, [q.describe() for q in queries], list(extra_tags), include_non_primary)
     info.update(partitions=partitions, partition_field=partition_field)
-    return FrameIndex(table.sort_by(SORT_KEYS), info)
+    return FrameIndex(sort_rows(table, SORT_KEYS), info)
 
 
 def refresh_index(
@@ -229,10 +229,11 @@ def refresh_index(
         else:
             changed.append(summary)
     removed = len(set(known) - set(summaries))
-    kept = index.table.filter(pc.is_in(index.table.column("image_set_id"), value_set=pa.array(unchanged, pa.string())))
+    ids = index.table.column("image_set_id")
+    kept = index.table.filter(pc.is_in(ids, value_set=pa.array(unchanged, pa.string())))
     extra_tags = index.extra_tags
     fresh = _fetch_rows(client, datastore_id, [*added, *changed], extra_tags, max_workers, progress)
-    table = pa.concat_tables([kept, fresh.cast(kept.schema)]).sort_by(SORT_KEYS)
+    table = sort_rows(pa.concat_tables([kept, fresh.cast(kept.schema)]).combine_chunks(), SORT_KEYS)
     refreshed = FrameIndex(table, {**info, "built_at": time.time()})
     stats = RefreshStats(len(added), len(changed), removed, len(unchanged), time.perf_counter() - started)
     return refreshed, stats

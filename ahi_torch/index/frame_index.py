@@ -29,9 +29,12 @@ import pyarrow.parquet as pq
 
 from ..errors import ConfigError, IndexFormatError
 from .references import volume_uri
-from .rows import FORMAT_VERSION, schema
+from .rows import FORMAT_VERSION, UPGRADABLE_FORMATS, schema
 
 _META_KEY = b"ahi_torch"
+#: The format whose rows :attr:`FrameIndex.version` digests: format 4 changed how text is stored,
+#: not what a row holds, so an upgraded index keeps its version (and checkpoints that name it).
+CONTENT_FORMAT = "3"
 _DIGEST_KEY = b"ahi_torch.sha256"
 
 
@@ -46,9 +49,27 @@ def _same_type(actual: pa.DataType, expected: pa.DataType) -> bool:
     return bool(actual == expected)
 
 
+def _conformed(table: pa.Table) -> pa.Table:
+    """``table`` with plain text columns the schema codes (index format 3, hand-made tables) coded."""
+    for field in schema():
+        if field.name not in table.column_names or not pa.types.is_dictionary(field.type):
+            continue
+        kind = table.schema.field(field.name).type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            position = table.column_names.index(field.name)
+            coded = table.column(field.name).cast(pa.string()).dictionary_encode()
+            table = table.set_column(position, field.name, coded)
+    return table
+
+
 def _column_bytes(column: pa.ChunkedArray) -> list[bytes]:
-    """A column's values and nulls as bytes that do not depend on how Parquet laid them out."""
+    """A column's values and nulls as bytes that do not depend on how Parquet laid them out.
+
+    Coded text is hashed as the text it stands for, so an index digests the same in every format.
+    """
     array = column.combine_chunks()
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
     if pa.types.is_fixed_size_list(array.type):
         array = array.flatten()
     nulls = np.asarray(array.is_null().to_numpy(zero_copy_only=False)).tobytes()
@@ -91,6 +112,7 @@ class FrameIndex:
     """A frame table plus provenance (data store, searches, build time, extra tags)."""
 
     def __init__(self, table: pa.Table, info: dict[str, Any] | None = None) -> None:
+        table = _conformed(table)
         missing = [name for name in schema().names if name not in table.column_names]
         if missing:
             raise ConfigError(f"not a frame index: missing columns {', '.join(missing[:5])}")
@@ -124,7 +146,7 @@ class FrameIndex:
         An image set's frames never change within a version, so (image set, version) pairs plus
         the set of frame IDs identify the content.
         """
-        digest = hashlib.sha256(f"ahi_torch-index-{FORMAT_VERSION}".encode())
+        digest = hashlib.sha256(f"ahi_torch-index-{CONTENT_FORMAT}".encode())
         for image_set_id, (version, _) in sorted(self.image_sets().items()):
             digest.update(f"{image_set_id}:{version};".encode())
         frame_ids = self.table.column("frame_id").combine_chunks()
@@ -144,6 +166,10 @@ class FrameIndex:
         if name not in self.table.column_names:
             raise ConfigError(f"the index has no column {name!r}; columns: {', '.join(self.table.column_names)}")
         column = self.table.column(name).combine_chunks()
+        if pa.types.is_dictionary(column.type):
+            text = np.array([value.encode() for value in column.dictionary.to_pylist()] + [b""], dtype=np.bytes_)
+            codes = column.indices.fill_null(len(column.dictionary)).to_numpy(zero_copy_only=False)
+            return text[codes]
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             return np.array(column.fill_null("").to_pylist(), dtype=np.bytes_)
         if pa.types.is_floating(column.type):
@@ -178,18 +204,32 @@ class FrameIndex:
     def take(self, rows: np.ndarray | list[int]) -> FrameIndex:
         return FrameIndex(self.table.take(pa.array(np.asarray(rows, dtype=np.int64))), self.info)
 
+    def codes(self, name: str) -> tuple[np.ndarray, list[str]]:
+        """A text column as int32 codes into a list of its distinct values (null → "")."""
+        column = self.table.column(name).combine_chunks()
+        if not pa.types.is_dictionary(column.type):
+            column = column.dictionary_encode()
+        values = column.dictionary.to_pylist()
+        codes = column.indices.fill_null(len(values)).to_numpy(zero_copy_only=False).astype(np.int32)
+        return codes, [*values, ""]
+
     def volumes(self) -> list[Volume]:
         """Row numbers of each (image set, series), ordered by slice index; volumes in index order."""
-        image_sets = self.column("image_set_id")
-        series = self.column("series_instance_uid")
-        slices = self.column("slice_index")
-        keys: dict[tuple[bytes, bytes], list[int]] = {}
-        for row, key in enumerate(zip(image_sets.tolist(), series.tolist(), strict=True)):
-            keys.setdefault(key, []).append(row)
+        if len(self) == 0:
+            return []
+        image_set_codes, image_sets = self.codes("image_set_id")
+        series_codes, series = self.codes("series_instance_uid")
+        pairs = image_set_codes.astype(np.int64) * len(series) + series_codes
+        _, first, volume_of_row = np.unique(pairs, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))  # volumes in order of first row
+        volume_rank = rank[volume_of_row.reshape(-1)]
+        order = np.lexsort((np.arange(len(self)), self.column("slice_index"), volume_rank))
+        bounds = np.flatnonzero(np.diff(volume_rank[order])) + 1
         volumes = []
-        for (image_set_id, series_uid), rows in keys.items():
-            ordered = np.asarray(sorted(rows, key=lambda r: slices[r]), dtype=np.int64)
-            volumes.append(Volume(image_set_id.decode(), series_uid.decode(), ordered))
+        for rows in np.split(order.astype(np.int64), bounds):
+            head = int(rows[0])
+            volumes.append(Volume(image_sets[image_set_codes[head]], series[series_codes[head]], rows))
         return volumes
 
     def to_monai_data(
@@ -277,7 +317,7 @@ class FrameIndex:
             raise ConfigError(f"{path} has no ahi_torch provenance or checksum (damaged, or not an ahi_torch index)")
         if not intact:
             raise ConfigError(f"{path} is damaged: its content does not match its checksum; rebuild it")
-        if info.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        if info.get("format_version", FORMAT_VERSION) not in (FORMAT_VERSION, *UPGRADABLE_FORMATS):
             raise IndexFormatError(
                 f"{path} has index format {info['format_version']}; this ahi_torch reads {FORMAT_VERSION} "
                 "(rebuild it: ahi-torch index build CONFIG)"

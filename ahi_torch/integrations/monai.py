@@ -192,7 +192,7 @@ def references(dataset: VolumeDataset, keys: Sequence[str] = ("patient_id",)) ->
     for rows in dataset.volume_rows:
         first = int(rows[0])
         uri = volume_uri(
-            table.datastores[table.datastore_code[first]],
+            table.text("datastore_id", first),
             table.text("image_set_id", first),
             table.text("series_instance_uid", first),
             int(table.image_set_version[first]),

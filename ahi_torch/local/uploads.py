@@ -10,6 +10,7 @@ import json
 import sys
 import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,19 +61,34 @@ def dicom_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def upload(
-    s3: Any, files: list[Path], bucket: str, prefix: str, root: Path | None = None, progress: bool = False
+    s3: Any,
+    files: list[Path],
+    bucket: str,
+    prefix: str,
+    root: Path | None = None,
+    progress: bool = False,
+    max_workers: int = 8,
 ) -> list[str]:
-    """Upload files under ``s3://bucket/prefix``, keeping paths relative to ``root``; returns keys."""
+    """Upload files under ``s3://bucket/prefix``, keeping paths relative to ``root``; returns keys.
+
+    ``max_workers`` uploads run at once (a boto3 client is thread-safe): one at a time, each
+    small DICOM file waits a full request round trip.
+    """
     try:
         s3.head_bucket(Bucket=bucket)
     except Exception:
         s3.create_bucket(Bucket=bucket)
     keys = []
-    for path in tqdm(files, desc="upload", unit=" files", disable=not (progress and sys.stderr.isatty())):
+    for path in files:
         relative = path.relative_to(root) if root and path.is_relative_to(root) else Path(path.name)
-        key = f"{prefix}{relative.as_posix()}"
-        s3.upload_file(str(path), bucket, key)
-        keys.append(key)
+        keys.append(f"{prefix}{relative.as_posix()}")
+    shown = progress and sys.stderr.isatty()
+    with (
+        ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool,
+        tqdm(total=len(files), desc="upload", unit=" files", disable=not shown) as bar,
+    ):
+        for _ in pool.map(lambda job: s3.upload_file(str(job[0]), bucket, job[1]), zip(files, keys, strict=True)):
+            bar.update()
     return keys
 
 

@@ -99,8 +99,12 @@ def plane_affine(
 
 
 def _consistent(values: list[tuple[float, ...] | None]) -> tuple[float, ...] | None:
+    """The first value when every value is within 1e-4 of it (np.allclose), else None."""
     first = values[0]
-    if first is None or any(v is None or not np.allclose(v, first, atol=1e-4) for v in values):
+    if first is None or any(v is None or len(v) != len(first) for v in values):
+        return None
+    # One array comparison instead of np.allclose per instance (30 µs each, thousands per series).
+    if not np.allclose(np.asarray(values, dtype=float), np.asarray(first, dtype=float), atol=1e-4):
         return None
     return first
 

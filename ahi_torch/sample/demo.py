@@ -229,7 +229,7 @@ def run_demo(options: DemoOptions | None = None, log: Callable[[str], None] = pr
         train = build_dataset(cfg, progress=False)
         val_cfg = from_dict(Config, {**_as_dict(cfg), "split": {**_as_dict(cfg)["split"], "use": "val"}})
         val = build_dataset(val_cfg, progress=False)
-        report.image_sets = len(set(train.table.image_set_id.tolist()) | set(val.table.image_set_id.tolist()))
+        report.image_sets = len(set(train.group_keys().tolist()) | set(val.group_keys().tolist()))
         report.indexed_frames = len(train) + len(val)
         report.train_frames, report.val_frames = len(train), len(val)
         report.config_hash, report.index_version = config_hash(cfg), train.index_version

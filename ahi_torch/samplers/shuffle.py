@@ -14,7 +14,7 @@ class ShuffleSampler(EpochSampler):
     """Every sample once per epoch, in an epoch-seeded order; sharded across ranks if asked.
 
     >>> sampler = ShuffleSampler(dataset, seed=7)
-    >>> local = ShuffleSampler(dataset, groups=dataset.table.image_set_id)   # locality-aware
+    >>> local = ShuffleSampler(dataset, groups=dataset.group_keys("image_set_id"))   # locality-aware
 
     Args:
         data: a dataset (or anything with a length) or a length.

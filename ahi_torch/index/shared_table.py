@@ -1,0 +1,470 @@
+"""SharedTable: the index columns DataLoader workers read, in memory-mapped Arrow files shared by a node.
+
+A frame index holds ~50 columns and several hundred bytes per frame; every worker holding its
+own copy multiplies that by the workers and ranks of a node. A SharedTable keeps only the
+columns a dataset reads and lays them out so that a CT archive costs tens of bytes per frame:
+
+- **Per series, not per frame.** A column whose value never changes within a series (the image
+  set, the transfer syntax, rows and columns, the series affine, usually the rescale) is stored
+  once per series in ``series.arrow``; ``frames.arrow`` holds a series code per frame plus the
+  columns that do change (frame ID, SOP instance UID, slice index, position, checksums). The
+  split is decided from the data, column by column, so a PET series whose rescale slope
+  changes per slice keeps it per frame.
+- **Narrow values.** Text is dictionary-coded; integers take the smallest type that holds them;
+  32-hex-digit frame IDs are 16 bytes; a UID is a coded stem plus its last number; a CRC32 is 4
+  bytes plus a present flag (usually per series).
+- **Mapped, not copied.** The files are Arrow IPC, uncompressed, written once per content under
+  a name that is the SHA-256 of what they hold, in a node-local directory. Every process that
+  opens them (each rank, each DataLoader worker, forked or spawned) maps the same pages of the
+  page cache read-only; pickling a SharedTable sends its path.
+
+>>> shared = SharedTable.create(index.table, ["image_set_id", "frame_id", "rows"], "/tmp/tables")
+>>> shared.text("frame_id", 0), shared.numbers("rows")[0]
+('1b9d…', 512)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import ConfigError
+
+#: Bump when the layout below changes: tables of another layout get other names.
+LAYOUT = "1"
+#: Table directories unused for this long are removed by the next :meth:`SharedTable.create` in
+#: the same root (only directories this module made: ``t-<sha256>`` with a ``layout`` file).
+STALE_AFTER_S = 3 * 24 * 3600
+_SERIES = "__series"
+_UID_PATTERN = r"^(?P<stem>.+)\.(?P<last>[0-9]+)$"
+_HEX_PATTERN = r"^[0-9a-f]{32}$"
+_DIGIT_PAIRS = [f"{high}{low}" for high in range(16) for low in range(16)]
+_NIBBLE = np.full(256, 255, dtype=np.uint8)
+_NIBBLE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def default_directory() -> Path:
+    """``$AHI_TORCH_TABLE_DIR``, else ``<tmp>/ahi_torch-<uid>/tables``: node-local, shared by its ranks."""
+    configured = os.environ.get("AHI_TORCH_TABLE_DIR")
+    if configured:
+        return Path(configured)
+    return Path(tempfile.gettempdir()) / f"ahi_torch-{os.getuid()}" / "tables"
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One stored array of a column: ``values`` per frame (n,) or (n, k), codes into ``dictionary``."""
+
+    values: np.ndarray
+    dictionary: pa.Array | None = None
+
+
+def _narrow(values: np.ndarray) -> np.ndarray:
+    """Integers in the smallest signed type that holds them (codes, slice indices, sizes)."""
+    if values.dtype.kind not in "iu" or len(values) == 0:
+        return values
+    low, high = int(values.min()), int(values.max())
+    for kind in (np.int8, np.int16, np.int32):
+        info = np.iinfo(kind)
+        if info.min <= low and high <= info.max:
+            return values.astype(kind)
+    return values.astype(np.int64)
+
+
+def _text_part(array: pa.Array) -> _Part:
+    if pa.types.is_dictionary(array.type) and len(pc.unique(array.indices.drop_null())) < len(array.dictionary):
+        array = array.dictionary_decode()  # a filtered index keeps every value; store only those used
+    coded = array if pa.types.is_dictionary(array.type) else array.cast(pa.string()).dictionary_encode()
+    dictionary = coded.dictionary.cast(pa.string())
+    codes = coded.indices.to_numpy(zero_copy_only=False)
+    if coded.null_count:  # a null code reads as ""
+        dictionary = pa.concat_arrays([dictionary, pa.array([""], pa.string())])
+        codes = coded.indices.fill_null(len(dictionary) - 1).to_numpy(zero_copy_only=False)
+    return _Part(_narrow(np.asarray(codes)), dictionary)
+
+
+def _hex_part(array: pa.Array) -> _Part | None:
+    """32 lowercase hex digits → 16 bytes per value (AHI's frame and image set IDs)."""
+    if array.null_count or not pc.all(pc.match_substring_regex(array, _HEX_PATTERN)).as_py():
+        return None
+    digits = np.frombuffer(array.buffers()[2], dtype=np.uint8)
+    start = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset]
+    nibbles = _NIBBLE[digits[start : start + 32 * len(array)]].reshape(-1, 16, 2)
+    return _Part((nibbles[:, :, 0] << 4) | nibbles[:, :, 1])
+
+
+def _uid_parts(array: pa.Array) -> tuple[_Part, _Part, _Part] | None:
+    """A UID as its coded stem, and its last component's digits two to a byte, with their count.
+
+    The stem (everything before the last dot) is usually one per series; the last component is
+    what changes from instance to instance, 18 to 39 digits in 9 to 20 bytes.
+    """
+    if array.null_count or len(array) == 0:
+        return None
+    split = pc.extract_regex(array, _UID_PATTERN)
+    if split.null_count:
+        return None
+    lasts = split.field("last").cast(pa.string())
+    lengths = np.asarray(pc.utf8_length(lasts).to_numpy(zero_copy_only=False), dtype=np.int64)
+    width = int(lengths.max() + 1) // 2 * 2
+    offsets = np.frombuffer(lasts.buffers()[1], dtype=np.int32)[lasts.offset : lasts.offset + len(lasts) + 1]
+    data = np.frombuffer(lasts.buffers()[2], dtype=np.uint8)
+    position = offsets[:-1, None] + np.arange(width)
+    inside = np.arange(width) < lengths[:, None]
+    digits = np.where(inside, data[np.minimum(position, len(data) - 1)] - ord("0"), 0).astype(np.uint8)
+    packed = (digits[:, 0::2] << 4) | digits[:, 1::2]
+    return _text_part(split.field("stem")), _Part(packed), _Part(_narrow(lengths))
+
+
+def _crc_parts(values: np.ndarray) -> tuple[_Part, _Part]:
+    """CRC32s with -1 for none: 4 bytes of value plus a present flag."""
+    present = values >= 0
+    return _Part(np.where(present, values, 0).astype(np.uint32)), _Part(present.astype(np.uint8))
+
+
+def _numbers(array: pa.Array) -> np.ndarray:
+    """Numbers as numpy with the index's fill values: -1 for missing integers, NaN for floats."""
+    if pa.types.is_fixed_size_list(array.type):
+        width = array.type.list_size
+        filled = array.fill_null(pa.scalar([None] * width, array.type)) if array.null_count else array
+        flat = np.asarray(filled.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
+        return (
+            flat.reshape(-1, width)
+            if pa.types.is_floating(array.type.value_type)
+            else flat.astype(np.int64).reshape(-1, width)
+        )
+    if pa.types.is_boolean(array.type):
+        return np.asarray(array.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.uint8)
+    if pa.types.is_floating(array.type):  # float32 stays float32 (regression labels)
+        return np.asarray(array.fill_null(np.nan).to_numpy(zero_copy_only=False))
+    if pa.types.is_integer(array.type):
+        return np.asarray(array.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
+    raise ConfigError(f"a shared table cannot hold a column of type {array.type}")
+
+
+def _encode(name: str, array: pa.Array) -> tuple[str, dict[str, _Part]]:
+    """How a column is stored and its parts (``name``, ``name.last``...)."""
+    if pa.types.is_dictionary(array.type):
+        return "text", {name: _text_part(array)}
+    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+        array = array.cast(pa.string())
+        hexed = _hex_part(array)
+        if hexed is not None:
+            return "hex", {name: hexed}
+        uid = _uid_parts(array)
+        if uid is not None:
+            return "uid", {name: uid[0], f"{name}.digits": uid[1], f"{name}.length": uid[2]}
+        return "text", {name: _text_part(array)}
+    values = _numbers(array)
+    if name.endswith("checksum") or name.endswith("checksums"):
+        value, present = _crc_parts(values)
+        return "crc", {name: value, f"{name}.present": present}
+    if values.ndim == 1 and values.dtype.kind == "i":
+        values = _narrow(values)
+    return "number", {name: _Part(values)}
+
+
+def _constant_within(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> bool:
+    """Whether every series (rows ``order`` split at ``starts``) has one value, compared bit for bit."""
+    rows = np.ascontiguousarray(values[order]).view(np.uint8).reshape(len(order), -1)
+    changes = np.flatnonzero((rows[1:] != rows[:-1]).any(axis=1)) + 1
+    return bool(np.isin(changes, starts).all())
+
+
+def _arrow(part: _Part) -> pa.Array:
+    values = part.values
+    if part.dictionary is not None:
+        return pa.DictionaryArray.from_arrays(pa.array(values), part.dictionary)
+    if values.ndim == 2:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    return pa.array(values)
+
+
+def _logical(array: pa.Array) -> list[np.ndarray]:
+    """The bytes a stored array stands for, independent of buffer padding and offsets."""
+    if pa.types.is_dictionary(array.type):
+        text = _Text(array.dictionary)
+        used = text.data[text.offsets[0] : text.offsets[-1]]
+        return [*_logical(array.indices), text.offsets - text.offsets[0], used]
+    return [SharedTable._numpy(array)]
+
+
+def _digest(tables: dict[str, pa.Table], encodings: dict[str, str]) -> str:
+    digest = hashlib.sha256(f"ahi_torch-shared-table-{LAYOUT}\n{json.dumps(encodings, sort_keys=True)}".encode())
+    for file_name, table in sorted(tables.items()):
+        digest.update(f"\n{file_name}:{table.num_rows}".encode())
+        for name in table.column_names:
+            column = table.column(name)
+            array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+            digest.update(f"\n{name}:{array.type}".encode())
+            for part in _logical(array):
+                digest.update(len(part).to_bytes(8, "little"))
+                digest.update(np.ascontiguousarray(part).data)
+    return digest.hexdigest()
+
+
+def _write(directory: Path, tables: dict[str, pa.Table], encodings: dict[str, str]) -> None:
+    """Both files under a temporary name, renamed into place: readers see all of it or nothing."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".t-", dir=directory.parent))
+    try:
+        for file_name, table in tables.items():
+            metadata = {b"encodings": json.dumps(encodings, sort_keys=True).encode()}
+            schema = table.schema.with_metadata(metadata)
+            with pa.OSFile(str(staging / file_name), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                writer.write_table(table, max_chunksize=max(1, table.num_rows))
+        (staging / "layout").write_text(LAYOUT)
+        try:
+            staging.rename(directory)
+        except OSError:  # another rank of the node wrote the same content first
+            if not directory.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """Remove table directories of this module unused for :data:`STALE_AFTER_S` (mapped files stay readable)."""
+    cutoff = time.time() - STALE_AFTER_S
+    for entry in root.glob("t-*"):
+        try:
+            if entry != keep and (entry / "layout").exists() and (entry / "layout").stat().st_mtime < cutoff:
+                shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
+
+
+class _Column:
+    """A numeric column's values for one row or an array of rows, per frame or through the series code."""
+
+    def __init__(self, values: np.ndarray, series: np.ndarray | None) -> None:
+        self.values = values
+        self.series = series
+
+    def __getitem__(self, rows: Any) -> Any:
+        if self.series is None:
+            return self.values[rows]
+        return self.values[self.series[rows]]
+
+    def __len__(self) -> int:
+        return len(self.series) if self.series is not None else len(self.values)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self.values if self.series is None else self.values[self.series]
+        return np.asarray(whole, dtype=dtype)
+
+
+class _Text:
+    """Values of a mapped string array, decoded one at a time (no Python object per value is kept)."""
+
+    def __init__(self, array: pa.Array) -> None:
+        self.offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
+        data = array.buffers()[2]
+        self.data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(0, np.uint8)
+
+    def __getitem__(self, code: int) -> str:
+        return bytes(self.data[self.offsets[code] : self.offsets[code + 1]]).decode()
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+
+class SharedTable:
+    """Columns of a frame index, memory-mapped from a node-local directory; see the module docstring."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        if not (self.directory / "layout").exists():
+            raise ConfigError(f"no shared table at {self.directory} (it was removed; rebuild the dataset)")
+        tables = {name: self._map(name) for name in ("frames.arrow", "series.arrow")}
+        frames, series = tables["frames.arrow"], tables["series.arrow"]
+        self.encodings: dict[str, str] = json.loads((frames.schema.metadata or {}).get(b"encodings", b"{}"))
+        self._size = frames.num_rows
+        self._series_code = self._numpy(frames.column(_SERIES).chunk(0)) if frames.num_rows else np.zeros(0, np.int32)
+        self._parts: dict[str, tuple[np.ndarray, _Text | None, bool]] = {}
+        for table, per_series in ((frames, False), (series, True)):
+            for name in table.column_names:
+                if name == _SERIES:
+                    continue
+                array = table.column(name).chunk(0) if table.column(name).num_chunks else pa.array([])
+                if pa.types.is_dictionary(array.type):
+                    self._parts[name] = (self._numpy(array.indices), _Text(array.dictionary), per_series)
+                else:
+                    self._parts[name] = (self._numpy(array), None, per_series)
+
+    def _map(self, file_name: str) -> pa.Table:
+        source = pa.memory_map(str(self.directory / file_name), "r")
+        return pa.ipc.open_file(source).read_all()
+
+    @staticmethod
+    def _numpy(array: pa.Array) -> np.ndarray:
+        """A zero-copy numpy view of a mapped primitive or fixed-size-list array."""
+        if pa.types.is_fixed_size_list(array.type):
+            width = array.type.list_size
+            flat = array.values
+            values = np.frombuffer(flat.buffers()[1], dtype=flat.type.to_pandas_dtype())
+            return values[flat.offset : flat.offset + len(array) * width].reshape(-1, width)
+        values = np.frombuffer(array.buffers()[1], dtype=array.type.to_pandas_dtype())
+        return values[array.offset : array.offset + len(array)]
+
+    # --- building -------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, table: pa.Table, columns: Sequence[str], directory: str | Path | None = None) -> SharedTable:
+        """Encode ``columns`` of ``table`` (a frame index's), write them once per content, and map them.
+
+        Series are the (``image_set_id``, ``series_instance_uid``) pairs, which ``table`` must hold.
+        """
+        root = Path(directory) if directory is not None else default_directory()
+        missing = [c for c in ("image_set_id", "series_instance_uid", *columns) if c not in table.column_names]
+        if missing:
+            raise ConfigError(f"the index has no column {missing[0]!r}")
+        size = table.num_rows
+        keys = pa.table(
+            {
+                "a": table.column("image_set_id").combine_chunks().cast(pa.string()),
+                "b": table.column("series_instance_uid").combine_chunks().cast(pa.string()),
+            }
+        )
+        if size:
+            pair = pc.binary_join_element_wise(keys.column("a").fill_null(""), keys.column("b").fill_null(""), "/")
+            series_code = np.asarray(pair.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False))
+        else:
+            series_code = np.zeros(0, dtype=np.int64)
+        order = np.argsort(series_code, kind="stable")
+        sorted_codes = series_code[order]
+        starts = np.flatnonzero(np.diff(sorted_codes)) + 1
+        firsts = order[np.concatenate([[0], starts])] if size else np.zeros(0, dtype=np.int64)
+        per_frame: dict[str, pa.Array] = {_SERIES: pa.array(_narrow(series_code.astype(np.int64)))}
+        per_series: dict[str, pa.Array] = {}
+        encodings: dict[str, str] = {}
+        for name in dict.fromkeys(columns):
+            encoding, parts = _encode(name, table.column(name).combine_chunks())
+            encodings[name] = encoding
+            for part_name, part in parts.items():
+                if size and _constant_within(part.values, order, starts):
+                    per_series[part_name] = _arrow(_Part(part.values[firsts], part.dictionary))
+                else:
+                    per_frame[part_name] = _arrow(part)
+        if not per_series:  # a table needs a column to know its length
+            per_series["_"] = pa.array(np.zeros(len(firsts), dtype=np.int8))
+        tables = {"frames.arrow": pa.table(per_frame), "series.arrow": pa.table(per_series)}
+        name = _digest(tables, encodings)
+        target = root / f"t-{name}"
+        shared = cls._existing(target, name) if (target / "layout").exists() else None
+        if shared is None:
+            _write(target, tables, encodings)
+            _prune(root, keep=target)
+            shared = cls(target)
+        os.utime(target / "layout")  # last used: what _prune reads
+        return shared
+
+    @classmethod
+    def _existing(cls, target: Path, name: str) -> SharedTable | None:
+        """The table another rank or an earlier run wrote, checked against its name; None (and gone) if damaged."""
+        try:
+            shared = cls(target)
+            if _digest({n: shared._map(n) for n in ("frames.arrow", "series.arrow")}, shared.encodings) == name:
+                return shared
+        except (pa.ArrowException, OSError, ValueError, KeyError, ConfigError):
+            pass
+        warnings.warn(f"shared table {target} was damaged; writing it again", RuntimeWarning, stacklevel=3)
+        shutil.rmtree(target, ignore_errors=True)
+        return None
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of both files (all of it resident once every page has been read)."""
+        return sum((self.directory / name).stat().st_size for name in ("frames.arrow", "series.arrow"))
+
+    def _view(self, part: str) -> _Column:
+        values, _, per_series = self._parts[part]
+        return _Column(values, self._series_code if per_series else None)
+
+    def _check(self, name: str, *encodings: str) -> None:
+        if self.encodings.get(name) not in encodings:
+            raise ConfigError(f"the shared table holds no {' or '.join(encodings)} column {name!r}")
+
+    def numbers(self, name: str) -> Any:
+        """A numeric column: ``[row]`` gives a value, ``[rows]`` an array; ``np.asarray`` the whole column.
+
+        Checksums read as the index has them: the CRC32, or -1 where AHI lists none.
+        """
+        encoding = self.encodings.get(name)
+        if encoding == "crc":
+            return _Checksums(self._view(name), self._view(f"{name}.present"))
+        self._check(name, "number")
+        return self._view(name)
+
+    def text(self, name: str, row: int) -> str:
+        """One row's value of a text column ("" where the index has none)."""
+        encoding = self.encodings.get(name)
+        if encoding == "hex":
+            return bytes(self._view(name)[row]).hex()
+        if encoding == "uid":
+            packed = self._view(f"{name}.digits")[row]
+            last = "".join(_DIGIT_PAIRS[byte] for byte in packed.tolist())
+            return f"{self._code_text(name, row)}.{last[: int(self._view(f'{name}.length')[row])]}"
+        self._check(name, "text")
+        return self._code_text(name, row)
+
+    def _code_text(self, part: str, row: int) -> str:
+        _, dictionary, _ = self._parts[part]
+        assert dictionary is not None
+        return dictionary[int(self._view(part)[row])]
+
+    def codes(self, name: str) -> tuple[Any, _Text]:
+        """A coded text column's codes (``[row]``) and the values they index (``[code]`` → str)."""
+        self._check(name, "text")
+        _, dictionary, _ = self._parts[name]
+        assert dictionary is not None
+        return self._view(name), dictionary
+
+    def texts(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Values of a text column at ``rows`` as fixed-width bytes (for grouping and sorting)."""
+        if self.encodings.get(name) == "text":  # one lookup per distinct value, not per row
+            codes, dictionary = self.codes(name)
+            values = np.array([dictionary[code].encode() for code in range(len(dictionary))], dtype=np.bytes_)
+            return values[np.asarray(codes[np.asarray(rows, dtype=np.int64)], dtype=np.int64)]
+        return np.array([self.text(name, int(row)).encode() for row in rows], dtype=np.bytes_)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"directory": str(self.directory)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["directory"])  # type: ignore[misc]
+
+
+class _Checksums:
+    """CRC32s per row, -1 where none is listed: the index's convention, from 4 bytes plus a flag."""
+
+    def __init__(self, values: _Column, present: _Column) -> None:
+        self.values = values
+        self.present = present
+
+    def __getitem__(self, rows: Any) -> Any:
+        return np.where(self.present[rows] != 0, self.values[rows].astype(np.int64), -1)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self[slice(None)], dtype=dtype)

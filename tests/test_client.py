@@ -257,3 +257,51 @@ def test_dataloader_workers_share_one_client(client: AHIClient, synthetic_import
         pids.update(workers.tolist())
     assert seen == expected
     assert len(pids) == 2 and os.getpid() not in pids, "both worker processes fetched frames with their own client"
+
+
+def test_every_operation_of_botocores_model_is_a_method_that_passes_arguments_through(
+    client: AHIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import botocore.session
+    from botocore import xform_name
+    from botocore.stub import Stubber
+
+    from ahi_torch.client import core
+
+    model = botocore.session.get_session().get_service_model("medical-imaging")
+    assert len(model.operation_names) >= 18
+    for name in model.operation_names:
+        assert xform_name(name) in dir(client) and callable(getattr(client, xform_name(name))), name
+    with pytest.raises(AttributeError):
+        client.no_such_operation  # noqa: B018
+    # Arguments travel as given (None dropped): a parameter botocore knows needs no edit here.
+    fresh = AHIClient(client.config)
+    with Stubber(fresh.boto3) as stub:
+        stub.add_response("list_tags_for_resource", {"tags": {"a": "b"}}, {"resourceArn": "arn:aws:medical-imaging:x"})
+        stub.add_response("list_datastores", {"datastoreSummaries": []}, {"datastoreStatus": "ACTIVE", "maxResults": 3})
+        assert fresh.list_tags_for_resource(resourceArn="arn:aws:medical-imaging:x") == {"tags": {"a": "b"}}
+        assert fresh.list_datastores(datastoreStatus="ACTIVE", maxResults=3, nextToken=None) == {
+            "datastoreSummaries": []
+        }
+    # A new operation in botocore's model is a method at once (the model is the only list).
+    monkeypatch.setattr(
+        core, "_methods", lambda: {**{xform_name(n): n for n in model.operation_names}, "new_op": "NewOp"}
+    )
+    assert "new_op" in dir(fresh) and callable(fresh.new_op)
+
+
+def test_iterators_page_with_botocores_paginator_model_through_the_budget(
+    ahi: LocalAHI, client: AHIClient, synthetic_import: ImportedData
+) -> None:
+    calls: list[str] = []
+
+    class Counting:
+        def acquire(self, operation: str) -> None:
+            calls.append(operation)
+
+    paged = AHIClient(client.config)
+    paged._limiter = Counting()  # type: ignore[assignment]
+    summaries = list(paged.iter_image_sets(datastoreId=synthetic_import.datastore_id, maxResults=1))
+    everything = client.search_image_sets(datastoreId=synthetic_import.datastore_id, searchCriteria={})
+    assert {s["imageSetId"] for s in summaries} == {s["imageSetId"] for s in everything["imageSetsMetadataSummaries"]}
+    assert len(summaries) >= 3 and calls.count("SearchImageSets") == len(summaries)  # one budgeted call per page

@@ -200,3 +200,20 @@ def test_imports_are_examined_in_processes(ahi, synthetic_import: ImportedData) 
     assert importer.examined_in_processes >= files, "the synthetic import went through the pool"
     pool = importer.examiners()
     assert pool.submit(os.getpid).result() != os.getpid(), "in processes of their own"
+
+
+def test_embedded_s3_inputs_are_read_from_moto_without_http(ahi, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The job reads an embedded S3's objects from moto's store; an object it cannot find there goes over HTTP."""
+    from ahi_torch.sample.synthetic import SeriesSpec, write_series
+
+    spec = SeriesSpec(patient_id="DIRECT", study_key="direct", series_key="direct", slices=3, rows=16, columns=16)
+    paths = write_series(tmp_path / "direct", spec)
+    direct = ahi.context.read_s3_object
+    assert direct is not None
+    read: list[str] = []
+    monkeypatch.setattr(ahi.context, "read_s3_object", lambda bucket, key: read.append(key) or direct(bucket, key))
+    result = ahi.import_dicom(tmp_path / "direct")
+    assert result.status == "COMPLETED" and len(result.successes) == len(paths) == len(read)
+    monkeypatch.setattr(ahi.context, "read_s3_object", lambda bucket, key: None)  # not in moto's store
+    again = ahi.import_dicom(tmp_path / "direct", datastore_id=result.datastore_id)
+    assert again.status == "COMPLETED" and len(again.successes) == len(paths), "read over HTTP instead"

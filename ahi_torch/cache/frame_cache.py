@@ -39,6 +39,7 @@ from diskcache import Cache
 from filelock import FileLock
 
 from ..errors import CacheError, ConfigError
+from ..per_process import PerProcess
 from . import entry_format
 from .disk import BytesOnlyDisk, UnsafeEntry
 
@@ -107,6 +108,18 @@ class CacheCounters:
         return self.hits / total if total else 0.0
 
 
+class _ProcessState:
+    """What one process holds of a cache: its handle, its locks, and whether it stores or works at all."""
+
+    def __init__(self) -> None:
+        self.cache: Cache | None = None
+        self.lock = threading.Lock()
+        #: One writer per process at a time (see FrameCache._set).
+        self.write_lock = threading.Lock()
+        self.storing = True
+        self.broken: str | None = None  # why this process cannot use the cache at all
+
+
 class FrameCache:
     """A shared, size-limited, pickle-free disk cache of frames and metadata documents.
 
@@ -141,42 +154,32 @@ class FrameCache:
         self.eviction_policy = eviction_policy
         self.verify_reads = verify_reads
         self.counters = CacheCounters()
-        self._cache: Cache | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._storing = True
-        self._broken: str | None = None  # why this process cannot use the cache at all
+        self._process = PerProcess(_ProcessState)
 
     def __repr__(self) -> str:
         return f"FrameCache({str(self.directory)!r}, mode={self.mode!r}, size_limit={self.size_limit / 1024**3:g} GiB)"
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(
-            _cache=None, _pid=None, _lock=None, _write_lock=None, counters=CacheCounters(), _storing=True, _broken=None
-        )
-        return state
+        return {**self.__dict__, "counters": CacheCounters()}  # each process counts its own
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
+    @property
+    def _cache(self) -> Cache | None:
+        """This process's open handle, if it opened one (nothing is opened)."""
+        state = self._process.current()
+        return state.cache if state is not None else None
 
     # --- opening ----------------------------------------------------------------------------------
 
     @property
     def diskcache(self) -> Cache:
         """This process's diskcache handle (opened on first use, again after fork); raises if it cannot open."""
-        pid = os.getpid()
-        if self._cache is None or self._pid != pid:
-            with self._lock:
-                if self._cache is None or self._pid != pid:
-                    self._cache = self._open()
-                    self._pid = pid
-                    self._storing = True
-                    self._broken = None
-        return self._cache
+        state = self._process.get()
+        if state.cache is None:
+            with state.lock:
+                if state.cache is None:
+                    state.cache = self._open()
+                    state.storing, state.broken = True, None
+        return state.cache
 
     def _open(self) -> Cache:
         existed = self.directory.exists()
@@ -203,11 +206,12 @@ class FrameCache:
     @property
     def problem(self) -> str | None:
         """Why the cache is off in this process, or None."""
-        return self._broken if self._pid == os.getpid() else None
+        state = self._process.current()
+        return state.broken if state is not None else None
 
     def _handle(self) -> Cache | None:
         """The diskcache handle, or None when this process cannot use the cache (warned once)."""
-        if self._broken is not None and self._pid == os.getpid():
+        if self._process.get().broken is not None:
             return None
         try:
             return self.diskcache
@@ -216,20 +220,21 @@ class FrameCache:
             return None
 
     def _switch_off(self, error: BaseException) -> None:
-        with self._lock:
-            if self._broken is not None and self._pid == os.getpid():
+        state = self._process.get()
+        with state.lock:
+            if state.broken is not None:
                 return
-            self._broken = f"{type(error).__name__}: {error}"
-            self._pid = os.getpid()
-            self._cache = None
-        message = f"frame cache at {self.directory} is unavailable, frames are served uncached ({self._broken})"
+            state.broken = f"{type(error).__name__}: {error}"
+            state.cache = None
+        message = f"frame cache at {self.directory} is unavailable, frames are served uncached ({state.broken})"
         log.warning("%s", message)
         warnings.warn(message, CacheUnavailableWarning, stacklevel=4)
 
     def close(self) -> None:
-        if self._cache is not None and self._pid == os.getpid():
-            self._cache.close()
-        self._cache = None
+        state = self._process.current()
+        if state is not None and state.cache is not None:
+            state.cache.close()
+            state.cache = None
 
     # --- raw get/set ------------------------------------------------------------------------------
 
@@ -256,7 +261,8 @@ class FrameCache:
         return data
 
     def _set(self, key: str, data: bytes | entry_format.Parts) -> bool:
-        if not self._storing:
+        state = self._process.get()
+        if not state.storing:
             return False
         cache = self._handle()
         if cache is None:
@@ -264,11 +270,11 @@ class FrameCache:
         try:
             # One writer per process at a time: threads racing for SQLite's write lock lose
             # milliseconds in its busy-wait backoff; other processes still take turns in SQLite.
-            with self._write_lock:
+            with state.write_lock:
                 stored = bool(cache.set(key, data, retry=True))
         except Exception as error:  # sqlite3.OperationalError, Timeout, ENOSPC, read-only...
             self.counters.write_failures += 1
-            self._storing = False
+            state.storing = False
             message = f"frame cache at {self.directory} stopped storing, reads carry on ({error})"
             log.warning("%s", message)
             warnings.warn(message, CacheUnavailableWarning, stacklevel=3)
@@ -375,7 +381,7 @@ class FrameCache:
             "entries": entries,
             "volume_bytes": volume,
             "size_limit_bytes": self.size_limit,
-            "storing": self._storing and self._broken is None,
+            "storing": self._process.get().storing and self._process.get().broken is None,
             **asdict(self.counters),
             "hit_rate": self.counters.hit_rate,
         }

@@ -23,15 +23,18 @@ it nicer than boto3:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
+import botocore.session
+from botocore import xform_name
 from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
@@ -80,8 +83,20 @@ def _drop_none(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-class AHIClient(Waiters):
-    """A fork- and spawn-safe client for all 18 AWS HealthImaging operations.
+if TYPE_CHECKING:  # boto3's signatures and response types for the operations AHIClient passes through
+    from mypy_boto3_medical_imaging import HealthImagingClient as _BotoSignatures
+else:
+    _BotoSignatures = object
+
+
+class AHIClient(Waiters, _BotoSignatures):
+    """A fork- and spawn-safe client for all AWS HealthImaging operations.
+
+    Every operation of botocore's service model is a method under boto3's name with boto3's
+    keyword arguments (typed by ``mypy-boto3-medical-imaging``), so a new operation or parameter
+    reaches users with botocore, without an edit here. What ahi_torch adds: the request budget,
+    typed errors, retried truncated bodies, parsed metadata, frames as :class:`ImageFrame`,
+    ``iter_*`` paging and ``wait_for_*`` waiters.
 
     Args:
         config: connection settings; keyword ``overrides`` replace single fields, e.g.
@@ -225,172 +240,50 @@ class AHIClient(Waiters):
                 body.close()
         raise AssertionError("unreachable")
 
-    def _pages(self, operation: str, method: str, result_key: str, **params: Any) -> Iterator[dict[str, Any]]:
+    def _pages(self, operation: str, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated operation, paged as botocore's paginator model says.
+
+        Each page is one :meth:`_call` (so the request budget and the typed errors apply to
+        every page), which is why botocore's own paginator object is not used.
+        """
+        paging = _paging(operation)
+        method = _operations()[operation]
         token: str | None = None
         while True:
-            page = self._call(operation, method, nextToken=token, **params)
-            yield from page.get(result_key, [])
-            token = page.get("nextToken")
+            page = self._call(operation, method, **{paging.input_token: token}, **params)
+            yield from page.get(paging.result_key, [])
+            token = page.get(paging.output_token)
             if not token:
                 return
 
-    # --- data stores ------------------------------------------------------------------------------
+    # --- the 18 operations ------------------------------------------------------------------------
 
-    def create_datastore(
-        self,
-        *,
-        datastoreName: str | None = None,
-        clientToken: str | None = None,
-        tags: dict[str, str] | None = None,
-        kmsKeyArn: str | None = None,
-        lambdaAuthorizerArn: str | None = None,
-        losslessStorageFormat: str | None = None,
-    ) -> dict[str, Any]:
-        """Create a data store; returns ``{"datastoreId", "datastoreStatus": "CREATING"}``."""
-        return self._call(
-            "CreateDatastore",
-            "create_datastore",
-            datastoreName=datastoreName,
-            clientToken=clientToken,
-            tags=tags,
-            kmsKeyArn=kmsKeyArn,
-            lambdaAuthorizerArn=lambdaAuthorizerArn,
-            losslessStorageFormat=losslessStorageFormat,
-        )
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names that are not attributes: boto3's method names of the AHI operations.
+        operation = _methods().get(name)
+        if operation is None or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return functools.partial(self._call, operation, name)
 
-    def get_datastore(self, *, datastoreId: str) -> dict[str, Any]:
-        """Data store properties: ``{"datastoreProperties": {...}}``."""
-        return self._call("GetDatastore", "get_datastore", datastoreId=datastoreId)
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_methods()})
 
-    def list_datastores(
-        self, *, datastoreStatus: str | None = None, nextToken: str | None = None, maxResults: int | None = None
-    ) -> dict[str, Any]:
-        """One page of data store summaries; see :meth:`iter_datastores` for all of them."""
-        return self._call(
-            "ListDatastores",
-            "list_datastores",
-            datastoreStatus=datastoreStatus,
-            nextToken=nextToken,
-            maxResults=maxResults,
-        )
+    def iter_datastores(self, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every data store summary (``ListDatastores``, page after page)."""
+        return self._pages("ListDatastores", **params)
 
-    def iter_datastores(
-        self, *, datastoreStatus: str | None = None, maxResults: int | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Every data store summary, page after page."""
-        return self._pages(
-            "ListDatastores",
-            "list_datastores",
-            "datastoreSummaries",
-            datastoreStatus=datastoreStatus,
-            maxResults=maxResults,
-        )
+    def iter_import_jobs(self, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every import job summary of a data store, newest first (``ListDICOMImportJobs``)."""
+        return self._pages("ListDICOMImportJobs", **params)
 
-    def delete_datastore(self, *, datastoreId: str) -> dict[str, Any]:
-        """Delete an empty data store; returns ``{"datastoreId", "datastoreStatus": "DELETING"}``."""
-        return self._call("DeleteDatastore", "delete_datastore", datastoreId=datastoreId)
-
-    # --- import jobs ------------------------------------------------------------------------------
-
-    def start_dicom_import_job(
-        self,
-        *,
-        datastoreId: str,
-        dataAccessRoleArn: str,
-        inputS3Uri: str,
-        outputS3Uri: str,
-        jobName: str | None = None,
-        clientToken: str | None = None,
-        inputOwnerAccountId: str | None = None,
-        importConfiguration: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Start importing the DICOM P10 files under ``inputS3Uri``; returns the job ID."""
-        return self._call(
-            "StartDICOMImportJob",
-            "start_dicom_import_job",
-            datastoreId=datastoreId,
-            dataAccessRoleArn=dataAccessRoleArn,
-            inputS3Uri=inputS3Uri,
-            outputS3Uri=outputS3Uri,
-            jobName=jobName,
-            clientToken=clientToken,
-            inputOwnerAccountId=inputOwnerAccountId,
-            importConfiguration=importConfiguration,
-        )
-
-    def get_dicom_import_job(self, *, datastoreId: str, jobId: str) -> dict[str, Any]:
-        """Import job properties: ``{"jobProperties": {...}}``."""
-        return self._call("GetDICOMImportJob", "get_dicom_import_job", datastoreId=datastoreId, jobId=jobId)
-
-    def list_dicom_import_jobs(
-        self,
-        *,
-        datastoreId: str,
-        jobStatus: str | None = None,
-        nextToken: str | None = None,
-        maxResults: int | None = None,
-    ) -> dict[str, Any]:
-        """One page of import job summaries; see :meth:`iter_import_jobs`."""
-        return self._call(
-            "ListDICOMImportJobs",
-            "list_dicom_import_jobs",
-            datastoreId=datastoreId,
-            jobStatus=jobStatus,
-            nextToken=nextToken,
-            maxResults=maxResults,
-        )
-
-    def iter_import_jobs(
-        self, *, datastoreId: str, jobStatus: str | None = None, maxResults: int | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Every import job summary of a data store, newest first."""
-        return self._pages(
-            "ListDICOMImportJobs",
-            "list_dicom_import_jobs",
-            "jobSummaries",
-            datastoreId=datastoreId,
-            jobStatus=jobStatus,
-            maxResults=maxResults,
-        )
-
-    # --- image sets -------------------------------------------------------------------------------
-
-    def search_image_sets(
-        self,
-        *,
-        datastoreId: str,
-        searchCriteria: dict[str, Any] | None = None,
-        maxResults: int | None = None,
-        nextToken: str | None = None,
-    ) -> dict[str, Any]:
-        """One page of search results; see :meth:`iter_image_sets` and :mod:`ahi_torch.index.search`."""
-        return self._call(
-            "SearchImageSets",
-            "search_image_sets",
-            datastoreId=datastoreId,
-            searchCriteria=searchCriteria,
-            maxResults=maxResults,
-            nextToken=nextToken,
-        )
-
-    def iter_image_sets(
-        self, *, datastoreId: str, searchCriteria: dict[str, Any] | None = None, maxResults: int | None = None
-    ) -> Iterator[dict[str, Any]]:
+    def iter_image_sets(self, **params: Any) -> Iterator[dict[str, Any]]:
         """Every image set summary matching ``searchCriteria`` (all of them without criteria)."""
-        return self._pages(
-            "SearchImageSets",
-            "search_image_sets",
-            "imageSetsMetadataSummaries",
-            datastoreId=datastoreId,
-            searchCriteria=searchCriteria if searchCriteria is not None else {},
-            maxResults=maxResults,
-        )
+        params["searchCriteria"] = params.get("searchCriteria") or {}
+        return self._pages("SearchImageSets", **params)
 
-    def get_image_set(self, *, datastoreId: str, imageSetId: str, versionId: str | None = None) -> dict[str, Any]:
-        """Image set properties (state, workflow status, version, timestamps)."""
-        return self._call(
-            "GetImageSet", "get_image_set", datastoreId=datastoreId, imageSetId=imageSetId, versionId=versionId
-        )
+    def iter_image_set_versions(self, **params: Any) -> Iterator[dict[str, Any]]:
+        """Every version of an image set, newest first (``ListImageSetVersions``)."""
+        return self._pages("ListImageSetVersions", **params)
 
     def get_image_set_metadata_bytes(self, *, datastoreId: str, imageSetId: str, versionId: str | None = None) -> bytes:
         """The metadata document as JSON bytes (gunzipped), for callers that cache it."""
@@ -405,7 +298,7 @@ class AHIClient(Waiters):
         # botocore does not undo Content-Encoding: gzip; sniff the magic in case a proxy did.
         return gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
 
-    def get_image_set_metadata(
+    def get_image_set_metadata(  # type: ignore[override]  # the parsed document, not a stream
         self, *, datastoreId: str, imageSetId: str, versionId: str | None = None
     ) -> dict[str, Any]:
         """The image set's metadata document, parsed (see :mod:`ahi_torch.metadata`)."""
@@ -414,7 +307,7 @@ class AHIClient(Waiters):
         )
         return document
 
-    def get_image_frame(
+    def get_image_frame(  # type: ignore[override]  # bytes and content type, not a stream
         self, *, datastoreId: str, imageSetId: str, imageFrameInformation: dict[str, str]
     ) -> ImageFrame:
         """One encoded frame: ``ImageFrame(data, content_type)``; decode with :mod:`ahi_torch.codecs`."""
@@ -428,91 +321,35 @@ class AHIClient(Waiters):
         )
         return ImageFrame(data, response.get("contentType", "application/octet-stream"))
 
-    def list_image_set_versions(
-        self, *, datastoreId: str, imageSetId: str, nextToken: str | None = None, maxResults: int | None = None
-    ) -> dict[str, Any]:
-        """One page of an image set's versions, newest first; see :meth:`iter_image_set_versions`."""
-        return self._call(
-            "ListImageSetVersions",
-            "list_image_set_versions",
-            datastoreId=datastoreId,
-            imageSetId=imageSetId,
-            nextToken=nextToken,
-            maxResults=maxResults,
-        )
 
-    def iter_image_set_versions(
-        self, *, datastoreId: str, imageSetId: str, maxResults: int | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Every version of an image set, newest first."""
-        return self._pages(
-            "ListImageSetVersions",
-            "list_image_set_versions",
-            "imageSetPropertiesList",
-            datastoreId=datastoreId,
-            imageSetId=imageSetId,
-            maxResults=maxResults,
-        )
+@dataclass(frozen=True)
+class _Paging:
+    input_token: str
+    output_token: str
+    result_key: str
 
-    def update_image_set_metadata(
-        self,
-        *,
-        datastoreId: str,
-        imageSetId: str,
-        latestVersionId: str,
-        updateImageSetMetadataUpdates: dict[str, Any],
-        force: bool | None = None,
-        includeStudyImageSets: bool | None = None,
-    ) -> dict[str, Any]:
-        """Update, remove or revert metadata; creates a new version. See :func:`dicom_updates`."""
-        return self._call(
-            "UpdateImageSetMetadata",
-            "update_image_set_metadata",
-            datastoreId=datastoreId,
-            imageSetId=imageSetId,
-            latestVersionId=latestVersionId,
-            updateImageSetMetadataUpdates=updateImageSetMetadataUpdates,
-            force=force,
-            includeStudyImageSets=includeStudyImageSets,
-        )
 
-    def copy_image_set(
-        self,
-        *,
-        datastoreId: str,
-        sourceImageSetId: str,
-        copyImageSetInformation: dict[str, Any],
-        force: bool | None = None,
-        promoteToPrimary: bool | None = None,
-    ) -> dict[str, Any]:
-        """Copy an image set (or selected instances) to a new or an existing image set."""
-        return self._call(
-            "CopyImageSet",
-            "copy_image_set",
-            datastoreId=datastoreId,
-            sourceImageSetId=sourceImageSetId,
-            copyImageSetInformation=copyImageSetInformation,
-            force=force,
-            promoteToPrimary=promoteToPrimary,
-        )
+@functools.cache
+def _service_model() -> Any:
+    return botocore.session.get_session().get_service_model("medical-imaging")
 
-    def delete_image_set(self, *, datastoreId: str, imageSetId: str) -> dict[str, Any]:
-        """Delete an image set (asynchronous: LOCKED/DELETING, then DELETED)."""
-        return self._call("DeleteImageSet", "delete_image_set", datastoreId=datastoreId, imageSetId=imageSetId)
 
-    # --- tags -------------------------------------------------------------------------------------
+@functools.cache
+def _operations() -> dict[str, str]:
+    """Operation name → boto3 method name, for every operation of botocore's model (18 today)."""
+    return {name: xform_name(name) for name in _service_model().operation_names}
 
-    def tag_resource(self, *, resourceArn: str, tags: dict[str, str]) -> dict[str, Any]:
-        """Add or replace tags on a data store or image set ARN."""
-        return self._call("TagResource", "tag_resource", resourceArn=resourceArn, tags=tags)
 
-    def untag_resource(self, *, resourceArn: str, tagKeys: list[str]) -> dict[str, Any]:
-        """Remove tags by key."""
-        return self._call("UntagResource", "untag_resource", resourceArn=resourceArn, tagKeys=tagKeys)
+@functools.cache
+def _methods() -> dict[str, str]:
+    """boto3 method name → operation name."""
+    return {method: name for name, method in _operations().items()}
 
-    def list_tags_for_resource(self, *, resourceArn: str) -> dict[str, Any]:
-        """``{"tags": {...}}`` of a data store or image set ARN."""
-        return self._call("ListTagsForResource", "list_tags_for_resource", resourceArn=resourceArn)
+
+@functools.cache
+def _paging(operation: str) -> _Paging:
+    config = botocore.session.get_session().get_paginator_model("medical-imaging").get_paginator(operation)
+    return _Paging(str(config["input_token"]), str(config["output_token"]), str(config["result_key"]))
 
 
 def dicom_updates(updatable: dict[str, Any] | None = None, removable: dict[str, Any] | None = None) -> dict[str, Any]:

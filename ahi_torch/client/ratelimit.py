@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..per_process import PerProcess
+
 _STATE = struct.Struct("<dd")
 
 
@@ -37,28 +39,19 @@ class RateLimiter:
         self.rates = dict(rates)
         self.directory = Path(directory) if directory else default_directory()
         self.burst_seconds = burst_seconds
-        self._fds: dict[str, int] = {}
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Each process opens its own descriptors: a forked worker sharing its parent's open file
+        # would share its flock too, and the lock would exclude nobody.
+        self._fds: PerProcess[dict[str, int]] = PerProcess(dict)
+        self._lock: PerProcess[threading.Lock] = PerProcess(threading.Lock)
         self.waited_seconds = 0.0
 
-    def __getstate__(self) -> dict[str, object]:
-        state = self.__dict__.copy()
-        state.update(_fds={}, _lock=None, _pid=-1)
-        return state
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
     def _fd(self, operation: str) -> int:
-        if self._pid != os.getpid():
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(operation)
+        fds = self._fds.get()
+        fd = fds.get(operation)
         if fd is None:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             fd = os.open(self.directory / f"{operation}.bucket", os.O_RDWR | os.O_CREAT, 0o600)
-            self._fds[operation] = fd
+            fds[operation] = fd
         return fd
 
     def acquire(self, operation: str) -> float:
@@ -67,7 +60,7 @@ class RateLimiter:
         if not rate:
             return 0.0
         burst = max(1.0, rate * self.burst_seconds)
-        with self._lock:
+        with self._lock.get():
             fd = self._fd(operation)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:

@@ -53,9 +53,10 @@ def _poll(
 class Waiters:
     """``wait_for_*`` methods, mixed into :class:`~ahi_torch.client.AHIClient`."""
 
-    get_datastore: Callable[..., dict[str, Any]]
-    get_dicom_import_job: Callable[..., dict[str, Any]]
-    get_image_set: Callable[..., dict[str, Any]]
+    # The operations the waiters poll, as AHIClient provides them.
+    get_datastore: Callable[..., Any]
+    get_dicom_import_job: Callable[..., Any]
+    get_image_set: Callable[..., Any]
 
     def wait_for_datastore(self, datastoreId: str, status: str = "ACTIVE", timeout: float = 300.0) -> dict[str, Any]:
         """Wait until the data store has ``status``; returns its properties.

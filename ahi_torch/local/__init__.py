@@ -19,9 +19,10 @@ Where AHI's documentation leaves behaviour open, this emulator chooses as follow
 * **Asynchronous writes**: update, copy and delete take effect when accepted, but the image set
   reports ``LOCKED`` with ``UPDATING``/``COPYING``/``DELETING`` for ``transition_seconds``
   (default 0.2 s); writes meanwhile are a ConflictException, as on AHI. A stale
-  ``latestVersionId`` is a ConflictException. Constraint violations in update payloads and copy
-  selections are rejected at once (ValidationException) instead of surfacing later as
-  ``UPDATE_FAILED``/``COPY_FAILED``. Copies from a source locked read-only by another copy are
+  ``latestVersionId`` is a ConflictException. As on AHI, constraint violations in update payloads
+  and copy selections are accepted and recorded on a new version as ``UPDATE_FAILED``/``COPY_FAILED``
+  with the reason as its message (previous metadata unchanged); what the service model itself
+  rejects stays a ValidationException. Copies from a source locked read-only by another copy are
   allowed.
 * **Deleted image sets**: GetImageSet and ListImageSetVersions still answer with state
   ``DELETED`` and ``deletedAt``; metadata and frames then give ResourceNotFoundException.
@@ -35,7 +36,9 @@ Where AHI's documentation leaves behaviour open, this emulator chooses as follow
   image set. A job with per-file failures still COMPLETES (the failures are in
   ``FAILURE/failure.ndjson``); listing or writing S3 failing, or more files than the quota,
   FAILS the job. ``importConfiguration`` (DICOM JSON metadata import) FAILS the job: it is not
-  emulated.
+  emulated. With the embedded S3, the job lists its input and writes its output through the S3
+  API but reads each input object from moto's store in-process (an HTTP GET per file cost the
+  service more than the file's import).
 * **Frames**: lossless transcodes are HTJ2K RPCL with TLM markers, served boxed (JPH) as
   ``image/jph``; JPEG 2000 lossless stores (``.4.90``) serve bare codestreams as ``image/j2c``.
   Checksums cover up to three resolution levels for HTJ2K (base first, full resolution last)

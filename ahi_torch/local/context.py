@@ -97,6 +97,8 @@ class Context:
         self.frame_requests: Counter[str] = Counter()
         self.request_seconds: Counter[tuple[str, int]] = Counter()
         self._requests_lock = threading.Lock()
+        #: Reads an input object without HTTP when the service embeds its S3 (see EmbeddedS3.read_object).
+        self.read_s3_object: Callable[[str, str], bytes | None] | None = None
 
     def count_request(self, operation: str, frame_id: str | None = None) -> None:
         """Count a request as it arrives (before signature checks and injected faults)."""

@@ -69,4 +69,11 @@ def examiner_pool(processes: int | None = None) -> Executor:
     threaded process can copy a lock some thread holds.
     """
     count = processes or os.cpu_count() or 1
-    return ProcessPoolExecutor(max_workers=count, mp_context=get_context("forkserver"))
+    return ProcessPoolExecutor(max_workers=count, mp_context=get_context("forkserver"), initializer=_one_file_at_a_time)
+
+
+def _one_file_at_a_time() -> None:
+    """In a pool worker no other thread runs the codec: one decode per reduced level is enough."""
+    from . import transcode
+
+    transcode.CODEC_SHARED_BY_THREADS = False

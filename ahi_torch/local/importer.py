@@ -228,8 +228,10 @@ class ImportRun:
 
     def _process(self, key: str) -> ParsedInstance | None:
         bucket, _ = _split_uri(self.job["input_uri"])
+        direct = self.ctx.read_s3_object
         try:
-            data = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            found = direct(bucket, key) if direct is not None else None
+            data = found if found is not None else self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             self._fail(key, "InternalServerException", f"could not read the object: {type(exc).__name__}")
             return None

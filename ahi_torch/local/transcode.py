@@ -37,6 +37,10 @@ KEPT_AS_IMPORTED = frozenset({ts.JPEG_BASELINE, ts.JPEG_2000, ts.HTJ2K})
 _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 _RESOLUTION_LEVELS = 3
 _ENCODE_ATTEMPTS = 3
+#: Whether other threads of this process may run OpenJPH at the same time. Then each reduced
+#: decode is done twice and compared (OpenJPH has been seen to return a wrong reduced decode
+#: under threads); the importer's process pool clears it in its workers, which run one file at a time.
+CODEC_SHARED_BY_THREADS = True
 
 
 class PixelDataProblem(Exception):
@@ -68,7 +72,7 @@ def _levels(data: bytes, full: np.ndarray, reducible: bool) -> list[dict[str, in
             if min(full.shape[0], full.shape[1]) >> skip < 1:
                 continue
             reduced = decode_frame(data, reduce=skip)
-            if not np.array_equal(reduced, decode_frame(data, reduce=skip)):
+            if CODEC_SHARED_BY_THREADS and not np.array_equal(reduced, decode_frame(data, reduce=skip)):
                 raise ValueError("reduced-resolution decodes disagree")  # see _encode_verified
             levels.append(
                 {"Width": int(reduced.shape[1]), "Height": int(reduced.shape[0]), "Checksum": pixel_crc32(reduced)}

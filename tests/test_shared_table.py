@@ -193,6 +193,19 @@ def test_a_damaged_table_is_written_again_and_stale_ones_are_pruned(mixed_index:
     )
     assert not stale.exists()
     assert (foreign / "keep.txt").exists() and (tmp_path / "mine.txt").exists() and first.exists()
+    # A table some process still holds is never pruned, however old.
+    held = FrameTable(mixed_index, tmp_path)
+    old_layout = held.shared.directory / "layout"
+    os.utime(old_layout, (old, old))
+    FrameTable(
+        FrameIndex(
+            mixed_index.table.set_column(names.index("rescale_slope"), "rescale_slope", pa.array(slopes * 3)),
+            mixed_index.info,
+        ),
+        tmp_path,
+    )
+    assert old_layout.exists(), "in use: kept"
+    _assert_same(pickle.loads(pickle.dumps(held)), mixed_index)
 
 
 def test_repeated_text_is_coded_and_format_3_indexes_load(mixed_index: FrameIndex, tmp_path: Path) -> None:

@@ -25,6 +25,8 @@ columns a dataset reads and lays them out so that a CT archive costs tens of byt
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -237,14 +239,27 @@ def _write(directory: Path, tables: dict[str, pa.Table], encodings: dict[str, st
 
 
 def _prune(root: Path, keep: Path) -> None:
-    """Remove table directories of this module unused for :data:`STALE_AFTER_S` (mapped files stay readable)."""
+    """Remove table directories of this module unopened for :data:`STALE_AFTER_S` and open nowhere.
+
+    Every process that opens a table holds a shared lock on its ``layout`` file, so a table a
+    running job still uses (a week-long run, workers spawned again each epoch) is never removed.
+    """
     cutoff = time.time() - STALE_AFTER_S
     for entry in root.glob("t-*"):
+        layout = entry / "layout"
         try:
-            if entry != keep and (entry / "layout").exists() and (entry / "layout").stat().st_mtime < cutoff:
-                shutil.rmtree(entry, ignore_errors=True)
+            if entry == keep or not layout.exists() or layout.stat().st_mtime >= cutoff:
+                continue
+            fd = os.open(layout, os.O_RDONLY)
         except OSError:
             continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while any process holds the table
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
 
 
 class _Column:
@@ -287,8 +302,14 @@ class SharedTable:
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
-        if not (self.directory / "layout").exists():
-            raise ConfigError(f"no shared table at {self.directory} (it was removed; rebuild the dataset)")
+        try:
+            # Held for this object's life (and by forked children): _prune leaves a held table alone.
+            self._hold: int | None = os.open(self.directory / "layout", os.O_RDONLY)
+        except FileNotFoundError:
+            raise ConfigError(f"no shared table at {self.directory} (it was removed; rebuild the dataset)") from None
+        fcntl.flock(self._hold, fcntl.LOCK_SH)
+        with contextlib.suppress(OSError):  # a read-only table is still readable
+            os.utime(self.directory / "layout")  # last opened: what _prune reads
         tables = {name: self._map(name) for name in ("frames.arrow", "series.arrow")}
         frames, series = tables["frames.arrow"], tables["series.arrow"]
         self.encodings: dict[str, str] = json.loads((frames.schema.metadata or {}).get(b"encodings", b"{}"))
@@ -369,7 +390,6 @@ class SharedTable:
             _write(target, tables, encodings)
             _prune(root, keep=target)
             shared = cls(target)
-        os.utime(target / "layout")  # last used: what _prune reads
         return shared
 
     @classmethod
@@ -445,6 +465,12 @@ class SharedTable:
             values = np.array([dictionary[code].encode() for code in range(len(dictionary))], dtype=np.bytes_)
             return values[np.asarray(codes[np.asarray(rows, dtype=np.int64)], dtype=np.int64)]
         return np.array([self.text(name, int(row)).encode() for row in rows], dtype=np.bytes_)
+
+    def __del__(self) -> None:
+        hold = getattr(self, "_hold", None)
+        if hold is not None:
+            os.close(hold)
+            self._hold = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"directory": str(self.directory)}

@@ -111,6 +111,26 @@ def measure_encode(encoded: list[bytes]) -> float:
     return _rate(time.perf_counter() - started, len(sample))
 
 
+def measure_examine(root: Path) -> float:
+    """Files per second one process examines as an import does: parse, encode, verify, level checksums.
+
+    The pool's per-file work (:func:`ahi_torch.local.examine.examine`, one file at a time as in
+    a pool worker), without S3, IPC, frame files or SQLite: the import's own CPU bound.
+    """
+    from ahi_torch.local import transcode
+    from ahi_torch.local.examine import examine
+
+    files = [path.read_bytes() for path in sorted(root.rglob("*.dcm"))[:100]]
+    shared, transcode.CODEC_SHARED_BY_THREADS = transcode.CODEC_SHARED_BY_THREADS, False  # as in a pool worker
+    try:
+        started = time.perf_counter()
+        for data in files:
+            examine(data, "HTJ2K")
+        return _rate(time.perf_counter() - started, len(files))
+    finally:
+        transcode.CODEC_SHARED_BY_THREADS = shared
+
+
 def measure_decode(encoded: list[bytes], workers: int) -> dict[str, float]:
     results = {}
     sample = encoded[: min(len(encoded), 300)]
@@ -199,6 +219,7 @@ def run(size: data.Size, workers: int, batch_size: int, work: Path, repeats: int
         encoded = _encoded(client, dataset.datastore_id, frames)
         results["decode"] = measure_decode(encoded, workers)
         results["import"]["encode_per_s_1_thread"] = measure_encode(encoded)
+        results["import"]["examine_per_s_1_process"] = measure_examine(dataset.root)
         results["import"]["cores"] = os.cpu_count() or 1
         results["service"] = measure_service(service, dataset.datastore_id, frames, size.frames_for_service)
         results["cpu"] = measure_cpu(
@@ -397,6 +418,7 @@ def markdown(results: dict[str, Any]) -> str:
     job_s = imported.get("job_s") or imported["import_s"]
     import_rate = imported["files"] / job_s if job_s else 0.0
     encode_bound = results["import"]["encode_per_s_1_thread"] * results["import"]["cores"]
+    examine_bound = imported.get("examine_per_s_1_process", 0.0) * results["import"]["cores"]
     cpu = results["cpu"]
     cpu_ms, cpu_runs = cpu["ms_per_frame"], cpu["runs"]
     cpu_row = _row(
@@ -496,6 +518,15 @@ def markdown(results: dict[str, Any]) -> str:
             f"({results['import']['cores']} cores x {results['import']['encode_per_s_1_thread']:.0f}); "
             f"import job {job_s:.1f} s, upload to S3 before it {imported.get('upload_s', 0.0):.1f} s",
             source="StartDICOMImportJob of the benchmark's files, service in its own process",
+        ),
+        _row(
+            "import files/s / examine bound (cores x files one process parses, encodes and verifies per s)",
+            [import_rate / examine_bound] if examine_bound else None,
+            None,
+            f"{import_rate:.0f} vs {examine_bound:.0f} files/s "
+            f"({results['import']['cores']} cores x {imported.get('examine_per_s_1_process', 0.0):.0f}): "
+            "the import's own work per file, without S3, IPC or writes",
+            source="the benchmark's files in memory, one process",
         ),
         _row(
             "OpenJPH / pylibjpeg-openjpeg HTJ2K decode, 1 thread",

@@ -32,6 +32,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "signed urllib3 POST + the same decode",
         "reduce=2 progressive read / full download",
         "import files/s / HTJ2K encode bound",
+        "import files/s / examine bound",
         "OpenJPH / pylibjpeg-openjpeg",
         "worker RSS growth",
         "3D volumes",

@@ -100,7 +100,7 @@ def _text_part(array: pa.Array) -> _Part:
 
 def _hex_part(array: pa.Array) -> _Part | None:
     """32 lowercase hex digits → 16 bytes per value (AHI's frame and image set IDs)."""
-    if array.null_count or not pc.all(pc.match_substring_regex(array, _HEX_PATTERN)).as_py():
+    if len(array) == 0 or array.null_count or not pc.all(pc.match_substring_regex(array, _HEX_PATTERN)).as_py():
         return None
     digits = np.frombuffer(array.buffers()[2], dtype=np.uint8)
     start = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset]

@@ -210,10 +210,17 @@ def test_embedded_s3_inputs_are_read_from_moto_without_http(ahi, tmp_path, monke
     paths = write_series(tmp_path / "direct", spec)
     direct = ahi.context.read_s3_object
     assert direct is not None
-    read: list[str] = []
-    monkeypatch.setattr(ahi.context, "read_s3_object", lambda bucket, key: read.append(key) or direct(bucket, key))
+    read: list[bool] = []
+
+    def counted(bucket: str, key: str) -> bytes | None:
+        found = direct(bucket, key)
+        read.append(found is not None)
+        return found
+
+    monkeypatch.setattr(ahi.context, "read_s3_object", counted)
     result = ahi.import_dicom(tmp_path / "direct")
     assert result.status == "COMPLETED" and len(result.successes) == len(paths) == len(read)
+    assert all(read), "every input came from moto's store, none over HTTP"
     monkeypatch.setattr(ahi.context, "read_s3_object", lambda bucket, key: None)  # not in moto's store
     again = ahi.import_dicom(tmp_path / "direct", datastore_id=result.datastore_id)
     assert again.status == "COMPLETED" and len(again.successes) == len(paths), "read over HTTP instead"

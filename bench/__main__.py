@@ -585,8 +585,7 @@ def markdown(results: dict[str, Any]) -> str:
 def index_scale_rows(scale: dict[str, Any]) -> list[str]:
     """Issue #15's shared index: bytes per frame for the node, worker memory over an index epoch."""
     frames = scale["frames"]
-    reports = scale["workers_memory"]
-    growth = [max(0, r["after"]["uss"] - r["before"]["uss"]) for r in reports]
+    reports, growth = scale["workers_memory"], scale["worker_growth"]
     build = scale["build"]
     where = f"{frames / 1e6:g}M generated frames ({scale['image_sets']} CT image sets), no service"
     return [

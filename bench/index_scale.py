@@ -273,6 +273,7 @@ def measure(frames: int, work: Path, workers: int = 8) -> dict[str, Any]:
         "table_bytes": table_bytes,
         "encodings": dataset.table.shared.encodings,
         "workers_memory": reports,
+        "worker_growth": growth,
         "node_bytes": table_bytes + sum(growth),
     }
 

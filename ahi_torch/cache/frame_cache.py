@@ -375,13 +375,14 @@ class FrameCache:
             raise CacheError(
                 f"frame cache at {self.directory} is damaged ({error}); run `ahi-torch cache repair`"
             ) from error
+        state = self._process.get()
         return {
             "directory": str(self.directory),
             "mode": self.mode,
             "entries": entries,
             "volume_bytes": volume,
             "size_limit_bytes": self.size_limit,
-            "storing": self._process.get().storing and self._process.get().broken is None,
+            "storing": state.storing and state.broken is None,
             **asdict(self.counters),
             "hit_rate": self.counters.hit_rate,
         }

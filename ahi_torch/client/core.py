@@ -330,8 +330,14 @@ class _Paging:
 
 
 @functools.cache
+def _botocore_session() -> Any:
+    """One botocore session per process to read the service and paginator models from (loading them is slow)."""
+    return botocore.session.get_session()
+
+
+@functools.cache
 def _service_model() -> Any:
-    return botocore.session.get_session().get_service_model("medical-imaging")
+    return _botocore_session().get_service_model("medical-imaging")
 
 
 @functools.cache
@@ -348,7 +354,7 @@ def _methods() -> dict[str, str]:
 
 @functools.cache
 def _paging(operation: str) -> _Paging:
-    config = botocore.session.get_session().get_paginator_model("medical-imaging").get_paginator(operation)
+    config = _botocore_session().get_paginator_model("medical-imaging").get_paginator(operation)
     return _Paging(str(config["input_token"]), str(config["output_token"]), str(config["result_key"]))
 
 

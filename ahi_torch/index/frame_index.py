@@ -166,10 +166,9 @@ class FrameIndex:
         if name not in self.table.column_names:
             raise ConfigError(f"the index has no column {name!r}; columns: {', '.join(self.table.column_names)}")
         column = self.table.column(name).combine_chunks()
-        if pa.types.is_dictionary(column.type):
-            text = np.array([value.encode() for value in column.dictionary.to_pylist()] + [b""], dtype=np.bytes_)
-            codes = column.indices.fill_null(len(column.dictionary)).to_numpy(zero_copy_only=False)
-            return text[codes]
+        if pa.types.is_dictionary(column.type):  # one bytes value per distinct text, not per row
+            codes, values = self.codes(name)
+            return np.array([value.encode() for value in values], dtype=np.bytes_)[codes]
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
             return np.array(column.fill_null("").to_pylist(), dtype=np.bytes_)
         if pa.types.is_floating(column.type):

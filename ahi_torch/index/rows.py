@@ -87,6 +87,10 @@ COLUMNS: dict[str, pa.DataType] = {
 }
 
 
+#: Columns holding CRC32s, -1 where AHI lists none.
+CHECKSUM_COLUMNS = ("checksum", "reduced_checksums")
+
+
 def reduced_checksums(frame: FrameInfo, rows: int | None, columns: int | None) -> list[int]:
     """AHI's CRC32 for each ``reduce=k`` decode (k = 1..MAX_REDUCE) of a frame, -1 where none is listed.
 

@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigError
+from .rows import CHECKSUM_COLUMNS
 
 #: Bump when the layout below changes: tables of another layout get other names.
 LAYOUT = "1"
@@ -51,6 +52,7 @@ LAYOUT = "1"
 #: the same root (only directories this module made: ``t-<sha256>`` with a ``layout`` file).
 STALE_AFTER_S = 3 * 24 * 3600
 _SERIES = "__series"
+_FILES = ("frames.arrow", "series.arrow")
 _UID_PATTERN = r"^(?P<stem>.+)\.(?P<last>[0-9]+)$"
 _HEX_PATTERN = r"^[0-9a-f]{32}$"
 _DIGIT_PAIRS = [f"{high}{low}" for high in range(16) for low in range(16)]
@@ -158,7 +160,7 @@ def _numbers(array: pa.Array) -> np.ndarray:
 
 
 def _encode(name: str, array: pa.Array) -> tuple[str, dict[str, _Part]]:
-    """How a column is stored and its parts (``name``, ``name.last``...)."""
+    """How a column is stored and its parts (``name``, ``name.digits``, ``name.present``...)."""
     if pa.types.is_dictionary(array.type):
         return "text", {name: _text_part(array)}
     if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
@@ -171,7 +173,7 @@ def _encode(name: str, array: pa.Array) -> tuple[str, dict[str, _Part]]:
             return "uid", {name: uid[0], f"{name}.digits": uid[1], f"{name}.length": uid[2]}
         return "text", {name: _text_part(array)}
     values = _numbers(array)
-    if name.endswith("checksum") or name.endswith("checksums"):
+    if name in CHECKSUM_COLUMNS:
         value, present = _crc_parts(values)
         return "crc", {name: value, f"{name}.present": present}
     if values.ndim == 1 and values.dtype.kind == "i":
@@ -310,8 +312,8 @@ class SharedTable:
         fcntl.flock(self._hold, fcntl.LOCK_SH)
         with contextlib.suppress(OSError):  # a read-only table is still readable
             os.utime(self.directory / "layout")  # last opened: what _prune reads
-        tables = {name: self._map(name) for name in ("frames.arrow", "series.arrow")}
-        frames, series = tables["frames.arrow"], tables["series.arrow"]
+        self._tables = {name: self._map(name) for name in _FILES}
+        frames, series = self._tables["frames.arrow"], self._tables["series.arrow"]
         self.encodings: dict[str, str] = json.loads((frames.schema.metadata or {}).get(b"encodings", b"{}"))
         self._size = frames.num_rows
         self._series_code = self._numpy(frames.column(_SERIES).chunk(0)) if frames.num_rows else np.zeros(0, np.int32)
@@ -325,6 +327,11 @@ class SharedTable:
                     self._parts[name] = (self._numpy(array.indices), _Text(array.dictionary), per_series)
                 else:
                     self._parts[name] = (self._numpy(array), None, per_series)
+        # One view per part, made here: items look several up per frame.
+        self._views = {
+            name: _Column(values, self._series_code if per_series else None)
+            for name, (values, _, per_series) in self._parts.items()
+        }
 
     def _map(self, file_name: str) -> pa.Table:
         source = pa.memory_map(str(self.directory / file_name), "r")
@@ -354,15 +361,13 @@ class SharedTable:
         if missing:
             raise ConfigError(f"the index has no column {missing[0]!r}")
         size = table.num_rows
-        keys = pa.table(
-            {
-                "a": table.column("image_set_id").combine_chunks().cast(pa.string()),
-                "b": table.column("series_instance_uid").combine_chunks().cast(pa.string()),
-            }
-        )
         if size:
-            pair = pc.binary_join_element_wise(keys.column("a").fill_null(""), keys.column("b").fill_null(""), "/")
-            series_code = np.asarray(pair.combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False))
+            image_sets, series = (
+                table.column(name).combine_chunks().cast(pa.string()).fill_null("")
+                for name in ("image_set_id", "series_instance_uid")
+            )
+            pair = pc.binary_join_element_wise(image_sets, series, "/")
+            series_code = np.asarray(pair.dictionary_encode().indices.to_numpy(zero_copy_only=False))
         else:
             series_code = np.zeros(0, dtype=np.int64)
         order = np.argsort(series_code, kind="stable")
@@ -397,7 +402,7 @@ class SharedTable:
         """The table another rank or an earlier run wrote, checked against its name; None (and gone) if damaged."""
         try:
             shared = cls(target)
-            if _digest({n: shared._map(n) for n in ("frames.arrow", "series.arrow")}, shared.encodings) == name:
+            if _digest(shared._tables, shared.encodings) == name:
                 return shared
         except (pa.ArrowException, OSError, ValueError, KeyError, ConfigError):
             pass
@@ -413,11 +418,10 @@ class SharedTable:
     @property
     def nbytes(self) -> int:
         """Bytes of both files (all of it resident once every page has been read)."""
-        return sum((self.directory / name).stat().st_size for name in ("frames.arrow", "series.arrow"))
+        return sum((self.directory / name).stat().st_size for name in _FILES)
 
     def _view(self, part: str) -> _Column:
-        values, _, per_series = self._parts[part]
-        return _Column(values, self._series_code if per_series else None)
+        return self._views[part]
 
     def _check(self, name: str, *encodings: str) -> None:
         if self.encodings.get(name) not in encodings:

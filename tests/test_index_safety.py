@@ -6,6 +6,7 @@ import logging
 import random
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -93,6 +94,16 @@ def test_flipped_bits_never_load_as_other_ids(ahi, synthetic_import: ImportedDat
     metadata[b"ahi_torch"] = metadata[b"ahi_torch"].replace(index.info["datastore_id"].encode(), b"0" * 32)
     pq.write_table(table.replace_schema_metadata(metadata), damaged)
     with pytest.raises(ConfigError, match="content does not match its checksum"):
+        FrameIndex.load(damaged)
+
+    # A flip in the stored Arrow schema can retype a column (text codes read as bytes) while every
+    # value still matches the checksum: that file is damaged too, never "not a frame index".
+    position = table.column_names.index("modality")
+    retyped = table.set_column(
+        position, "modality", table.column("modality").cast(pa.dictionary(pa.int32(), pa.binary()))
+    )
+    pq.write_table(retyped, damaged)
+    with pytest.raises(ConfigError, match=f"{damaged} is damaged: .*modality"):
         FrameIndex.load(damaged)
 
 

@@ -321,7 +321,12 @@ class FrameIndex:
                 f"{path} has index format {info['format_version']}; this ahi_torch reads {FORMAT_VERSION} "
                 "(rebuild it: ahi-torch index build CONFIG)"
             )
-        return cls(table.replace_schema_metadata({}), info)
+        try:
+            return cls(table.replace_schema_metadata({}), info)
+        except (ConfigError, pa.ArrowException) as error:
+            # The values matched their checksum, so the types were damaged: the checksum leaves the
+            # Arrow schema out (see _digest), and a flipped bit there can turn int32 codes into uint32.
+            raise ConfigError(f"{path} is damaged: {error}; rebuild it") from None
 
     def __getstate__(self) -> dict[str, Any]:
         sink = io.BytesIO()

@@ -63,12 +63,31 @@ def test_index_builds_against_aws_stay_within_the_metadata_quota() -> None:
     assert within_quota(limited) is limited, "a client's own limits are kept"
 
 
+class _DecisionClock:
+    """The clock StoreBudget reads, remembering its last reading: the moment a grant was decided.
+
+    A time taken after ``acquire`` returns can fall in the next window when the store's reply
+    crosses a second's boundary; the window a grant belongs to is the one its ``add`` counted in.
+    """
+
+    sleep = staticmethod(time.sleep)
+    last = 0.0
+
+    @classmethod
+    def time(cls) -> float:
+        cls.last = time.time()
+        return cls.last
+
+
 def _take_from_store(port: int, count: int, out: str) -> None:
+    import ahi_torch.client.store_budget as store_budget
+
+    store_budget.time = _DecisionClock  # type: ignore[assignment]
     budget = StoreBudget({"GetImageFrame": 20.0}, f"127.0.0.1:{port}")
     granted = []
     for _ in range(count):
         budget.acquire("GetImageFrame")
-        granted.append(time.time())
+        granted.append(_DecisionClock.last)
     Path(out).write_text("\n".join(map(str, granted)))
 
 

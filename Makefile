@@ -43,7 +43,7 @@ bench-quick: $(STAMP)
 # Mutation testing (not part of `make test`): cosmic-ray plants bugs in the modules named in
 # mutation/<group>.toml and runs the tests that guard them. `make mutate MUTATE=samplers` runs one
 # group. It edits files in place while it runs: commit first and do not edit meanwhile.
-MUTATE ?= samplers geometry cache ratelimit fetch index
+MUTATE ?= samplers geometry cache ratelimit fetch index shared_table
 mutate: $(STAMP)
 	@for group in $(MUTATE); do \
 	  rm -f .mutation-$$group.sqlite; \

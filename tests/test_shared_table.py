@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,19 @@ def test_volume_rows_are_runs_in_a_built_index_and_exact_otherwise(mixed_index: 
         assert len(rows) == len(expected)
         assert [r.tolist() for r in rows] == [e.tolist() for e in expected]
         assert [r.tolist() for r in rows[1:]] == [e.tolist() for e in expected[1:]]
+
+
+def test_tables_go_to_the_configured_folder_else_a_private_one_in_tmp(
+    mixed_index: FrameIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AHI_TORCH_TABLE_DIR", str(tmp_path / "configured"))
+    assert FrameTable(mixed_index).shared.directory.parent == tmp_path / "configured"
+    monkeypatch.delenv("AHI_TORCH_TABLE_DIR")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    (tmp_path / "tmp").mkdir()
+    table = FrameTable(mixed_index)
+    assert table.shared.directory.parent == tmp_path / "tmp" / f"ahi_torch-{os.getuid()}" / "tables"
+    for folder in (table.shared.directory, table.shared.directory.parent):
+        assert folder.stat().st_mode & 0o077 == 0, "patient IDs: readable by the owner only"
+    _assert_same(table, mixed_index)

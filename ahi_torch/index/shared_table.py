@@ -222,7 +222,9 @@ def _digest(tables: dict[str, pa.Table], encodings: dict[str, str]) -> str:
 
 def _write(directory: Path, tables: dict[str, pa.Table], encodings: dict[str, str]) -> None:
     """Both files under a temporary name, renamed into place: readers see all of it or nothing."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    # Private, like the frame cache: the tables hold patient and study IDs. (mkdtemp makes each
+    # table's own folder 0o700 whoever made the root.)
+    directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".t-", dir=directory.parent))
     try:
         for file_name, table in tables.items():

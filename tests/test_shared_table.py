@@ -25,7 +25,7 @@ from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.index import frame_index as frame_index_module
 from ahi_torch.index.build import SORT_KEYS
 from ahi_torch.index.rows import CODED_TEXT, COLUMNS, RowBuffer, sort_rows
-from ahi_torch.index.shared_table import STALE_AFTER_S
+from ahi_torch.index.shared_table import STALE_AFTER_S, SharedTable
 from ahi_torch.metadata import ImageSetMetadata
 from bench.index_scale import DATASTORE, metadata_document
 
@@ -59,6 +59,34 @@ def _assert_same(table: FrameTable, index: FrameIndex) -> None:
     for name in TEXT_COLUMNS:
         expected_text = [value.decode() for value in index.column(name)]
         assert [table.text(name, row) for row in range(len(index))] == expected_text, name
+    _assert_same_refs(table, index)
+
+
+def _assert_same_refs(table: FrameTable, index: FrameIndex) -> None:
+    """What a worker fetches and checks each frame by: the index's values, DICOM's defaults where it has none (-1)."""
+    number = {name: index.column(name) for name in NUMBER_COLUMNS}
+    text = {name: [value.decode() for value in index.column(name)] for name in TEXT_COLUMNS}
+    for row in range(len(index)):
+        ref = table.ref(row)
+        checksum = int(number["checksum"][row])
+        assert ref.checksum == (None if checksum == -1 else checksum), row
+        assert ref.reduced_checksums == tuple(int(c) for c in number["reduced_checksums"][row])
+        assert (ref.datastore_id, ref.image_set_id, ref.frame_id, ref.stored_transfer_syntax) == (
+            text["datastore_id"][row],
+            text["image_set_id"][row],
+            text["frame_id"][row],
+            text["stored_transfer_syntax"][row],
+        )
+        assert ref.version == int(number["image_set_version"][row])
+        pixel = ref.pixel
+        assert (pixel.rows, pixel.columns) == (int(number["rows"][row]), int(number["columns"][row]))
+        given = {name: int(number[name][row]) for name in ("samples_per_pixel", "bits_allocated", "bits_stored")}
+        assert pixel.samples_per_pixel == (given["samples_per_pixel"] if given["samples_per_pixel"] > 0 else 1)
+        assert pixel.bits_allocated == (given["bits_allocated"] if given["bits_allocated"] > 0 else 16)
+        assert pixel.bits_stored == (given["bits_stored"] if given["bits_stored"] > 0 else 16)
+        assert pixel.pixel_representation == max(0, int(number["pixel_representation"][row]))
+        assert pixel.planar_configuration == max(0, int(number["planar_configuration"][row]))
+        assert pixel.photometric_interpretation == (text["photometric_interpretation"][row] or "MONOCHROME2")
 
 
 def test_every_value_reads_back_as_the_index_has_it(mixed_index: FrameIndex, tmp_path: Path) -> None:
@@ -119,6 +147,7 @@ def test_fallback_encodings_and_checksum_edges(tmp_path: Path) -> None:
     first["PixelDataChecksumFromBaseToFullResolution"][0]["Checksum"] = 0xFFFFFFFF
     last = list(renamed.values())[-1]["ImageFrames"][0]
     del last["PixelDataChecksumFromBaseToFullResolution"]
+    del list(renamed.values())[2]["DICOM"]["Rows"]  # no pixel description: the index holds nulls
     rows.append({"version": 1}, ImageSetMetadata.parse(document), DATASTORE)
     index = FrameIndex(rows.table(), {})
     table = FrameTable(index, tmp_path)
@@ -127,6 +156,10 @@ def test_fallback_encodings_and_checksum_edges(tmp_path: Path) -> None:
     _assert_same(table, index)
     assert 0xFFFFFFFF in np.asarray(table.checksum), "a CRC of all ones is a CRC, not 'none'"
     assert (np.asarray(table.checksum) == -1).sum() == 1 and (np.asarray(table.reduced_checksums)[-1] == -1).all()
+    assert table.ref(len(index) - 1).checksum is None and 0xFFFFFFFF in {table.ref(row).checksum for row in range(4)}
+    bare = table.ref(int(np.flatnonzero(np.asarray(table.rows) <= 0)[0])).pixel
+    assert (bare.bits_allocated, bare.bits_stored, bare.samples_per_pixel) == (16, 16, 1)
+    assert bare.photometric_interpretation == "MONOCHROME2"
 
 
 class _Reader(Dataset[Any]):
@@ -281,3 +314,31 @@ def test_tables_go_to_the_configured_folder_else_a_private_one_in_tmp(
     for folder in (table.shared.directory, table.shared.directory.parent):
         assert folder.stat().st_mode & 0o077 == 0, "patient IDs: readable by the owner only"
     _assert_same(table, mixed_index)
+
+
+def test_integers_are_stored_narrow_and_an_empty_table_reads_as_empty(mixed_index: FrameIndex, tmp_path: Path) -> None:
+    table = FrameTable(mixed_index, tmp_path)
+    for file_name, stored in table.shared._tables.items():
+        for field in stored.schema:
+            kind = field.type.index_type if pa.types.is_dictionary(field.type) else field.type
+            if not pa.types.is_signed_integer(kind) or kind.bit_width == 8:
+                continue
+            values = np.asarray(table.shared._parts.get(field.name, (stored.column(field.name).to_numpy(),))[0])
+            narrower = np.iinfo(f"int{kind.bit_width // 2}")
+            assert values.min() < narrower.min or values.max() > narrower.max, f"{file_name}:{field.name} is {kind}"
+    empty = FrameTable(mixed_index.filter(np.zeros(len(mixed_index), dtype=bool)), tmp_path)
+    assert len(empty) == 0 and empty.texts("image_set_id", np.zeros(0, dtype=np.int64)).size == 0
+    for name in NUMBER_COLUMNS:
+        assert len(np.asarray(empty.__getattr__(name))) == 0, name
+
+
+def test_the_table_name_covers_every_byte_of_its_text(tmp_path: Path) -> None:
+    """A table is reused by its name (a SHA-256 of its content): text differing in its last byte is another table."""
+
+    def created(last: str) -> Path:
+        texts = pa.array(["a", "b", last]).dictionary_encode()
+        table = pa.table({"image_set_id": texts, "series_instance_uid": texts, "patient_id": texts})
+        return SharedTable.create(table, ["patient_id"], tmp_path).directory
+
+    assert created("cx") != created("cy")
+    assert created("cx") == created("cx")

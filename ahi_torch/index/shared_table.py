@@ -324,7 +324,8 @@ class SharedTable:
             for name in table.column_names:
                 if name == _SERIES:
                     continue
-                array = table.column(name).chunk(0) if table.column(name).num_chunks else pa.array([])
+                column = table.column(name)
+                array = column.chunk(0) if column.num_chunks else column.combine_chunks()  # empty: typed, no chunk
                 if pa.types.is_dictionary(array.type):
                     self._parts[name] = (self._numpy(array.indices), _Text(array.dictionary), per_series)
                 else:
@@ -345,8 +346,12 @@ class SharedTable:
         if pa.types.is_fixed_size_list(array.type):
             width = array.type.list_size
             flat = array.values
+            if len(array) == 0:  # an empty array may have no data buffer at all
+                return np.zeros((0, width), dtype=flat.type.to_pandas_dtype())
             values = np.frombuffer(flat.buffers()[1], dtype=flat.type.to_pandas_dtype())
             return values[flat.offset : flat.offset + len(array) * width].reshape(-1, width)
+        if len(array) == 0:
+            return np.zeros(0, dtype=array.type.to_pandas_dtype())
         values = np.frombuffer(array.buffers()[1], dtype=array.type.to_pandas_dtype())
         return values[array.offset : array.offset + len(array)]
 

@@ -13,12 +13,15 @@ from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex
 from ahi_torch.samplers import (
     DistributedSampler,
+    NodePinnedSampler,
     ShuffleSampler,
     WeightedSampler,
     assign_splits,
     class_balanced_weights,
     patient_splits,
 )
+from ahi_torch.samplers.orders import grouped
+from ahi_torch.samplers.pinned import assign_to_nodes
 
 
 class Numbers(Dataset):
@@ -48,6 +51,21 @@ def test_locality_keeps_image_sets_together() -> None:
     sequence = [groups[i] for i in order]
     runs = [g for k, g in enumerate(sequence) if k == 0 or g != sequence[k - 1]]
     assert len(runs) == 4 and sorted(order) == list(range(20))
+
+
+def test_samplers_keep_group_ranks_not_keys_and_order_as_the_keys_do() -> None:
+    """Image set IDs are 32 bytes a sample in every rank; ranks of the sorted keys are 4 and order the same."""
+    rng = np.random.default_rng(0)
+    ids = np.array([f"{rng.integers(2**62):032x}".encode() for _ in range(40)])
+    keys = ids[rng.integers(0, 40, 2000)]
+    sampler = ShuffleSampler(len(keys), groups=keys, seed=9)
+    assert sampler.groups is not None and sampler.groups.dtype == np.int32
+    for epoch in range(3):
+        expected = grouped(keys, np.random.default_rng([9, epoch]))
+        np.testing.assert_array_equal(sampler.indices(epoch), expected)
+    pinned = NodePinnedSampler(len(keys), groups=keys, seed=4, num_replicas=3, rank=0, ranks_per_node=1)
+    assert pinned.groups.dtype == np.int32
+    np.testing.assert_array_equal(pinned.owners(3), assign_to_nodes(keys, 3, 4), "the nodes cache warm --shard fills")
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,20 @@ def shuffled(size: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(size).astype(np.int64)
 
 
+def group_codes(groups: np.ndarray) -> np.ndarray:
+    """Each sample's group as the rank of its key among the distinct keys (int32).
+
+    Samplers keep these instead of the keys: 4 bytes per sample where image set IDs take 32, in
+    every rank. Ranks keep the keys' sorted order, so every order and node assignment made from
+    them is the one the keys themselves give.
+    """
+    keys = np.asarray(groups)
+    if keys.dtype.kind in "iu" and keys.dtype.itemsize <= 4 and (len(keys) == 0 or keys.min() >= 0):
+        return keys  # already small codes (a sampler's own, or ints the caller made)
+    inverse = np.unique(keys, return_inverse=True)[1].reshape(-1)
+    return inverse.astype(np.int32 if len(keys) < 2**31 else np.int64)
+
+
 def grouped(groups: np.ndarray, rng: np.random.Generator | None, shuffle_within: bool = True) -> np.ndarray:
     """Samples of one group (an image set, a series) kept together, groups in random order.
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .base import EpochSampler, world_info
+from .orders import group_codes
 
 
 def ranks_per_node(default: int) -> int:
@@ -87,7 +88,7 @@ class NodePinnedSampler(EpochSampler):
     ) -> None:
         super().__init__(seed=seed, num_replicas=num_replicas, rank=rank, drop_last=drop_last)
         self.size = data if isinstance(data, int) else len(data)
-        self.groups = np.asarray(groups)
+        self.groups = group_codes(groups)
         if len(self.groups) != self.size:
             raise ConfigError(f"groups has {len(self.groups)} entries for {self.size} samples")
         self._ranks_per_node = ranks_per_node

@@ -7,7 +7,7 @@ from collections.abc import Sized
 import numpy as np
 
 from .base import EpochSampler
-from .orders import grouped, sequential, shuffled
+from .orders import group_codes, grouped, sequential, shuffled
 
 
 class ShuffleSampler(EpochSampler):
@@ -38,7 +38,7 @@ class ShuffleSampler(EpochSampler):
         super().__init__(seed=seed, num_replicas=num_replicas, rank=rank, drop_last=drop_last)
         self.size = data if isinstance(data, int) else len(data)
         self.shuffle = shuffle
-        self.groups = np.asarray(groups) if groups is not None else None
+        self.groups = group_codes(groups) if groups is not None else None
         if self.groups is not None and len(self.groups) != self.size:
             raise ValueError(f"groups has {len(self.groups)} entries for {self.size} samples")
 

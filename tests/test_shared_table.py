@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pickle
@@ -243,6 +244,13 @@ def test_a_damaged_table_is_written_again_and_stale_ones_are_pruned(mixed_index:
         tmp_path,
     )
     assert old_layout.exists(), "in use: kept"
+    # A table nobody holds is kept for three days after it was last opened.
+    recent = FrameTable(mixed_index.filter(np.arange(len(mixed_index)) % 2 == 0), tmp_path).shared.directory
+    gc.collect()  # the table above is released: only its age protects it now
+    two_days = time.time() - 2 * 24 * 3600
+    os.utime(recent / "layout", (two_days, two_days))
+    FrameTable(mixed_index.filter(np.arange(len(mixed_index)) % 3 == 0), tmp_path)
+    assert (recent / "layout").exists(), "unheld but opened two days ago: kept"
     _assert_same(pickle.loads(pickle.dumps(held)), mixed_index)
 
 
@@ -358,7 +366,14 @@ def test_uids_of_every_length_and_bad_lookups(mixed_index: FrameIndex, tmp_path:
     assert [shared.text("sop_instance_uid", row) for row in range(len(uids))] == uids
     with pytest.raises(ConfigError, match="no column 'patient_id'"):
         SharedTable.create(table, ["patient_id", "study_date"], tmp_path)
+    flags = SharedTable.create(table.append_column("regular", pa.array([True, None, False] * 2)), ["regular"], tmp_path)
+    assert np.asarray(flags.numbers("regular")).tolist() == [1, 0, 0] * 2, "a missing flag is not a set one"
+    with pytest.raises(ConfigError, match="no text column 'regular'"):
+        flags.text("regular", 0)
     frames = FrameTable(mixed_index, tmp_path)
+    for name in ("checksum", "rows"):  # a CRC or a number is not text, whatever its encoding
+        with pytest.raises(ConfigError, match=f"no text column '{name}'"):
+            frames.shared.text(name, 0)
     assert not hasattr(frames, "abc") and not hasattr(frames, "zzz"), "only number columns are attributes"
     with pytest.raises(ConfigError, match="no number column 'label'"):
         frames.label  # noqa: B018 - a dataset without labels has no label column

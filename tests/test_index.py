@@ -76,9 +76,14 @@ def test_index_covers_every_frame(index: FrameIndex, cohort: dict) -> None:
     assert len(volumes) == 52 and all(len(v.rows) == 3 for v in volumes)
 
 
-def test_partitioned_and_combined_searches_agree(client: AHIClient, cohort: dict, index: FrameIndex) -> None:
+def test_partitioned_and_combined_searches_agree(
+    client: AHIClient, cohort: dict, index: FrameIndex, ahi: LocalAHI
+) -> None:
+    searches = ahi.request_counts().get("SearchImageSets", 0)
     partitioned = build_index(client, cohort["datastore_id"], partitions=4, progress=False)
     assert partitioned.version == index.version
+    # One probe for the earliest image set, then each of the 4 time ranges paged to its end (52 sets: 4+ pages).
+    assert ahi.request_counts()["SearchImageSets"] - searches >= 1 + 4
     two_patients = build_index(
         client,
         cohort["datastore_id"],

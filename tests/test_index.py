@@ -149,7 +149,9 @@ def test_incremental_refresh_fetches_only_the_changed_set(client: AHIClient, coh
     fresh_client.boto3.meta.events.register(
         "before-call.medical-imaging.GetImageSetMetadata", lambda params, **_: fetches.append(params["url_path"])
     )
+    began = time.perf_counter()
     unchanged, stats = refresh_index(fresh_client, index, progress=False)
+    assert 0 < stats.seconds <= time.perf_counter() - began, "the refresh's own duration, as reported"
     assert (stats.added, stats.changed, stats.removed, stats.unchanged) == (0, 0, 0, 52)
     assert fetches == [] and unchanged.version == index.version
 

@@ -65,6 +65,8 @@ def test_monai_data_carries_the_label_and_every_other_column(index: FrameIndex) 
     assert all(set(entry) == {"image", "label", "modality"} for entry in data), "the label column once, as label"
     assert {entry["modality"] for entry in data} == {"CT"}
     assert [entry["label"] for entry in data] == [index.texts("patient_id")[int(v.rows[0])] for v in index.volumes()]
+    by_modality = index.to_monai_data(label="modality")  # a column that sorts after the label is kept too
+    assert all(set(entry) == {"image", "label", "patient_id"} for entry in by_modality)
 
 
 def test_version_digests_every_frame_id(index: FrameIndex) -> None:
@@ -79,16 +81,18 @@ def test_columns_fill_what_the_index_lacks_and_rows_read_one_frame(index: FrameI
     unknown = _replaced(index, "image_position", [None, *positions[1:]])
     assert np.isnan(unknown.column("image_position")[0]).all()
     np.testing.assert_array_equal(unknown.column("image_position")[1:], index.column("image_position")[1:])
+    slices = index.table.column("slice_index").to_pylist()
+    assert _replaced(index, "slice_index", [None, *slices[1:]]).column("slice_index")[0] == -1
     regular = index.table.column("series_regular").to_pylist()
     assert not _replaced(index, "series_regular", [None, *regular[1:]]).column("series_regular")[0]
     assert index.row(5)["frame_id"] == index.texts("frame_id")[5]
     assert index.row(5)["slice_index"] == int(index.column("slice_index")[5])
 
 
-def test_a_list_column_of_another_width_is_not_an_index(index: FrameIndex) -> None:
+def test_a_list_column_of_another_width_or_type_is_not_an_index(index: FrameIndex) -> None:
     position = index.table.column_names.index("image_position")
-    for width in (2, 4):
-        other = pa.array([[0.0] * width] * len(index), pa.list_(pa.float64(), width))
+    for width, kind in ((2, pa.float64()), (4, pa.float64()), (3, pa.float32())):
+        other = pa.array([[0.0] * width] * len(index), pa.list_(kind, width))
         with pytest.raises(ConfigError, match="column image_position is"):
             FrameIndex(index.table.set_column(position, "image_position", other))
 

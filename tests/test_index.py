@@ -79,11 +79,15 @@ def test_index_covers_every_frame(index: FrameIndex, cohort: dict) -> None:
 def test_partitioned_and_combined_searches_agree(
     client: AHIClient, cohort: dict, index: FrameIndex, ahi: LocalAHI
 ) -> None:
-    searches = ahi.request_counts().get("SearchImageSets", 0)
-    partitioned = build_index(client, cohort["datastore_id"], partitions=4, progress=False)
-    assert partitioned.version == index.version
-    # One probe for the earliest image set, then each of the 4 time ranges paged to its end (52 sets: 4+ pages).
-    assert ahi.request_counts()["SearchImageSets"] - searches >= 1 + 4
+    for partitions in (2, 4):
+        searches = ahi.request_counts().get("SearchImageSets", 0)
+        partitioned = build_index(client, cohort["datastore_id"], partitions=partitions, progress=False)
+        assert partitioned.version == index.version
+        # A probe for the earliest image set, then each time range paged to its end (unsplit, 52 sets are 2 pages).
+        assert ahi.request_counts()["SearchImageSets"] - searches >= 1 + partitions
+    two_filters = Search(search.patient_id("IDX-001"), search.is_primary())
+    with pytest.raises(ConfigError, match="at most one filter of its own"):
+        build_index(client, cohort["datastore_id"], searches=[two_filters], partitions=2, progress=False)
     two_patients = build_index(
         client,
         cohort["datastore_id"],
@@ -170,7 +174,7 @@ def test_incremental_refresh_fetches_only_the_changed_set(client: AHIClient, coh
     client.wait_for_image_set(datastore_id, image_set_id, timeout=10)
     time.sleep(0.01)
     refreshed, stats = refresh_index(fresh_client, index, progress=False)
-    assert (stats.added, stats.changed, stats.removed, stats.unchanged) == (0, 1, 0, 51)
+    assert (stats.added, stats.changed, stats.removed, stats.unchanged) == (0, 1, 0, 51) and stats.fetched == 1
     assert len(fetches) == 1 and image_set_id in fetches[0]
     assert refreshed.version != index.version
     changed = refreshed.filter(pc.field("image_set_id") == image_set_id)

@@ -110,3 +110,14 @@ def test_a_slice_saves_and_loads_and_its_last_frame_id_is_checked(index: FrameIn
     pq.write_table(changed.replace_schema_metadata(table.schema.metadata), tmp_path / "changed.parquet")
     with pytest.raises(ConfigError, match="content does not match its checksum"):
         FrameIndex.load(tmp_path / "changed.parquet")
+
+
+def test_volumes_are_told_apart_whatever_their_codes(index: FrameIndex) -> None:
+    """Image sets that share series codes' patterns (A holds the 6th series, B the 2nd and 3rd) stay apart."""
+    owners = ["A", "B", "B", "C", "C", "A"]  # image set of each of the 6 series, in row order
+    series = [f"1.2.3.{k}" for k in range(6) for _ in range(4)]
+    image_sets = [owners[k] for k in range(6) for _ in range(4)]
+    relabelled = _replaced(_replaced(index, "series_instance_uid", series), "image_set_id", image_sets)
+    volumes = relabelled.volumes()
+    assert [(v.image_set_id, v.series_instance_uid) for v in volumes] == list(zip(owners, series[::4], strict=True))
+    assert [list(v.rows) for v in volumes] == [list(range(4 * k, 4 * k + 4)) for k in range(6)]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections import defaultdict
 from pathlib import Path
+
+import tomllib
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ahi_torch"
 
@@ -130,3 +133,15 @@ def test_no_import_loops_between_modules() -> None:
         if module not in index:
             visit(module)
     assert not loops, loops
+
+
+def test_mutation_groups_name_files_that_exist() -> None:
+    """`make mutate` groups name modules and tests by path: a rename must carry them along (a group went stale once)."""
+    root = PACKAGE.parent
+    groups = sorted((root / "mutation").glob("*.toml"))
+    assert groups
+    for group in groups:
+        config = tomllib.loads(group.read_text())["cosmic-ray"]
+        named = [*config["module-path"], *re.findall(r"tests/\S+\.py", config["test-command"])]
+        missing = [path for path in named if not (root / path).is_file()]
+        assert not missing, f"{group.name} names {missing}"

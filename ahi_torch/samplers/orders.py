@@ -25,8 +25,6 @@ def group_codes(groups: np.ndarray) -> np.ndarray:
     them is the one the keys themselves give.
     """
     keys = np.asarray(groups)
-    if keys.dtype.kind in "iu" and keys.dtype.itemsize <= 4 and (len(keys) == 0 or keys.min() >= 0):
-        return keys  # already small codes (a sampler's own, or ints the caller made)
     inverse = np.unique(keys, return_inverse=True)[1].reshape(-1)
     return inverse.astype(np.int32 if len(keys) < 2**31 else np.int64)
 

@@ -38,7 +38,7 @@ def test_every_flipped_payload_byte_and_every_truncation_is_refused() -> None:
 
 def test_a_shape_that_does_not_match_the_payload_is_refused() -> None:
     pixels = np.arange(64, dtype=np.int16).reshape(8, 8)
-    head_size = struct.calcsize("<4sBBHII")
+    head_size = fmt._HEAD.size  # the header's last field is the header JSON's length
     for shape in ([4, 8], [16, 8]):  # fewer and more pixels than the payload holds; the CRC still matches
         meta = json.dumps({"dtype": "<i2", "shape": shape}, separators=(",", ":")).encode()
         head = bytearray(_entry(pixels)[:head_size])

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from ahi_torch.datasets import FrameDataset, TableLabels
+from ahi_torch.datasets import FrameDataset, LabelTypes, TableLabels
+from ahi_torch.datasets.labels import encode_labels
 from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
@@ -40,9 +42,72 @@ def test_numeric_looking_ids_join_as_text(ahi, index: FrameIndex, tmp_path: Path
 def test_bad_label_types_are_clear(tmp_path: Path) -> None:
     table = tmp_path / "grades.csv"
     table.write_text("PatientID,grade\n0001,high\n")
-    with pytest.raises(ConfigError, match="'high' in column 'grade' is not int"):
+    with pytest.raises(ConfigError, match=r"label 'high' \(line 2 of .*grades\.csv, column 'grade'\) is not int"):
         TableLabels(table, "patient_id", "grade", "PatientID", "int").lookup()
     with pytest.raises(ConfigError, match="value_type must be one of"):
         TableLabels(table, "patient_id", "grade", "PatientID", "integer")
     with pytest.raises(ConfigError, match="no column 'Patient'"):
         TableLabels(table, "patient_id", "grade", "Patient").lookup()
+
+
+def test_a_stray_value_never_renumbers_the_classes(tmp_path: Path) -> None:
+    """Issue 22.3: "1,2,2,2?" became classes [0, 1, 1, 2]; now the stray value is named by its line."""
+    table = tmp_path / "grades.csv"
+    table.write_text("PatientID,grade\n0001,1\n0002,2\n0003,2\n0004,2?\n")
+    with pytest.raises(ConfigError, match=r"label '2\?' \(line 5 of .*\) is text where other labels are numbers"):
+        TableLabels(table, "patient_id", "grade", "PatientID").lookup()
+    with pytest.raises(ConfigError, match=r"label '2\?' \(line 5 .*\) is not int"):
+        TableLabels(table, "patient_id", "grade", "PatientID", "int").lookup()
+    as_text = TableLabels(table, "patient_id", "grade", "PatientID", "text").lookup()
+    assert as_text == {"0001": "1", "0002": "2", "0003": "2", "0004": "2?"}, "asked for text: class names"
+    with pytest.raises(ConfigError, match=r"label '2\?' \(line 5 .*\) is not one of the classes 1, 2"):
+        TableLabels(table, "patient_id", "grade", "PatientID", classes=("1", "2")).lookup()
+
+
+def test_one_float_among_integers_is_an_error_not_a_float_label(tmp_path: Path) -> None:
+    table = tmp_path / "grades.csv"
+    table.write_text("PatientID,grade\n0001,1\n0002,1.5\n")
+    with pytest.raises(ConfigError, match=r"value_type"):
+        encode_labels([1, 2, 1.0], LabelTypes(), lambda row: f"row {row}")
+    with pytest.raises(ConfigError, match=r"label 1\.5 \(line 3 .*\) is not int"):
+        TableLabels(table, "patient_id", "grade", "PatientID", "int").lookup()
+    floats = encode_labels([1, 2, 1.5], LabelTypes("float"), str)
+    assert floats.values.dtype == np.float32 and floats.values.tolist() == [1.0, 2.0, 1.5]
+    ints = encode_labels([1, 2.0, True], LabelTypes("int"), str)
+    assert ints.values.dtype == np.int64 and ints.values.tolist() == [1, 2, 1], "whole floats are ints when asked"
+
+
+def test_text_that_reads_as_numbers_needs_a_type() -> None:
+    with pytest.raises(ConfigError, match="text that reads as numbers"):
+        encode_labels(["1", "2", "10"], LabelTypes(), str)
+    assert encode_labels(["1", "2", "10"], LabelTypes("int"), str).values.tolist() == [1, 2, 10]
+    by_name = encode_labels(["1", "2", "10"], LabelTypes("text"), str)
+    assert by_name.classes == ["1", "10", "2"] and by_name.values.tolist() == [0, 2, 1]
+
+
+def test_explicit_classes_keep_their_order_and_refuse_others() -> None:
+    labels = encode_labels(["benign", None, "malignant"], LabelTypes(classes=("malignant", "benign")), str)
+    assert labels.classes == ["malignant", "benign"] and labels.values.tolist() == [1, -1, 0]
+    assert labels.present.tolist() == [True, False, True]
+    with pytest.raises(ConfigError, match="classes must be distinct"):
+        LabelTypes(classes=("a", "a"))
+    with pytest.raises(ConfigError, match="value_type must be 'text'"):
+        LabelTypes("int", classes=("a",))
+
+
+def test_a_literal_minus_one_is_not_the_unlabeled_marker(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    from ahi_torch.config import build_sampler
+
+    series = index.texts("series_instance_uid")
+    first = series[0]
+    mapping = {s: (-1 if s == first else 1) for s in series}
+    with pytest.raises(ConfigError, match=r"label -1 \(index row \d+\) is the marker of an unlabeled frame"):
+        FrameDataset(index, ahi.client(), labels=mapping, unlabeled="keep")
+    dataset = FrameDataset(index, ahi.client(), labels=mapping)  # unlabeled="error": -1 is a real label
+    assert dataset.labels is not None and dataset.labels.present.all()
+    from ahi_torch.config.schema import Config, LoaderConfig
+
+    weighted = build_sampler(Config(loader=LoaderConfig(sampler="weighted")), dataset)
+    drawn = set(weighted.global_order(0).tolist())
+    minus_one = {i for i, s in enumerate(series) if s == first}
+    assert drawn & minus_one, "items labelled -1 are drawn like any other"

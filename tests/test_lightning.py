@@ -127,3 +127,49 @@ def test_data_module_from_a_config_with_splits(config: Path, tmp_path: Path) -> 
     assert train and val and not train & val and train | val == {"LIT-0", "LIT-1"}
     with pytest.raises(ConfigError, match=r"split 'test' for test is not in split\.fractions"):
         AHIDataModule.from_config(path, test="test")
+
+
+@pytest.mark.parametrize("sampler", ["weighted", "class_balanced", "locality", "node_pinned", "shuffle", "sequential"])
+def test_data_module_trains_with_the_configured_sampler(config: Path, tmp_path: Path, sampler: str) -> None:
+    """Issue 22.4: from_config reduced loader.sampler to shuffle on/off; now it builds what build_dataloader does."""
+    from ahi_torch.config import build_dataloader, build_dataset, load
+    from ahi_torch.integrations.lightning import AHIDataModule
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["loader"].update(sampler=sampler, num_workers=0)
+    cfg["labels"] = {"column": "patient_id"}
+    path = tmp_path / "sampler.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    data = AHIDataModule.from_config(path)
+    data.prepare_data()
+    data.setup("fit")
+    train = data.train_dataloader()
+    expected = build_dataloader(load(path), build_dataset(load(path), progress=False))
+    assert type(train.sampler) is type(expected.sampler)
+    for epoch in (0, 1):
+        train.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        expected.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        assert list(train.sampler) == list(expected.sampler), "the same order as build_dataloader's"
+    assert train.batch_size == expected.batch_size and train.drop_last == expected.drop_last
+
+
+def test_data_module_from_fractions_without_use(config: Path, tmp_path: Path) -> None:
+    """configs/local-demo.yaml has fractions and no split.use: train is the split named train."""
+    from ahi_torch.integrations.lightning import AHIDataModule
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["split"] = {"fractions": {"train": 0.5, "val": 0.5}, "seed": 5}
+    cfg["loader"]["num_workers"] = 0
+    path = tmp_path / "fractions.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    data = AHIDataModule.from_config(path)
+    assert data.splits == {"train": "train", "val": "val"}
+    data.setup("fit")
+    train = {p for batch in data.train_dataloader() for p in batch["meta"]["patient_id"]}
+    val = {p for batch in data.val_dataloader() for p in batch["meta"]["patient_id"]}
+    assert train and val and not train & val
+    assert data.val_dataloader().sampler.shuffle is False, "validation never shuffles"  # type: ignore[attr-defined]
+    cfg["split"] = {"fractions": {"a": 0.5, "b": 0.5}}
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="no split named train"):
+        AHIDataModule.from_config(path)

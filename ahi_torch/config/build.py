@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Sampler
 from .. import __version__
 from ..cache import FrameCache
 from ..client import AHIClient
-from ..datasets import AHIDataset, ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
+from ..datasets import AHIDataset, ColumnLabels, ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
+from ..datasets.labels import LabelSpec
 from ..errors import ConfigError, IndexFormatError, ResourceNotFound
 from ..fetch import RetryPolicy
 from ..index import FrameIndex, Search, build_index, refresh_index, search
@@ -144,16 +145,16 @@ def _fresh_index(cfg: Config, client: AHIClient, datastore_id: str, progress: bo
     )
 
 
-def _labels(spec: LabelsConfig | None) -> Any:
+def _labels(spec: LabelsConfig | None) -> LabelSpec:
     if spec is None:
         return None
-    if spec.column and spec.table:
-        raise ConfigError("labels: give either column or table, not both")
+    classes = tuple(spec.classes) if spec.classes is not None else None
     if spec.column:
-        return spec.column
-    if spec.table:
-        return TableLabels(spec.table, on=spec.join_on, column=spec.value, key=spec.key, value_type=spec.value_type)
-    raise ConfigError("labels: give a column or a table")
+        return ColumnLabels(spec.column, value_type=spec.value_type, classes=classes)
+    assert spec.table is not None  # LabelsConfig checked that one of the two is given
+    return TableLabels(
+        spec.table, on=spec.join_on, column=spec.value, key=spec.key, value_type=spec.value_type, classes=classes
+    )
 
 
 def build_cache(cfg: Config) -> FrameCache | None:
@@ -208,28 +209,50 @@ def build_sampler(cfg: Config, dataset: AHIDataset) -> Sampler[int] | None:
         return ShuffleSampler(dataset, groups=groups, seed=loader.seed)
     if dataset.labels is None:
         raise ConfigError(f"loader.sampler: {loader.sampler!r} needs labels")
-    labels = dataset.labels.values
+    labels, present = dataset.labels.values, dataset.labels.present
     if isinstance(dataset, VolumeDataset):
-        labels = labels[[int(rows[0]) for rows in dataset.volume_rows]]
+        first = dataset.first_rows()
+        labels, present = labels[first], present[first]
+    weights = present.astype(np.float64)  # unlabeled items (unlabeled: keep) are never drawn
     if loader.sampler == "class_balanced":
-        return WeightedSampler(class_balanced_weights(labels), seed=loader.seed)
-    weights = np.where(labels >= 0, 1.0, 0.0)
+        weights[present] = class_balanced_weights(labels[present])
     return WeightedSampler(weights, seed=loader.seed)
 
 
-def build_dataloader(cfg: Config, dataset: AHIDataset | None = None) -> DataLoader[Any]:
-    """A DataLoader with the config's sampler, batch size and workers."""
+#: What a loader serves: ``train`` draws with ``loader.sampler``; ``val`` and ``test`` read in order.
+STAGES = ("train", "val", "test")
+
+
+def build_dataloader(
+    cfg: Config,
+    dataset: AHIDataset | None = None,
+    *,
+    stage: str = "train",
+    loader_class: type[DataLoader[Any]] = DataLoader,
+    collate_fn: Any = None,
+) -> DataLoader[Any]:
+    """A DataLoader with the config's sampler, batch size and workers: the one loader builder.
+
+    ``stage="train"`` draws with ``loader.sampler``; ``"val"`` and ``"test"`` read every item
+    once in index order (sharded across ranks, never shuffled). Lightning's
+    :class:`~ahi_torch.integrations.lightning.AHIDataModule` calls this with
+    ``loader_class=StatefulDataLoader``, so a config trains the same way under either.
+    """
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
     dataset = dataset if dataset is not None else build_dataset(cfg)
     loader = cfg.loader
     workers = loader.num_workers
-    return DataLoader(
+    sampler = build_sampler(cfg, dataset) if stage == "train" else ShuffleSampler(dataset, shuffle=False)
+    return loader_class(
         dataset,
         batch_size=loader.batch_size,
-        sampler=build_sampler(cfg, dataset),
+        sampler=sampler,
         num_workers=workers,
-        drop_last=loader.drop_last,
+        drop_last=loader.drop_last if stage == "train" else False,
         persistent_workers=loader.persistent_workers and workers > 0,
         multiprocessing_context=loader.multiprocessing_context if workers > 0 else None,
+        collate_fn=collate_fn,
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from ..cache.frame_cache import MODES as CACHE_MODES
 from ..client.config import ClientConfig
 from ..datasets import GROUP_COLUMNS, UNLABELED
-from ..datasets.labels import JOIN_KEYS, VALUE_TYPES
+from ..datasets.labels import JOIN_KEYS, LabelTypes
 from ..datasets.policy import MODES as ERROR_POLICIES
 from ..errors import ConfigError
 from ..index.search import FILTERS, named_filter
@@ -119,12 +119,16 @@ class LabelsConfig:
     key: str | None = None
     value: str = "label"
     value_type: str | None = None
+    #: class names in class-index order; a label outside them is an error naming its row.
+    classes: list[str] | None = None
     unlabeled: str = "error"
 
     def __post_init__(self) -> None:
         _one_of(self, "join_on", JOIN_KEYS)
-        _one_of(self, "value_type", VALUE_TYPES)
         _one_of(self, "unlabeled", UNLABELED)
+        LabelTypes(self.value_type, tuple(self.classes) if self.classes is not None else None)
+        if bool(self.column) == bool(self.table):
+            raise ConfigError("labels: give either column or table")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from ._base import GROUP_COLUMNS, UNLABELED, AHIDataset
 from ._convert import Intensity
 from .collate import list_collate, pad_collate
 from .frames import FrameDataset
-from .labels import TableLabels, resolve_labels
+from .labels import ColumnLabels, LabelTypes, TableLabels, resolve_labels
 from .policy import ErrorPolicy, FailureLog
 from .stats import EpochStats
 from .volumes import VolumeDataset
@@ -18,11 +18,13 @@ __all__ = [
     "GROUP_COLUMNS",
     "UNLABELED",
     "AHIDataset",
+    "ColumnLabels",
     "EpochStats",
     "ErrorPolicy",
     "FailureLog",
     "FrameDataset",
     "Intensity",
+    "LabelTypes",
     "TableLabels",
     "VolumeDataset",
     "list_collate",

@@ -62,6 +62,13 @@ class AHIDataset(Dataset[Any]):
         if unlabeled not in UNLABELED:
             raise ConfigError(f"unlabeled must be one of {', '.join(UNLABELED)}, not {unlabeled!r}")
         resolved = resolve_labels(index, labels)
+        if resolved is not None and unlabeled == "keep" and resolved.values.dtype.kind == "i":
+            clash = np.flatnonzero(resolved.present & (resolved.values == -1))
+            if len(clash):
+                raise ConfigError(
+                    f"label -1 (index row {int(clash[0])}) is the marker of an unlabeled frame under "
+                    "unlabeled='keep'; use other class numbers, or unlabeled='drop'"
+                )
         if resolved is not None and not resolved.present.all():
             missing = int((~resolved.present).sum())
             if unlabeled == "error":

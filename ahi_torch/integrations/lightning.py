@@ -12,9 +12,14 @@ sample is seen once per epoch across ranks.
 >>> data = AHIDataModule.from_config("configs/frames-classification.yaml")
 >>> L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3).fit(model, datamodule=data)
 
-The loaders are ``torchdata``'s ``StatefulDataLoader``: Lightning saves their state in every
-checkpoint, and a run resumed from a mid-epoch checkpoint continues the epoch exactly where it
-stopped (the samplers' ``state_dict`` records the position).
+The loaders are ``torchdata``'s ``StatefulDataLoader`` (as :class:`ResumableDataLoader`): Lightning
+saves their state in every checkpoint, and a run resumed from a mid-epoch checkpoint continues the
+epoch exactly where it stopped (the samplers' ``state_dict`` records the position and the world
+size). What survives a change: a resume on more or fewer GPUs deals the samples the epoch has not
+yet seen to the new ranks, each once; a resume with another ``num_workers`` continues from the
+sampler's position; a ``node_pinned`` sampler refuses a resume at another world size, since its
+groups are pinned by node count. A config builds exactly the loaders ``build_dataloader`` builds
+(same sampler: ``weighted``, ``class_balanced``, ``locality``, ``node_pinned``).
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..client import AHIClient
-from ..config import Config, build_client, build_dataset, build_index_from_config, load
-from ..datasets import FrameDataset, VolumeDataset
+from ..config import Config, build_client, build_dataloader, build_dataset, build_index_from_config, load
+from ..datasets import AHIDataset, FrameDataset, VolumeDataset
 from ..errors import ConfigError
 from ..index import FrameIndex
 from ..samplers import ShuffleSampler, patient_splits
+from .stateful_loader import ResumableDataLoader
 
 
 class AHIDataModule(pl.LightningDataModule):
@@ -94,7 +100,15 @@ class AHIDataModule(pl.LightningDataModule):
         """
         cfg = config if isinstance(config, Config) else load(config)
         fractions = cfg.split.fractions if cfg.split is not None else {}
-        names = {"train": train or (cfg.split.use if cfg.split is not None else None), "val": val, "test": test}
+        default_train = cfg.split.use if cfg.split is not None and cfg.split.use else None
+        if default_train is None and "train" in fractions:
+            default_train = "train"  # fractions without split.use: the split named train trains
+        if fractions and default_train is None and train is None:
+            raise ConfigError(
+                f"split.fractions has no split named train ({', '.join(fractions)}): "
+                "set split.use or pass train= to name the one that trains"
+            )
+        names = {"train": train or default_train, "val": val, "test": test}
         if names["val"] == "val" and "val" not in fractions:
             names["val"] = None  # the default validation split is optional
         for stage, name in names.items():
@@ -164,9 +178,15 @@ class AHIDataModule(pl.LightningDataModule):
         dataset = self.datasets.get(role)
         if dataset is None:
             return []  # Lightning runs no loop for a stage without loaders
+        if self.config is not None and isinstance(dataset, AHIDataset):  # what build_dataloader builds
+            built = build_dataloader(
+                self.config, dataset, stage=role, loader_class=ResumableDataLoader, collate_fn=self.collate_fn
+            )
+            assert isinstance(built, StatefulDataLoader)
+            return built
         sampler = ShuffleSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=self.drop_last)  # type: ignore[arg-type]
         workers = self.num_workers
-        return StatefulDataLoader(
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

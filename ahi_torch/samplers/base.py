@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,13 +26,40 @@ def world_info(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
     return num_replicas, rank
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a saved iteration stood: the epoch, the world it ran in, and what it had consumed.
+
+    ``consumed`` counts positions of the epoch's global order taken by all ranks together. Ranks
+    step in lockstep (DDP), so after each rank has yielded ``k`` samples the first ``k * world``
+    positions are consumed, whichever rank saved the state; MosaicML Streaming records its
+    ``sample_in_epoch`` the same way. ``start`` is where the saved iteration itself began
+    (non-zero after a resume at another world size).
+    """
+
+    epoch: int
+    yielded: int
+    world_size: int
+    start: int
+    size: int
+
+    @property
+    def consumed(self) -> int:
+        return min(self.size, self.start + self.yielded * self.world_size)
+
+
 class EpochSampler(DistributedSampler[int]):
     """Base class: subclasses give the epoch's global order; this class shards and resumes.
 
     The global order comes from ``numpy.random.default_rng([seed, epoch])``; each rank takes its
-    shard; ``state_dict()`` records the epoch and how many indices this iteration has yielded,
-    and ``load_state_dict()`` makes the next iteration continue exactly there. This is the
-    protocol ``torchdata.stateful_dataloader.StatefulDataLoader`` uses to checkpoint loaders.
+    shard; ``state_dict()`` records the epoch, the world size and how many indices this rank has
+    yielded, and ``load_state_dict()`` makes the next iteration continue exactly there. This is
+    the protocol ``torchdata.stateful_dataloader.StatefulDataLoader`` uses to checkpoint loaders.
+
+    A state saved at one world size resumes at another: the positions of the epoch's order that
+    all ranks had consumed are skipped, and the rest is dealt to the new ranks, each sample once
+    (plus the usual padding so every rank yields as many). A state whose dataset size differs
+    from this sampler's is refused.
 
     Every ahi_torch sampler is a ``torch.utils.data.DistributedSampler``, so Lightning and other
     trainers recognise it as already sharded and never wrap it in a second distributed sampler
@@ -53,7 +81,9 @@ class EpochSampler(DistributedSampler[int]):
         self.shuffle = True
         self.epoch = 0
         self.yielded = 0
-        self._resume_at: int | None = None
+        self._start = 0  # positions of the global order consumed before this iteration began
+        self._world_at_start = 1
+        self._resume: ResumePoint | None = None
 
     @property
     def num_replicas(self) -> int:
@@ -74,32 +104,69 @@ class EpochSampler(DistributedSampler[int]):
     def global_order(self, epoch: int) -> np.ndarray:
         raise NotImplementedError
 
+    def order_size(self) -> int:
+        """Length of every epoch's global order (what a saved state is checked against)."""
+        return len(self.global_order(self.epoch))
+
     def rng(self, epoch: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, epoch])
 
-    def indices(self, epoch: int | None = None) -> np.ndarray:
-        """This rank's indices for an epoch (default: the current one)."""
+    def indices(self, epoch: int | None = None, start: int = 0) -> np.ndarray:
+        """This rank's indices for an epoch (default: the current one), from position ``start`` of its order."""
         order = self.global_order(self.epoch if epoch is None else epoch)
         world, rank = world_info(self._num_replicas, self._rank)
-        return shard(order, rank, world, self.drop_last)
+        return shard(order[start:], rank, world, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (and so the order); call it before each epoch, as with DistributedSampler."""
+        """Choose the epoch (and so the order); call it before each epoch, as with DistributedSampler.
+
+        A resume loaded for another epoch is dropped: that epoch is over.
+        """
         self.epoch = int(epoch)
+        if self._resume is not None and self._resume.epoch != self.epoch:
+            self._resume = None
 
     def __len__(self) -> int:
-        return len(self.indices())
+        return len(self.indices(start=self._planned()[0]))
+
+    def _planned(self) -> tuple[int, int]:
+        """(start position in the global order, indices of this rank's shard to skip) for the next iteration."""
+        point = self._resume
+        if point is None:
+            return 0, 0
+        world = self.num_replicas
+        if point.world_size == world:
+            return point.start, point.yielded  # the same shards: continue each where it stopped
+        return point.consumed, 0  # another world: deal what is left to the new ranks
 
     def __iter__(self) -> Iterator[int]:
-        start = self._resume_at or 0
-        self._resume_at = None
-        self.yielded = start
-        for index in itertools.islice(self.indices().tolist(), start, None):
+        start, skip = self._planned()
+        self._resume = None
+        self._start, self._world_at_start = start, self.num_replicas
+        self.yielded = skip
+        for index in itertools.islice(self.indices(start=start).tolist(), skip, None):
             self.yielded += 1
             yield index
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "yielded": self.yielded, "seed": self.seed}
+        point = self._resume
+        if point is not None:  # loaded but not iterated yet: the position is still the loaded one
+            return {
+                "epoch": point.epoch,
+                "yielded": point.yielded,
+                "seed": self.seed,
+                "world_size": point.world_size,
+                "start": point.start,
+                "size": point.size,
+            }
+        return {
+            "epoch": self.epoch,
+            "yielded": self.yielded,
+            "seed": self.seed,
+            "world_size": self._world_at_start,
+            "start": self._start,
+            "size": self.order_size(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if int(state.get("seed", self.seed)) != self.seed:
@@ -107,5 +174,18 @@ class EpochSampler(DistributedSampler[int]):
         yielded = int(state["yielded"])
         if yielded < 0:
             raise ConfigError("cannot resume a sampler from a negative position")
+        size = self.order_size()
+        saved_size = int(state.get("size", size))
+        if saved_size != size:
+            raise ConfigError(
+                f"sampler state was saved over {saved_size} samples per epoch, this sampler has {size}: "
+                "the dataset changed, so the samples already seen cannot be told apart; start the epoch over"
+            )
         self.epoch = int(state["epoch"])
-        self._resume_at = yielded
+        self._resume = ResumePoint(
+            epoch=self.epoch,
+            yielded=yielded,
+            world_size=int(state.get("world_size", self.num_replicas)),
+            start=int(state.get("start", 0)),
+            size=size,
+        )

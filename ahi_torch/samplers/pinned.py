@@ -118,7 +118,21 @@ class NodePinnedSampler(EpochSampler):
         mine = self.node_samples(node, nodes)
         return mine[np.random.default_rng([self.seed, epoch, node]).permutation(len(mine))]
 
-    def indices(self, epoch: int | None = None) -> np.ndarray:
+    def order_size(self) -> int:
+        return self.size
+
+    def _planned(self) -> tuple[int, int]:
+        point = self._resume
+        if point is not None and point.world_size != self.num_replicas:
+            raise ConfigError(
+                f"a node-pinned sampler state saved at {point.world_size} ranks cannot resume at {self.num_replicas}: "
+                "groups are pinned to nodes by the node count, so the samples each node already saw do not carry "
+                "over; resume at the same world size, or start the epoch over (set_epoch to the next epoch)"
+            )
+        return super()._planned()
+
+    def indices(self, epoch: int | None = None, start: int = 0) -> np.ndarray:
+        """This rank's indices; ``start`` is always 0 here (a pinned epoch never moves between worlds)."""
         nodes, _, per_node, local = self.layout()
         order = self.global_order(self.epoch if epoch is None else epoch)
         shares = np.bincount(self.owners(nodes), minlength=nodes)

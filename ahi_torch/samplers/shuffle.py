@@ -42,6 +42,9 @@ class ShuffleSampler(EpochSampler):
         if self.groups is not None and len(self.groups) != self.size:
             raise ValueError(f"groups has {len(self.groups)} entries for {self.size} samples")
 
+    def order_size(self) -> int:
+        return self.size
+
     def global_order(self, epoch: int) -> np.ndarray:
         rng = self.rng(epoch) if self.shuffle else None
         if self.groups is not None:

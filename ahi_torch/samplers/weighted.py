@@ -51,5 +51,8 @@ class WeightedSampler(EpochSampler):
             raise ConfigError("without replacement, num_samples cannot exceed the samples with non-zero weight")
         self.replacement = replacement
 
+    def order_size(self) -> int:
+        return self.num_samples
+
     def global_order(self, epoch: int) -> np.ndarray:
         return weighted(self.weights, self.num_samples, self.rng(epoch), self.replacement)

@@ -21,7 +21,7 @@ import boto3
 from botocore.config import Config
 
 from ahi_torch.client import AHIClient, ClientConfig
-from ahi_torch.local.uploads import ImportResult, dicom_files, run_import, upload
+from ahi_torch.local.uploads import ImportResult, run_import, upload, upload_plan
 
 
 class ServiceProcess:
@@ -103,7 +103,7 @@ class ServiceProcess:
         s3 = self.boto3("s3")
         prefix = f"bench/{uuid.uuid4().hex[:12]}/"
         started = time.perf_counter()
-        upload(s3, dicom_files([root]), "ahi-torch-bench", prefix, root=root)
+        upload(s3, upload_plan([root]), "ahi-torch-bench", prefix)
         uploaded = time.perf_counter()
         result = run_import(mi, s3, datastore_id, f"s3://ahi-torch-bench/{prefix}", "s3://ahi-torch-bench/output/")
         self.import_seconds = {"upload": uploaded - started, "job": time.perf_counter() - uploaded}

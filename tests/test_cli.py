@@ -185,7 +185,7 @@ def test_local_serve_and_import_in_processes(tmp_path: Path) -> None:
             timeout=300,
             check=False,
         )
-        assert completed.returncode == 0, completed.stderr
+        assert completed.returncode == 1, "a file that failed is a failed command (issue 22.6)"
         assert "imported 2 of 3 files into 1 image sets; 1 failed" in completed.stdout
         assert "broken.dcm: The file is not a valid DICOM P10 object" in completed.stdout
         # A second import reads only its own files, into the same named data store.
@@ -210,6 +210,21 @@ def test_local_serve_and_import_in_processes(tmp_path: Path) -> None:
         assert again.returncode == 0, again.stderr
         assert "imported 1 of 1 files" in again.stdout
         assert again.stdout.split()[1] == completed.stdout.split()[1], "the data store named ahi-torch-demo is reused"
+        # Two folders whose files share names (as scanner exports name them): every file arrives.
+        for folder, key in (("a", "na"), ("b", "nb")):
+            write_series(tmp_path / folder, SeriesSpec(patient_id=key, series_key=key, slices=2, rows=8, columns=8))
+            for number, path in enumerate(sorted((tmp_path / folder).glob("*.dcm"))):
+                path.rename(path.with_name(f"{number}.dcm"))
+        folders = [str(tmp_path / folder) for folder in "ab"]
+        named = subprocess.run(
+            [sys.executable, "-m", "ahi_torch", "local", "import", *folders, "--data-dir", str(tmp_path / "store")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert named.returncode == 0, named.stderr
+        assert "imported 4 of 4 files into 2 image sets; 0 failed" in named.stdout
     finally:
         stop_subprocess(server)
 

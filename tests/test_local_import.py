@@ -13,6 +13,7 @@ from ahi_torch.codecs import decode_frame, pixel_crc32
 from ahi_torch.codecs.color import to_rgb
 from ahi_torch.local.transcode import KEPT_AS_IMPORTED
 from ahi_torch.metadata import PixelDescription
+from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 from .conftest import REAL_FILES, ImportedData
 
@@ -224,3 +225,20 @@ def test_embedded_s3_inputs_are_read_from_moto_without_http(ahi, tmp_path, monke
     monkeypatch.setattr(ahi.context, "read_s3_object", lambda bucket, key: None)  # not in moto's store
     again = ahi.import_dicom(tmp_path / "direct", datastore_id=result.datastore_id)
     assert again.status == "COMPLETED" and len(again.successes) == len(paths), "read over HTTP instead"
+
+
+def test_files_that_share_a_name_all_arrive(ahi, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22.6: a/1.dcm and b/1.dcm keyed by name overwrote each other; half arrived, reported as success."""
+    inputs = []
+    for folder in ("a", "b"):
+        spec = SeriesSpec(patient_id=f"SAME-{folder}", series_key=f"same{folder}", slices=4, rows=8, columns=8)
+        write_series(tmp_path / folder, spec)
+        for number, path in enumerate(sorted((tmp_path / folder).glob("*.dcm"))):
+            path.rename(path.with_name(f"{number + 1}.dcm"))
+        inputs.append(tmp_path / folder)
+    result = ahi.import_dicom(inputs)
+    summary = result.manifest["jobSummary"]
+    assert summary["numberOfScannedFiles"] == summary["numberOfImportedFiles"] == 8
+    assert len(result.image_set_ids) == 2
+    direct = ahi.import_dicom([tmp_path / "a" / "1.dcm", tmp_path / "b" / "1.dcm"])
+    assert direct.manifest["jobSummary"]["numberOfImportedFiles"] == 2, "two same-named files given directly"

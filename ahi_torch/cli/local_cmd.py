@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -203,17 +202,14 @@ def import_command(args: argparse.Namespace) -> int:
     from botocore.config import Config
 
     from ..errors import EndpointUnreachable
-    from ..local.uploads import dicom_files, run_import, upload
+    from ..local.uploads import import_paths
 
     endpoints = _endpoints(args.data_dir)
     if not endpoints.get("s3_endpoint_url"):
         raise UsageError("the running local service has no S3 endpoint")
-    try:
-        files = dicom_files(args.paths)
-    except FileNotFoundError as error:
-        raise UsageError(str(error)) from None
-    if not files:
-        raise UsageError("no files found to import")
+    missing = [str(path) for path in args.paths if not path.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {missing[0]}")
     session = boto3.session.Session(
         aws_access_key_id="local", aws_secret_access_key="local", region_name=endpoints["region"]
     )
@@ -223,10 +219,9 @@ def import_command(args: argparse.Namespace) -> int:
     s3 = session.client("s3", endpoint_url=endpoints["s3_endpoint_url"])
     try:
         datastore_id = args.datastore_id or _datastore_named(mi, args.datastore_name)
-        root = args.paths[0] if len(args.paths) == 1 and args.paths[0].is_dir() else None
-        prefix = f"cli/{uuid.uuid4().hex[:12]}/"  # each import reads only its own files
-        upload(s3, files, "ahi-torch-import", prefix, root=root, progress=sys.stderr.isatty())
-        result = run_import(mi, s3, datastore_id, f"s3://ahi-torch-import/{prefix}", "s3://ahi-torch-import/output/")
+        result = import_paths(mi, s3, datastore_id, args.paths, progress=sys.stderr.isatty())
+    except FileNotFoundError as error:
+        raise UsageError(str(error)) from None
     except Exception as error:
         from botocore.exceptions import BotoCoreError
 
@@ -244,7 +239,7 @@ def import_command(args: argparse.Namespace) -> int:
     )
     for failure in result.failures:
         print(f"  failed: {failure['inputFile']}: {failure['exception']['message']}")
-    return EXIT_OK
+    return EXIT_FAILURE if result.failures else EXIT_OK
 
 
 def _datastore_named(mi: Any, name: str) -> str:

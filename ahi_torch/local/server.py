@@ -14,7 +14,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from .faults import Faults
 from .importer import Importer
 from .security import guards_for
 from .store import Store
-from .uploads import ImportResult, dicom_files, run_import, upload
+from .uploads import ImportResult, import_paths
 
 if TYPE_CHECKING:
     from ..client import AHIClient
@@ -321,18 +320,14 @@ class LocalAHI:
         Creates a data store when ``datastore_id`` is None. Returns the job's manifests.
         """
         items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        files = dicom_files(items)
-        root = Path(items[0]) if len(items) == 1 and Path(items[0]).is_dir() else None
         datastore_id = datastore_id or self.create_datastore()
-        run_prefix = f"input/{uuid.uuid4().hex[:12]}/"
-        s3 = self.s3_client()
-        upload(s3, files, bucket, run_prefix, root=root, progress=progress)
-        return run_import(
+        return import_paths(
             self.boto3_client(),
-            s3,
+            self.s3_client(),
             datastore_id,
-            f"s3://{bucket}/{run_prefix}",
-            f"s3://{bucket}/output/",
+            items,
+            bucket=bucket,
+            progress=progress,
             timeout=timeout,
         )
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from ..errors import AHIError
 from ..polling import poll_until
 
 #: A syntactically valid role ARN; the local service does not evaluate IAM.
@@ -47,29 +48,33 @@ class ImportResult:
         raise KeyError(input_file)
 
 
-def dicom_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Files to upload: each path itself, or every file under it when it is a folder (sorted)."""
-    found: list[Path] = []
-    for path in map(Path, paths):
+def upload_plan(paths: Iterable[str | Path]) -> list[tuple[Path, str]]:
+    """(file, key under the job's prefix) of every file to upload; no two files share a key.
+
+    One folder keeps its layout (``a/1.dcm``); one file keeps its name. With several inputs each
+    goes under its own numbered folder (``0/1.dcm``, ``1/1.dcm``): scanner exports name files
+    ``1.dcm``, ``2.dcm``... in every folder, and keyed by name alone they would overwrite each other.
+    """
+    inputs = list(map(Path, paths))
+    plan: list[tuple[Path, str]] = []
+    for number, path in enumerate(inputs):
+        folder = f"{number}/" if len(inputs) > 1 else ""
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+            plan += [(p, folder + p.relative_to(path).as_posix()) for p in sorted(path.rglob("*")) if p.is_file()]
         elif path.is_file():
-            found.append(path)
+            plan.append((path, folder + path.name))
         else:
             raise FileNotFoundError(f"no such file or folder: {path}")
-    return found
+    keys = [key for _, key in plan]
+    if len(set(keys)) != len(keys):  # cannot happen with the layout above; a silent overwrite must not either
+        raise ValueError("two input files map to one upload key")
+    return plan
 
 
 def upload(
-    s3: Any,
-    files: list[Path],
-    bucket: str,
-    prefix: str,
-    root: Path | None = None,
-    progress: bool = False,
-    max_workers: int = 8,
+    s3: Any, plan: list[tuple[Path, str]], bucket: str, prefix: str, progress: bool = False, max_workers: int = 8
 ) -> list[str]:
-    """Upload files under ``s3://bucket/prefix``, keeping paths relative to ``root``; returns keys.
+    """Upload each (file, key) of ``plan`` to ``s3://bucket/prefix+key``; returns the keys.
 
     ``max_workers`` uploads run at once (a boto3 client is thread-safe): one at a time, each
     small DICOM file waits a full request round trip.
@@ -78,18 +83,46 @@ def upload(
         s3.head_bucket(Bucket=bucket)
     except Exception:
         s3.create_bucket(Bucket=bucket)
-    keys = []
-    for path in files:
-        relative = path.relative_to(root) if root and path.is_relative_to(root) else Path(path.name)
-        keys.append(f"{prefix}{relative.as_posix()}")
+    keys = [prefix + key for _, key in plan]
     shown = progress and sys.stderr.isatty()
     with (
         ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool,
-        tqdm(total=len(files), desc="upload", unit=" files", disable=not shown) as bar,
+        tqdm(total=len(plan), desc="upload", unit=" files", disable=not shown) as bar,
     ):
-        for _ in pool.map(lambda job: s3.upload_file(str(job[0]), bucket, job[1]), zip(files, keys, strict=True)):
+        jobs = zip((path for path, _ in plan), keys, strict=True)
+        for _ in pool.map(lambda job: s3.upload_file(str(job[0]), bucket, job[1]), jobs):
             bar.update()
     return keys
+
+
+def import_paths(
+    medical_imaging: Any,
+    s3: Any,
+    datastore_id: str,
+    paths: Iterable[str | Path],
+    *,
+    bucket: str = "ahi-torch-import",
+    progress: bool = False,
+    timeout: float = 3600.0,
+) -> ImportResult:
+    """Upload files or folders under a prefix of their own and import them: the one import path.
+
+    ``LocalAHI.import_dicom`` and ``ahi-torch local import`` both call this. Every file handed in
+    is uploaded under its own key, and the job must scan every one of them: a job that saw fewer
+    raises instead of reporting success.
+    """
+    plan = upload_plan(paths)
+    if not plan:
+        raise FileNotFoundError("no files found to import")
+    prefix = f"input/{uuid.uuid4().hex[:12]}/"  # each import reads only its own files
+    upload(s3, plan, bucket, prefix, progress=progress)
+    result = run_import(
+        medical_imaging, s3, datastore_id, f"s3://{bucket}/{prefix}", f"s3://{bucket}/output/", timeout=timeout
+    )
+    scanned = result.manifest.get("jobSummary", {}).get("numberOfScannedFiles") if result.manifest else None
+    if scanned is not None and scanned != len(plan):
+        raise AHIError(f"import job {result.job_id} scanned {scanned} of the {len(plan)} files uploaded")
+    return result
 
 
 def _read_ndjson(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:

@@ -110,3 +110,29 @@ def test_flipped_bits_never_load_as_other_ids(ahi, synthetic_import: ImportedDat
 def test_no_progress_bar_off_a_terminal(ahi, synthetic_import: ImportedData, capsys) -> None:  # type: ignore[no-untyped-def]
     build_index(ahi.client(), synthetic_import.datastore_id, progress=True)
     assert capsys.readouterr().err == "", "a piped stderr gets no bar"
+
+
+def test_a_search_that_matches_nothing_never_replaces_a_saved_index(
+    ahi, synthetic_import: ImportedData, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22.7: a failing `index build` or `cache warm` wrote an empty index over a good one."""
+    path = tmp_path / "index.parquet"
+    good = build_index_from_config(_config(ahi, synthetic_import, path), progress=False)
+    saved = path.read_bytes()
+    nothing = _config(ahi, synthetic_import, path, filters=[{"patient_id": "NOBODY"}])
+    with pytest.raises(ConfigError, match=r"matched no frames .*; the index at .* was left as it was"):
+        build_index_from_config(nothing, progress=False)
+    assert path.read_bytes() == saved and FrameIndex.load(path).version == good.version
+    config = tmp_path / "nothing.yaml"
+    config.write_text(
+        f"connection: {{endpoint_url: '{ahi.endpoint_url}', access_key_id: local, secret_access_key: local}}\n"
+        f"datastore: {{id: {synthetic_import.datastore_id}}}\nindex: {{path: '{path}'}}\n"
+        "search: {filters: [{patient_id: NOBODY}]}\n"
+    )
+    for command in (["index", "build", str(config)], ["cache", "warm", str(config), "-o", f"cache.dir={tmp_path}/c"]):
+        assert main(command) == 2, "a configuration problem: exit 2 with one line"
+        assert "matched no frames" in capsys.readouterr().err
+        assert path.read_bytes() == saved, f"{command[:2]} left the saved index alone"
+    with pytest.raises(ConfigError, match="an empty index never replaces"):
+        good.filter(pa.array([False] * len(good))).save(path)
+    assert path.read_bytes() == saved

@@ -123,3 +123,37 @@ def test_no_credentials_or_patient_data_in_logs(signed: LocalAHI, caplog: pytest
         stranger.list_datastores()
     logged = "\n".join(record.getMessage() for record in caplog.records if not record.name.startswith("botocore"))
     assert SECRET not in logged and PATIENT not in logged
+
+
+def test_no_file_ahi_torch_writes_holds_the_credentials(ahi, synthetic_import, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22.8: manifest.json stored secret_access_key and session_token in plain text."""
+    from ahi_torch.cli.main import main
+    from ahi_torch.config import build_dataloader, build_dataset, config_hash, load, to_dict, write_manifest
+
+    key, secret, token = "AKIAKEYTHATMUSTNOTLEAK", "Secret/That+Must=Not-Leak", "TokenThatMustNotLeak"
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"connection: {{endpoint_url: '{ahi.endpoint_url}', access_key_id: {key}, secret_access_key: '{secret}',"
+        f" session_token: {token}}}\n"
+        f"datastore: {{id: {synthetic_import.datastore_id}}}\n"
+        f"index: {{path: '{tmp_path / 'index.parquet'}'}}\n"
+        f"cache: {{dir: '{tmp_path / 'cache'}'}}\n"
+        f"loader: {{num_workers: 0, batch_size: 1, error_policy: skip, failure_log: '{tmp_path / 'failures.jsonl'}'}}\n"
+    )
+    cfg = load(config)
+    with caplog.at_level(logging.DEBUG):
+        dataset = build_dataset(cfg, progress=False)
+        next(iter(build_dataloader(cfg, dataset)))
+        write_manifest(cfg, dataset, tmp_path / "run")
+        assert main(["cache", "warm", str(config)]) == 0
+        assert main(["index", "build", str(config)]) == 0
+    produced = [path for path in tmp_path.rglob("*") if path.is_file() and path != config]  # the user's own file
+    assert len(produced) > 5, "manifest, index, cache files"
+    leaks = [str(path) for path in produced if any(s.encode() in path.read_bytes() for s in (key, secret, token))]
+    assert not leaks, f"credentials written to {leaks}"
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("ahi_torch"))
+    assert not any(s in ours for s in (key, secret, token)), "nor in ahi_torch's own log lines"
+    for text in (repr(cfg), repr(cfg.connection), repr(dataset.fetcher.client), str(to_dict(cfg))):
+        assert secret not in text and token not in text and key not in text
+    assert to_dict(cfg, secrets=True)["connection"]["secret_access_key"] == secret, "round trips keep them"
+    assert config_hash(cfg) == config_hash(load(config, ["connection.secret_access_key=rotated"])), "rotation"

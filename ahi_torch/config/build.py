@@ -93,6 +93,9 @@ def build_index_from_config(
         index, _ = refresh_index(client, saved, max_workers=cfg.index.max_workers, progress=progress)
     else:
         index = saved
+    if len(index) == 0:
+        kept = f"; the index at {path} was left as it was" if path.exists() else ""
+        raise ConfigError(f"the search matched no frames in data store {datastore_id} (check search.filters){kept}")
     if index is not saved:  # a loaded, unrefreshed index is not rewritten (ranks may load it at once)
         index.save(path)
     if cfg.search.modalities:

@@ -210,11 +210,27 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     return from_dict(Config, apply_overrides(data, overrides or []))
 
 
-def to_dict(cfg: Config) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+#: ``connection`` fields never written to a file ahi_torch produces (manifests are shared and committed).
+SECRET_FIELDS = ("access_key_id", "secret_access_key", "session_token")
+REDACTED = "<redacted>"
+
+
+def to_dict(cfg: Config, *, secrets: bool = False) -> dict[str, Any]:
+    """The config as plain data; credentials read ``<redacted>`` unless ``secrets=True``.
+
+    ``from_dict(Config, to_dict(cfg, secrets=True)) == cfg``; without secrets the result is what
+    a manifest may hold.
+    """
+    data = dataclasses.asdict(cfg)
+    if not secrets:
+        connection = data["connection"]
+        for name in SECRET_FIELDS:
+            if connection.get(name) is not None:
+                connection[name] = REDACTED
+    return data
 
 
 def config_hash(cfg: Config) -> str:
-    """SHA-256 of the canonical JSON form: equal hashes mean equal configurations."""
+    """SHA-256 of the canonical JSON form: equal hashes mean equal configurations (credentials aside)."""
     canonical = json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -288,6 +288,8 @@ class FrameIndex:
         :meth:`load`, so a flipped bit never loads as a different frame ID or data store.
         """
         path = Path(path)
+        if len(self) == 0 and path.exists():
+            raise ConfigError(f"an empty index never replaces the one at {path}; it was left as it was")
         path.parent.mkdir(parents=True, exist_ok=True)
         info = json.dumps({**self.info, "format_version": FORMAT_VERSION, "index_version": self.version})
         metadata = dict(self.table.schema.metadata or {})

@@ -107,6 +107,21 @@ class EndpointUnreachable(AHIError):
     """The AHI endpoint could not be reached (connection refused, DNS, timeout after retries)."""
 
 
+class EndpointDown(EndpointUnreachable):
+    """The endpoint has answered no request for ``ClientConfig.endpoint_timeout`` seconds.
+
+    An endpoint that is down is not a property of a frame: this is never retried, and error
+    policies never try other samples after it.
+    """
+
+
+class NoCredentials(AHIError):
+    """No AWS credentials were found for signing requests; never retried."""
+
+    def __init__(self) -> None:
+        super().__init__("no AWS credentials found: configure a profile, keys or a session_factory")
+
+
 class WaiterTimeout(AHIError):
     """A ``wait_for_*`` call gave up before the resource reached the wanted state."""
 

@@ -97,7 +97,15 @@ def test_index_build_show_cache_warm_verify_stats(ahi, imported, tmp_path, capsy
     code, out, _ = _run(capsys, "cache", "stats", "--dir", str(tmp_path / "cache"))
     assert code == 0 and "entries     12" in out
     code, out, _ = _run(capsys, "cache", "stats", str(CONFIG), *flags, "-o", "cache.size_gb=3")
-    assert code == 0 and "of 3.2 GB" in out, "the config's size limit, not the default"
+    assert code == 0 and "of 3.0 GiB" in out, "the config's size limit (GiB, as size_gb means), not the default"
+    # A cache filled at reduced resolution is checked against AHI's checksum of that resolution (issue 22.9).
+    for reduce in (1, 2, 3):
+        reduced = [*flags, "-o", f"intensity.reduce={reduce}"]
+        code, out, err = _run(capsys, "cache", "warm", str(CONFIG), *reduced)
+        assert code == 0, err
+        code, out, err = _run(capsys, "cache", "verify", str(CONFIG), *reduced)
+        assert code == 0, out + err
+        assert f"12 cached frames verified at reduce={reduce}, 0 checksum mismatches" in out
     # Corrupt one cached frame on disk: verify reports it and exits non-zero.
     import sqlite3
 

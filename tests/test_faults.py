@@ -230,7 +230,8 @@ def test_one_retry_layer_bounds_requests_per_frame(tmp_path: Path) -> None:
         assert exact == 192
         assert all(kind in injected for kind in ("throttle", "error", "drop", "bitflip")), injected
         assert sum(per_frame) / len(per_frame) <= 1.25, "each fault costs one more request, not a cascade"
-        assert min(per_frame) >= 1 and max(per_frame) <= RetryPolicy().max_attempts
+        # Throttles do not use up attempts (they slow the rate instead); every other fault does.
+        assert min(per_frame) >= 1 and max(per_frame) <= RetryPolicy().max_attempts + injected["throttle"]
 
         # A frame that can never succeed costs exactly the budget, whatever the layers above do.
         frame_id = index.texts("frame_id")[5]
@@ -244,3 +245,110 @@ def test_one_retry_layer_bounds_requests_per_frame(tmp_path: Path) -> None:
         with pytest.raises(SampleError, match="after 4 attempts"):
             retrying[5]
         assert ahi.frame_request_counts()[frame_id] - before == RetryPolicy().max_attempts == 4
+
+
+def test_sustained_throttling_delivers_every_frame_at_the_granted_rate(tmp_path: Path) -> None:
+    """Issue 22.10: at 50 % throttling 3 of 100 frames failed after 4 attempts; throttles now slow down instead."""
+    specs = [
+        SeriesSpec(patient_id=f"T{n}", study_key="t", series_key=f"t{n}", slices=25, rows=16, columns=16)
+        for n in range(4)
+    ]
+    sources = _write_sources(tmp_path / "dicom", specs)
+    faults = Faults(seed=11)
+    with LocalAHI(faults=faults) as ahi:
+        result = ahi.import_dicom(tmp_path / "dicom")
+        client = ahi.client()
+        index = build_index(client, result.datastore_id, progress=False)
+        faults.specs.update(Faults.parse("GetImageFrame:throttle=0.5").specs)
+        dataset = FrameDataset(index, client, rescale=False, dtype=None, max_workers=4)
+        served = 0
+        for batch in DataLoader(dataset, batch_size=10, num_workers=0):
+            for image, sop in zip(batch["image"], batch["meta"]["sop_instance_uid"], strict=True):
+                np.testing.assert_array_equal(image[0].numpy(), sources[sop])
+                served += 1
+        counts = ahi.frame_request_counts()
+        per_frame = [counts.get(frame_id, 0) for frame_id in index.texts("frame_id")]
+        print(f"\n{sum(per_frame)} requests for {len(per_frame)} frames, {faults.injected['throttle']} throttled")
+        assert served == len(index) == 100, "every frame arrives"
+        assert faults.injected["throttle"] > 30
+        assert sum(per_frame) / len(per_frame) <= 2.2
+        assert client.frame_transport.adaptive.rate is not None, "throttles lowered the send rate"
+
+
+class _SilentServer:
+    """Accepts TCP connections and never answers: a hung service behind a live port."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(128)
+        self.port = self.socket.getsockname()[1]
+        self.connections: list[object] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+
+    def close(self) -> None:
+        self.socket.close()
+        for connection in self.connections:
+            connection.close()  # type: ignore[attr-defined]
+
+
+def test_a_dead_endpoint_fails_fast_and_is_never_a_reason_to_replace_samples(ahi, synthetic_import) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22.11: 8 read timeouts before build_index failed; `skip` tried 15 replacements x 4 attempts."""
+    from ahi_torch.errors import EndpointDown
+
+    index = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
+    silent = _SilentServer()
+    try:
+        dead = AHIClient(
+            ahi.client().config,
+            endpoint_url=f"http://127.0.0.1:{silent.port}",
+            read_timeout=0.4,
+            endpoint_timeout=1.5,
+            max_attempts=8,
+        )
+        with pytest.raises(EndpointDown, match=rf"http://127\.0\.0\.1:{silent.port} has not answered for \d+ s"):
+            build_index(dead, synthetic_import.datastore_id, progress=False)
+        assert len(silent.connections) <= 5, "botocore's retries end once the endpoint is known to be down"
+        before = len(silent.connections)
+        dataset = FrameDataset(index, dead, error_policy="skip", max_workers=1)
+        with pytest.raises(EndpointUnreachable, match=rf"127\.0\.0\.1:{silent.port}"):
+            dataset[0]
+        assert dataset.outcomes["replaced"] == 0, "no other sample was tried"
+        assert len(silent.connections) - before <= RetryPolicy().max_attempts
+    finally:
+        silent.close()
+
+
+def test_missing_credentials_are_one_error_never_retried(ahi, synthetic_import, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 22.12: on the frame path they were EndpointUnreachable, retried 4 times as transfer errors."""
+    from ahi_torch.client import ClientConfig
+    from ahi_torch.errors import NoCredentials
+
+    index = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    anonymous = AHIClient(ClientConfig(endpoint_url=ahi.endpoint_url, region="us-east-1"))
+    with pytest.raises(NoCredentials, match="no AWS credentials found"):
+        anonymous.list_datastores()
+    before = sum(ahi.frame_request_counts().values())
+    dataset = FrameDataset(index, anonymous, error_policy="skip", max_workers=1)
+    with pytest.raises(NoCredentials):
+        dataset[0]
+    counters = dataset.fetcher.counters
+    assert counters.retries == counters.transfer_errors == 0 and dataset.outcomes["replaced"] == 0
+    assert sum(ahi.frame_request_counts().values()) == before, "nothing was sent"

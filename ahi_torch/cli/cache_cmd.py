@@ -116,7 +116,7 @@ def warm_command(args: argparse.Namespace) -> int:
 
 
 def verify_command(args: argparse.Namespace) -> int:
-    from ..codecs import pixel_crc32
+    from ..errors import ChecksumMismatch
 
     dataset = _dataset(args)
     table, fetcher = dataset.table, dataset.fetcher
@@ -124,7 +124,7 @@ def verify_command(args: argparse.Namespace) -> int:
     assert cache is not None  # _dataset refuses configs with the cache disabled
     if not cache.available:
         raise CacheError(f"cannot verify the frame cache at {cache.directory}: {cache.problem}")
-    checked = missing = bad = 0
+    checked = missing = bad = unlisted = 0
     for row in tqdm(range(len(table)), desc="verify", unit="frame", disable=not sys.stderr.isatty()):
         ref = table.ref(row)
         pixels = fetcher.cached(ref)
@@ -132,13 +132,17 @@ def verify_command(args: argparse.Namespace) -> int:
             missing += 1
             continue
         checked += 1
-        if ref.checksum is not None and pixel_crc32(pixels) != ref.checksum:
+        try:
+            unlisted += fetcher.verified_crc(ref, pixels) is None
+        except ChecksumMismatch as error:
             bad += 1
-            print(f"mismatch: {ref.where()}", file=sys.stderr)
+            print(f"mismatch: {error}", file=sys.stderr)
     evicted = cache.counters.corrupt_evicted
+    at = f" at reduce={fetcher.reduce}" if fetcher.reduce else ""
     print(
-        f"{checked} cached frames verified, {bad} checksum mismatches, "
+        f"{checked} cached frames verified{at}, {bad} checksum mismatches, "
         f"{evicted} corrupt entries evicted, {missing} not cached"
+        + (f", {unlisted} without an AHI checksum at this resolution" if unlisted else "")
     )
     return EXIT_FAILURE if bad or evicted else EXIT_OK
 
@@ -162,7 +166,7 @@ def stats_command(args: argparse.Namespace) -> int:
     stats = _named_cache(args).stats()
     print(f"directory   {stats['directory']}")
     print(f"entries     {stats['entries']}")
-    print(f"size        {stats['volume_bytes'] / 1e6:.1f} MB of {stats['size_limit_bytes'] / 1e9:.1f} GB")
+    print(f"size        {stats['volume_bytes'] / 2**20:.1f} MiB of {stats['size_limit_bytes'] / 2**30:.1f} GiB")
     return EXIT_OK
 
 

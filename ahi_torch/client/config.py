@@ -34,6 +34,9 @@ class ClientConfig:
         retry_mode, max_attempts: botocore retries (throttling, 5xx and connection errors are
             retried with jittered exponential backoff in ``standard`` and ``adaptive`` modes).
         connect_timeout, read_timeout: seconds; a stuck request fails instead of stalling an epoch.
+        endpoint_timeout: seconds the endpoint may answer no request at all before calls fail
+            with :class:`~ahi_torch.errors.EndpointDown` naming it, instead of being retried
+            (a service that accepts connections and never answers fails within a minute).
         rate_limits: the account's quotas in requests per second per operation (e.g.
             ``{"GetImageFrame": 1000}``), or ``"aws"`` for AWS's documented quotas. AHI throttles
             per account, so each node takes ``rate_limit_share`` of them, shared by every process
@@ -56,7 +59,8 @@ class ClientConfig:
     retry_mode: str = "standard"
     max_attempts: int = 8
     connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    read_timeout: float = 20.0
+    endpoint_timeout: float = 45.0
     rate_limits: dict[str, float] | str | None = None
     rate_limit_dir: str | None = None
     rate_limit_share: float | None = None
@@ -69,8 +73,8 @@ class ClientConfig:
             raise ConfigError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.max_pool_connections < 1:
             raise ConfigError(f"max_pool_connections must be at least 1, not {self.max_pool_connections}")
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ConfigError("connect_timeout and read_timeout must be positive")
+        if self.connect_timeout <= 0 or self.read_timeout <= 0 or self.endpoint_timeout <= 0:
+            raise ConfigError("connect_timeout, read_timeout and endpoint_timeout must be positive")
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ConfigError("give both access_key_id and secret_access_key, or neither")
         if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):

@@ -49,10 +49,11 @@ from botocore.exceptions import (
 )
 
 from .. import __version__
-from ..errors import AHIError, EndpointUnreachable, from_client_error
+from ..errors import AHIError, EndpointUnreachable, NoCredentials, from_client_error
 from ..per_process import PerProcess
 from .config import ClientConfig
 from .frame_transport import FrameTransport, ImageFrame
+from .health import Silence
 from .quotas import BURST_SECONDS, node_rates
 from .ratelimit import RateLimiter
 from .store_budget import StoreBudget
@@ -110,6 +111,7 @@ class AHIClient(Waiters, _BotoSignatures):
         self._limiter = request_budget(self.config)
         self._handles = PerProcess(self._build)
         self._transport = PerProcess(self._make_transport)
+        self._silence = PerProcess(self._make_silence)
 
     # --- process-local boto3 client -------------------------------------------------------------
 
@@ -122,6 +124,11 @@ class AHIClient(Waiters, _BotoSignatures):
         self.counters = ClientCounters()
         self._handles = PerProcess(self._build)
         self._transport = PerProcess(self._make_transport)
+        self._silence = PerProcess(self._make_silence)
+
+    def _make_silence(self) -> Silence:
+        where = self.config.endpoint_url or f"AHI in {self.config.resolved_region}"
+        return Silence(where, self.config.endpoint_timeout)
 
     def __repr__(self) -> str:
         where = self.config.endpoint_url or self.config.resolved_region or "default region"
@@ -158,7 +165,21 @@ class AHIClient(Waiters, _BotoSignatures):
         except NoRegionError:
             raise AHIError("no AWS region configured: set ClientConfig(region=...) or AWS_REGION") from None
         client.meta.events.register("needs-retry.medical-imaging", self._retry_truncated_body)
+        # First, so a dead endpoint ends botocore's own retries too (its handler would retry it 8 times).
+        client.meta.events.register_first("needs-retry.medical-imaging", self._give_up_on_silence)
+        client.meta.events.register_first("before-send.medical-imaging", self._sending)
         return session, client
+
+    def _sending(self, **_: Any) -> None:
+        self._silence.get().sent()
+
+    def _give_up_on_silence(self, response: Any = None, caught_exception: Any = None, **_: Any) -> None:
+        """botocore's needs-retry hook: an answer resets the silence; a timeout past the limit ends the call."""
+        silence = self._silence.get()
+        if response is not None:
+            silence.answered()
+        elif isinstance(caught_exception, (ConnectTimeoutError, ReadTimeoutError, EndpointConnectionError)):
+            silence.timed_out(caught_exception)
 
     def _retry_truncated_body(
         self, response: Any = None, operation: Any = None, attempts: int = 1, **_: Any
@@ -199,6 +220,7 @@ class AHIClient(Waiters, _BotoSignatures):
             connect_timeout=c.connect_timeout,
             read_timeout=c.read_timeout,
             limiter=self._limiter,
+            endpoint_timeout=c.endpoint_timeout,
         )
 
     @property
@@ -217,7 +239,7 @@ class AHIClient(Waiters, _BotoSignatures):
             where = self.config.endpoint_url or f"AHI in {self.config.resolved_region}"
             raise EndpointUnreachable(f"cannot reach {where}: {error}") from error
         except NoCredentialsError:
-            raise AHIError("no AWS credentials found: configure a profile, keys or a session_factory") from None
+            raise NoCredentials() from None
         self.counters.calls += 1
         self.counters.retries += int(response.pop("ResponseMetadata", {}).get("RetryAttempts", 0))
         return response
@@ -230,6 +252,8 @@ class AHIClient(Waiters, _BotoSignatures):
             try:
                 return body.read(), response
             except (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError) as error:
+                if isinstance(error, ReadTimeoutError):
+                    self._silence.get().timed_out(error)
                 self.counters.stream_retries += 1
                 if attempt + 1 >= self.config.max_attempts:
                     raise EndpointUnreachable(

@@ -36,13 +36,16 @@ from botocore.httpsession import get_cert_path
 from botocore.parsers import create_parser
 
 from .. import __version__
-from ..errors import EndpointUnreachable, from_client_error
+from ..errors import EndpointUnreachable, NoCredentials, from_client_error
+from .health import AdaptiveRate, Silence
 
 if TYPE_CHECKING:
     from .ratelimit import RateLimiter
     from .store_budget import StoreBudget
 
 OPERATION = "GetImageFrame"
+#: Statuses that mean "slow down" (AHI's ThrottlingException is 429).
+THROTTLE_STATUSES = frozenset({429})
 #: Bytes read at a time by :meth:`FrameTransport.get_prefix`.
 PREFIX_CHUNK = 16 * 1024
 #: ``stop(received) -> length wanted | None (cannot tell yet) | -1 (all)``.
@@ -72,6 +75,11 @@ class FrameTransport:
         max_connections: connections kept open (one per concurrent fetch thread).
         connect_timeout, read_timeout: seconds.
         limiter: the shared request budget, taken once per request.
+        endpoint_timeout: seconds without any answer after which a timeout raises
+            :class:`EndpointDown` instead of being retried (see :mod:`.health`).
+
+    Throttles lower this process's send rate (:class:`AdaptiveRate`, botocore's adaptive mode)
+    until the service stops throttling.
     """
 
     def __init__(
@@ -81,8 +89,9 @@ class FrameTransport:
         *,
         max_connections: int = 32,
         connect_timeout: float = 5.0,
-        read_timeout: float = 30.0,
+        read_timeout: float = 20.0,
         limiter: RateLimiter | StoreBudget | None = None,
+        endpoint_timeout: float = 45.0,
     ) -> None:
         meta = boto3_client.meta
         self.operation = meta.service_model.operation_model(OPERATION)
@@ -93,6 +102,8 @@ class FrameTransport:
         self.signing_name = meta.service_model.signing_name
         self.credentials = credentials
         self.limiter = limiter
+        self.silence = Silence(self.endpoint_url, endpoint_timeout)
+        self.adaptive = AdaptiveRate()
         self.user_agent = f"ahi-torch/{__version__} botocore/{botocore.__version__}"
         self._parser = create_parser("rest-json")
         # Every frame goes to one host: its connection pool, without a PoolManager's per-call lookup.
@@ -123,7 +134,7 @@ class FrameTransport:
             headers={"Content-Type": "application/json", "User-Agent": self.user_agent},
         )
         if self.credentials is None:
-            raise EndpointUnreachable("no AWS credentials found: configure a profile, keys or a session_factory")
+            raise NoCredentials()
         SigV4Auth(self.credentials.get_frozen_credentials(), self.signing_name, self.region).add_auth(request)
         return request
 
@@ -131,8 +142,10 @@ class FrameTransport:
         """Take a request from the budget, sign it and send it; the body is left unread."""
         if self.limiter is not None:
             self.limiter.acquire(OPERATION)
+        self.adaptive.before_send()
         request = self.signed_request(datastore_id, image_set_id, frame_id)
-        return self._pool.urlopen(
+        self.silence.sent()
+        response = self._pool.urlopen(
             "POST",
             urlsplit(request.url).path,
             body=request.body,
@@ -141,6 +154,15 @@ class FrameTransport:
             redirect=False,
             retries=False,
         )
+        self.silence.answered()
+        self.adaptive.answered(throttled=response.status in THROTTLE_STATUSES)
+        return response
+
+    def _unreachable(self, error: urllib3.exceptions.HTTPError) -> EndpointUnreachable:
+        """The error for a request that failed on the wire; :class:`EndpointDown` after long silence."""
+        if isinstance(error, (urllib3.exceptions.TimeoutError, urllib3.exceptions.NewConnectionError)):
+            self.silence.timed_out(error)
+        return EndpointUnreachable(f"GetImageFrame to {self.endpoint_url} failed: {error}")
 
     def get(self, datastore_id: str, image_set_id: str, frame_id: str) -> ImageFrame:
         """One GetImageFrame request: the frame, or a typed error (nothing is retried here)."""
@@ -151,7 +173,7 @@ class FrameTransport:
             finally:
                 response.release_conn()
         except urllib3.exceptions.HTTPError as error:
-            raise EndpointUnreachable(f"GetImageFrame to {self.endpoint_url} failed: {error}") from error
+            raise self._unreachable(error) from error
         if response.status != 200:
             raise self._error(response.status, response.headers, data)
         return ImageFrame(data, response.headers.get("Content-Type", "application/octet-stream"))
@@ -189,7 +211,7 @@ class FrameTransport:
                 else:
                     response.close()
         except urllib3.exceptions.HTTPError as error:
-            raise EndpointUnreachable(f"GetImageFrame to {self.endpoint_url} failed: {error}") from error
+            raise self._unreachable(error) from error
         if wanted is not None and len(received) < wanted:
             raise EndpointUnreachable(f"GetImageFrame to {self.endpoint_url}: the body ended before {wanted} bytes")
         data = bytes(received if wanted is None else received[:wanted])

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from ..cache.frame_cache import MODES as CACHE_MODES
 from ..client.config import ClientConfig
 from ..datasets import GROUP_COLUMNS, UNLABELED
-from ..datasets.labels import JOIN_KEYS, LabelTypes
+from ..datasets.labels import JOIN_KEYS, VALUE_TYPES, LabelTypes
 from ..datasets.policy import MODES as ERROR_POLICIES
 from ..errors import ConfigError
 from ..index.search import FILTERS, named_filter
@@ -126,6 +126,7 @@ class LabelsConfig:
     def __post_init__(self) -> None:
         _one_of(self, "join_on", JOIN_KEYS)
         _one_of(self, "unlabeled", UNLABELED)
+        _one_of(self, "value_type", VALUE_TYPES)
         LabelTypes(self.value_type, tuple(self.classes) if self.classes is not None else None)
         if bool(self.column) == bool(self.table):
             raise ConfigError("labels: give either column or table")

@@ -15,8 +15,9 @@ from torch.utils.data import Dataset
 
 from ..cache import FrameCache
 from ..client import AHIClient
-from ..errors import ConfigError, SampleError
+from ..errors import ConfigError, EndpointUnreachable, SampleError
 from ..fetch import FrameFetcher, FrameRef, RetryPolicy, attempts_of
+from ..fetch.retry import ENDPOINT_FAILURES
 from ..index import FrameIndex
 from ._convert import Intensity
 from ._table import FrameTable
@@ -191,6 +192,11 @@ class AHIDataset(Dataset[Any]):
     def _recover(self, unit: int, error: Exception) -> Any:
         """Apply the error policy to a unit whose first attempt failed with ``error``."""
         policy = self.policy
+        if isinstance(error, (*ENDPOINT_FAILURES, EndpointUnreachable)):
+            # The endpoint or the account failed, not this sample: every replacement or retry
+            # would fail the same way, each after its own timeouts.
+            self._fail(unit, error, None)
+            raise error
         if policy.mode == "retry" and attempts_of(error):
             # The fetch layer already spent its attempts on this frame; more would only
             # multiply the requests to a quota-bound service.

@@ -121,8 +121,13 @@ class FrameFetcher:
             prefer=self.decoder,
         )
 
-    def _verified_crc(self, ref: FrameRef, pixels: np.ndarray) -> int | None:
-        """The pixels' CRC32 once checked against AHI's (at this resolution); None where AHI lists none."""
+    def verified_crc(self, ref: FrameRef, pixels: np.ndarray) -> int | None:
+        """The pixels' CRC32 once checked against AHI's at this fetcher's resolution; None where AHI lists none.
+
+        Raises :class:`ChecksumMismatch` for pixels that differ. The fetch path and ``ahi-torch
+        cache verify`` both check frames here, so a cache filled at ``reduce=2`` is compared with
+        AHI's checksum of that resolution, not of the full one.
+        """
         expected = ref.checksum_at(self.reduce) if self.verify else None
         if expected is None:
             return None
@@ -143,29 +148,49 @@ class FrameFetcher:
             frame = transport.get(ref.datastore_id, ref.image_set_id, ref.frame_id)
         self.counters.bytes_fetched += len(frame.data)
         pixels = self.decode(ref, frame.data, frame.content_type)
-        return frame, pixels, self._verified_crc(ref, pixels)
+        return frame, pixels, self.verified_crc(ref, pixels)
 
     def download(self, ref: FrameRef) -> tuple[ImageFrame, np.ndarray, int | None]:
-        """Request, decode and verify one frame, retrying transient failures (the cache is not consulted)."""
+        """Request, decode and verify one frame, retrying transient failures (the cache is not consulted).
+
+        Throttles are waited out (the transport lowers its rate) for up to
+        ``retry.max_throttled_seconds``; other transient failures use up one of
+        ``retry.max_attempts``; endpoint failures are raised at once.
+        """
         policy = self.retry
-        for attempt in range(1, policy.max_attempts + 1):
+        attempt = throttles = 0
+        throttled_since: float | None = None
+        while True:
             try:
                 return self._attempt(ref)
             except Exception as error:
                 if not policy.is_transient(error):
                     raise
-                for kind, counter in _FAILURE_COUNTER:
-                    if isinstance(error, kind):
-                        setattr(self.counters, counter, getattr(self.counters, counter) + 1)
-                        break
-                if attempt == policy.max_attempts:
-                    self.counters.failures += 1
-                    self.counters.checksum_failures += isinstance(error, ChecksumMismatch)
-                    error.attempts = attempt  # type: ignore[attr-defined]
-                    raise
-                self.counters.retries += 1
-                time.sleep(policy.delay(attempt))
-        raise AssertionError("unreachable")
+                self._count_failure(error)
+                if policy.is_throttle(error):
+                    throttles += 1
+                    throttled_since = throttled_since or time.monotonic()
+                    if time.monotonic() - throttled_since < policy.max_throttled_seconds:
+                        self.counters.retries += 1
+                        time.sleep(policy.delay(throttles))
+                        continue
+                else:
+                    attempt += 1
+                    throttles = 0
+                    if attempt < policy.max_attempts:
+                        self.counters.retries += 1
+                        time.sleep(policy.delay(attempt))
+                        continue
+                self.counters.failures += 1
+                self.counters.checksum_failures += isinstance(error, ChecksumMismatch)
+                error.attempts = max(1, attempt)  # type: ignore[attr-defined]
+                raise
+
+    def _count_failure(self, error: Exception) -> None:
+        for kind, counter in _FAILURE_COUNTER:
+            if isinstance(error, kind):
+                setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+                return
 
     def cached(self, ref: FrameRef) -> np.ndarray | None:
         """The frame's pixels if the cache holds them (decoded on the way for encoded caches)."""

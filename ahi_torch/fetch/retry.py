@@ -22,11 +22,14 @@ import random
 from dataclasses import dataclass
 
 from ..errors import (
+    AccessDenied,
     ChecksumMismatch,
     ConfigError,
     DecodeError,
+    EndpointDown,
     EndpointUnreachable,
     InternalServerError,
+    NoCredentials,
     Throttled,
 )
 
@@ -39,6 +42,9 @@ TRANSIENT: tuple[type[Exception], ...] = (
     ChecksumMismatch,
     DecodeError,
 )
+#: Failures of the endpoint or the account, not of a frame: never retried, never replaced by
+#: another sample (every other sample would fail the same way).
+ENDPOINT_FAILURES: tuple[type[Exception], ...] = (EndpointDown, NoCredentials, AccessDenied)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,11 @@ class RetryPolicy:
         base_delay: seconds before the second attempt; doubled for each further one.
         max_delay: the longest pause between two attempts.
 
+        max_throttled_seconds: how long one frame may keep being throttled before its last
+            throttle is raised. Throttles do not count as attempts: the transport lowers its send
+            rate on each (botocore's adaptive mode), so a throttled frame waits for the rate the
+            service grants instead of failing after ``max_attempts``.
+
     Pauses are drawn uniformly from the upper half of the current step ("equal jitter"), so
     workers that were throttled together do not come back together.
     """
@@ -57,16 +68,24 @@ class RetryPolicy:
     max_attempts: int = 4
     base_delay: float = 0.05
     max_delay: float = 2.0
+    max_throttled_seconds: float = 300.0
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.base_delay < 0 or self.max_delay < self.base_delay:
             raise ConfigError("base_delay must be >= 0 and max_delay >= base_delay")
+        if self.max_throttled_seconds <= 0:
+            raise ConfigError(f"max_throttled_seconds must be positive, not {self.max_throttled_seconds}")
 
     @staticmethod
     def is_transient(error: BaseException) -> bool:
-        return isinstance(error, TRANSIENT)
+        return isinstance(error, TRANSIENT) and not isinstance(error, ENDPOINT_FAILURES)
+
+    @staticmethod
+    def is_throttle(error: BaseException) -> bool:
+        """A throttle asks for a slower rate; it does not use up one of the frame's attempts."""
+        return isinstance(error, Throttled)
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1 for the first)."""

@@ -206,6 +206,7 @@ def append_rows(
             frame = instance.frames[frame_index]
             row = {
                 **instance_values,
+                **_frame_overrides(frame),
                 "frame_number": frame.number,
                 "frame_id": frame.id,
                 "slice_index": slice_index,
@@ -222,6 +223,17 @@ def append_rows(
                 columns[name].append(value)
             added += 1
     return added
+
+
+def _frame_overrides(frame: FrameInfo) -> dict[str, Any]:
+    """The values a frame's own functional groups set (enhanced multi-frame instances)."""
+    found = {
+        "rescale_slope": frame.rescale_slope if frame.rescale_slope else None,
+        "rescale_intercept": frame.rescale_intercept,
+        "window_center": frame.window_center,
+        "window_width": frame.window_width,
+    }
+    return {name: value for name, value in found.items() if value is not None}
 
 
 def _instance_values(instance: InstanceMetadata) -> dict[str, Any]:

@@ -15,7 +15,7 @@ missing values become ``None`` (or the DICOM default, such as a rescale slope of
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..errors import MetadataError
@@ -45,6 +45,11 @@ class FrameInfo:
     min_value: int | None = None
     max_value: int | None = None
     size: int | None = None
+    #: This frame's own values from ``PerFrameFunctionalGroupsSequence`` (None: the instance's).
+    rescale_slope: float | None = None
+    rescale_intercept: float | None = None
+    window_center: float | None = None
+    window_width: float | None = None
 
     @property
     def full_checksum(self) -> int | None:
@@ -197,32 +202,89 @@ def _triple(value: Any) -> tuple[float, float, float] | None:
     return (found[0], found[1], found[2]) if found and len(found) == 3 else None
 
 
+#: Where enhanced (multi-frame) instances keep what classic ones hold at the top level:
+#: keyword -> the functional group sequence that carries it (PS3.3 C.7.6.16).
+FUNCTIONAL_GROUPS = {
+    "RescaleSlope": "PixelValueTransformationSequence",
+    "RescaleIntercept": "PixelValueTransformationSequence",
+    "WindowCenter": "FrameVOILUTSequence",
+    "WindowWidth": "FrameVOILUTSequence",
+    "PixelSpacing": "PixelMeasuresSequence",
+    "SliceThickness": "PixelMeasuresSequence",
+    "ImageOrientationPatient": "PlaneOrientationSequence",
+    "ImagePositionPatient": "PlanePositionSequence",
+}
+
+
+def _first_item(value: Any) -> Mapping[str, Any]:
+    item = value[0] if isinstance(value, list) and value else None
+    return item if isinstance(item, Mapping) else {}
+
+
+def functional_value(dicom: Mapping[str, Any], keyword: str, frame: int | None = None) -> Any:
+    """``keyword`` of an instance: the frame's functional group, the shared one, then the top level.
+
+    ``frame`` is the 0-based frame index; None reads only the shared group and the top level.
+    Enhanced CT/MR/PET instances keep rescale, window, spacing and orientation in their
+    functional groups, and AHI's metadata carries them there.
+    """
+    group = FUNCTIONAL_GROUPS.get(keyword)
+    if group is not None:
+        if frame is not None:
+            per_frame = dicom.get("PerFrameFunctionalGroupsSequence")
+            if isinstance(per_frame, list) and frame < len(per_frame) and isinstance(per_frame[frame], Mapping):
+                value = _first_item(per_frame[frame].get(group)).get(keyword)
+                if value is not None:
+                    return value
+            return None  # the frame has no value of its own: the instance's applies
+        value = _first_item(_first_item(dicom.get("SharedFunctionalGroupsSequence")).get(group)).get(keyword)
+        if value is not None:
+            return value
+    return dicom.get(keyword)
+
+
+def _frame_values(dicom: Mapping[str, Any], frames: tuple[FrameInfo, ...]) -> tuple[FrameInfo, ...]:
+    """Frames with the rescale and window their per-frame functional groups give them."""
+    if not isinstance(dicom.get("PerFrameFunctionalGroupsSequence"), list):
+        return frames
+    return tuple(
+        replace(
+            frame,
+            rescale_slope=values.number(functional_value(dicom, "RescaleSlope", index)),
+            rescale_intercept=values.number(functional_value(dicom, "RescaleIntercept", index)),
+            window_center=values.number(functional_value(dicom, "WindowCenter", index)),
+            window_width=values.number(functional_value(dicom, "WindowWidth", index)),
+        )
+        for index, frame in enumerate(frames)
+    )
+
+
 def _parse_instance(
     sop_uid: str, series_uid: str, entry: Mapping[str, Any], outer: list[Mapping[str, Any]]
 ) -> InstanceMetadata:
     dicom = entry.get("DICOM") or {}
-    levels = [dicom, *outer]
+    levels = [{k: functional_value(dicom, k) for k in ("ImageOrientationPatient", "PixelSpacing")}, *outer]
     orientation = values.numbers(values.lookup(levels, "ImageOrientationPatient"))
     spacing = values.numbers(values.lookup(levels, "PixelSpacing"))
-    slope = values.number(dicom.get("RescaleSlope"))
-    intercept = values.number(dicom.get("RescaleIntercept"))
+    slope = values.number(functional_value(dicom, "RescaleSlope"))
+    intercept = values.number(functional_value(dicom, "RescaleIntercept"))
     return InstanceMetadata(
         sop_instance_uid=sop_uid,
         series_instance_uid=series_uid,
         dicom=dicom,
         vrs=entry.get("DICOMVRs") or {},
         stored_transfer_syntax=str(entry.get("StoredTransferSyntaxUID") or DEFAULT_STORED_SYNTAX),
-        frames=_parse_frames(entry.get("ImageFrames")),
+        frames=_frame_values(dicom, _parse_frames(entry.get("ImageFrames"))),
         pixel=PixelDescription.from_dicom(dicom),
         rescale_slope=1.0 if slope is None or slope == 0 else slope,
         rescale_intercept=0.0 if intercept is None else intercept,
-        window_center=values.number(dicom.get("WindowCenter")),
-        window_width=values.number(dicom.get("WindowWidth")),
+        window_center=values.number(functional_value(dicom, "WindowCenter")),
+        window_width=values.number(functional_value(dicom, "WindowWidth")),
         instance_number=values.integer(dicom.get("InstanceNumber")),
         position=_triple(dicom.get("ImagePositionPatient")),
         orientation=tuple(orientation) if orientation and len(orientation) == 6 else None,  # type: ignore[arg-type]
         pixel_spacing=(spacing[0], spacing[1]) if spacing and len(spacing) == 2 else None,
-        slice_thickness=values.number(dicom.get("SliceThickness")),
+        slice_thickness=values.number(functional_value(dicom, "SliceThickness")),
     )
 
 

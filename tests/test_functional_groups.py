@@ -1,0 +1,103 @@
+"""Enhanced multi-frame instances: rescale, window and pixel measures from their functional groups (issue 22.1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from ahi_torch.datasets import FrameDataset
+from ahi_torch.index import build_index
+from ahi_torch.local import LocalAHI
+from ahi_torch.metadata.document import functional_value
+
+from .conftest import real_file
+
+#: Enhanced (functional-group) files pydicom ships, and classic ones beside them as controls.
+FILES = ["eCT_Supplemental.dcm", "emri_small.dcm", "CT_small.dcm", "MR_small.dcm"]
+
+
+def _group_value(ds: pydicom.Dataset, frame: int, sequence: str, keyword: str) -> object:
+    """What PS3.3 C.7.6.16 says applies to a frame: its own group, the shared one, else the top level."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items is not None and len(items) > index and sequence in items[index]:
+            item = items[index][sequence][0]
+            if keyword in item:
+                return item[keyword].value
+    return ds.get(keyword)
+
+
+def expected_values(ds: pydicom.Dataset) -> list[np.ndarray]:
+    """pydicom's stored values of every frame through its own rescale (pydicom's apply_rescale ignores the groups)."""
+    pixels = ds.pixel_array
+    frames = pixels if int(ds.get("NumberOfFrames", 1)) > 1 else pixels[None]
+    out = []
+    for number, frame in enumerate(frames):
+        slope = float(_group_value(ds, number, "PixelValueTransformationSequence", "RescaleSlope") or 1)
+        intercept = float(_group_value(ds, number, "PixelValueTransformationSequence", "RescaleIntercept") or 0)
+        out.append(frame.astype(np.float64) * slope + intercept)
+    return out
+
+
+@pytest.fixture(scope="module")
+def imported(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("enhanced")
+    for name in FILES:
+        (root / name).write_bytes(real_file(name).read_bytes())
+    result = ahi.import_dicom(root)
+    assert result.status == "COMPLETED" and not result.failures, result.failures
+    return root, result.datastore_id
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_rescaled_frames_equal_pydicom_with_functional_groups(ahi, imported, name: str) -> None:  # type: ignore[no-untyped-def]
+    root, datastore_id = imported
+    ds = pydicom.dcmread(root / name)
+    index = build_index(ahi.client(), datastore_id, progress=False)
+    mine = index.take(np.flatnonzero(np.asarray(index.texts("sop_instance_uid")) == ds.SOPInstanceUID))
+    dataset = FrameDataset(mine, ahi.client(), rescale=True, dtype=None)
+    expected = expected_values(ds)
+    assert len(dataset) == len(expected)
+    for item in (dataset[i] for i in range(len(dataset))):
+        want = expected[item["meta"]["frame_number"] - 1]
+        np.testing.assert_allclose(item["image"][0].numpy(), want, rtol=0, atol=1e-3, err_msg=name)
+    spacing = _group_value(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
+    if spacing is not None:
+        table = dataset.index.table
+        assert table.column("pixel_spacing_row").to_pylist()[0] == pytest.approx(float(spacing[0]))
+        assert table.column("pixel_spacing_col").to_pylist()[0] == pytest.approx(float(spacing[1]))
+    print(
+        f"{name}: {len(expected)} frames, values {min(f.min() for f in expected):g}..{max(f.max() for f in expected):g}"
+    )
+
+
+def test_enhanced_ct_reads_hounsfield_units_and_its_spacing(ahi, imported) -> None:  # type: ignore[no-untyped-def]
+    """eCT_Supplemental.dcm read 0..1196 with 1 mm spacing; the truth is -1024..172 HU at 0.389 mm."""
+    _, datastore_id = imported
+    index = build_index(ahi.client(), datastore_id, progress=False)
+    rows = np.flatnonzero(
+        np.asarray(index.texts("sop_instance_uid")) == pydicom.dcmread(real_file(FILES[0])).SOPInstanceUID
+    )
+    dataset = FrameDataset(index.take(rows), ahi.client(), rescale=True, dtype=None)
+    values = np.concatenate([dataset[i]["image"].numpy().ravel() for i in range(len(dataset))])
+    assert values.min() == -1024 and values.max() == 172
+    assert dataset.index.table.column("pixel_spacing_row").to_pylist() == [pytest.approx(0.388672)] * 2
+    assert dataset.index.table.column("window_center").to_pylist()[0] is not None, "from FrameVOILUTSequence"
+
+
+def test_functional_value_prefers_the_frame_then_the_shared_group() -> None:
+    dicom = {
+        "RescaleSlope": 9.0,
+        "SharedFunctionalGroupsSequence": [{"PixelValueTransformationSequence": [{"RescaleSlope": 2.0}]}],
+        "PerFrameFunctionalGroupsSequence": [
+            {"PixelValueTransformationSequence": [{"RescaleSlope": 3.0}]},
+            {"PlanePositionSequence": [{"ImagePositionPatient": [0, 0, 1]}]},
+        ],
+    }
+    assert functional_value(dicom, "RescaleSlope") == 2.0
+    assert functional_value(dicom, "RescaleSlope", 0) == 3.0
+    assert functional_value(dicom, "RescaleSlope", 1) is None, "no value of its own: the instance's applies"
+    assert functional_value({"RescaleSlope": 9.0}, "RescaleSlope") == 9.0

@@ -262,3 +262,58 @@ def test_bad_credentials_are_one_line(tmp_path: Path) -> None:
         )
     finally:
         stop_subprocess(server)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every living process below ``pid`` (children, their children...), read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_the_import_pool_ends_with_its_service_however_it_stops(tmp_path: Path, how: str) -> None:
+    """Issue 22: forkserver pools and resource trackers outlived `local serve` and LocalAHI programs."""
+    import signal
+
+    from .conftest import wait_until
+
+    spec = SeriesSpec(patient_id="POOL", study_key="p", series_key="p", slices=40, rows=8, columns=8)
+    write_series(tmp_path / "dicom", spec)
+    server = serve_subprocess(tmp_path / "store")
+    store = str(tmp_path / "store")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "ahi_torch", "local", "import", str(tmp_path / "dicom"), "--data-dir", store],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        helpers = _descendants(server.pid)
+        assert len(helpers) >= 2, "40 files are examined in the process pool (fork server and workers)"
+        server.send_signal(getattr(signal, how))
+        server.wait(timeout=30)
+        wait_until(lambda: not any(_alive(pid) for pid in helpers), timeout=20)
+    finally:
+        if server.poll() is None:
+            server.kill()

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ahi_torch import config
 from ahi_torch.config.build import searches_of
@@ -132,3 +134,57 @@ def test_every_sampler_option_builds_a_working_loader(ahi, synthetic_import, tmp
         assert isinstance(built, WeightedSampler) and max(Counter(order).values()) > 1, "drawn with replacement"
     loader = build_dataloader(cfg, dataset)
     assert loader.sampler is not None and sum(len(b["image"]) for b in loader) == 24
+
+
+def test_a_section_given_twice_is_an_error_not_a_silent_replacement(tmp_path: Path) -> None:
+    path = write(tmp_path, "loader: {batch_size: 4}\nloader: {num_workers: 0}\n")
+    with pytest.raises(ConfigError, match=r"line 2, column 1: 'loader' is given twice in one section"):
+        config.load(path)
+
+
+def test_yaml_syntax_errors_take_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "loader:\n  batch_size: [4\n  num_workers: 0\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert "\n" not in str(info.value) and "is not valid YAML: line " in str(info.value)
+
+
+def test_reduce_beyond_the_frames_levels_is_refused_at_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"reduce must be between 0 \(full resolution\) and 5 .*not 9"):
+        config.load(write(tmp_path, "intensity: {reduce: 9}\n"))
+
+
+_names = st.text(alphabet="abcdefghij_", min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(min_value=1, max_value=512),
+    workers=st.integers(min_value=0, max_value=16),
+    sampler=st.sampled_from(["sequential", "shuffle", "locality", "weighted", "class_balanced", "node_pinned"]),
+    fractions=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=3),
+    name=_names,
+    window=st.none() | st.tuples(st.integers(-1000, 1000), st.integers(1, 4000)),
+    reduce=st.integers(min_value=0, max_value=5),
+    patient=st.text(alphabet="0123456789ABC", min_size=1, max_size=6),
+)
+def test_a_config_survives_load_dump_load(batch, workers, sampler, fractions, name, window, reduce, patient) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from ahi_torch.config.schema import Config
+
+    total = sum(fractions)
+    data = {
+        "name": name,
+        "connection": {"access_key_id": "k", "secret_access_key": "s"},
+        "search": {"filters": [{"patient_id": patient}]},
+        "loader": {"batch_size": batch, "num_workers": workers, "sampler": sampler},
+        "split": {"fractions": {f"s{i}": f / total for i, f in enumerate(fractions)}},
+        "intensity": {"window": list(window) if window else None, "reduce": reduce},
+        "labels": {"column": "modality", "classes": ["CT", "MR"]},
+    }
+    first = config.from_dict(Config, data)
+    dumped = yaml.safe_dump(config.to_dict(first, secrets=True))
+    again = config.from_dict(Config, config.loading._read_yaml(dumped))
+    assert again == first
+    assert config.config_hash(again) == config.config_hash(first)

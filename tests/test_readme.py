@@ -41,8 +41,8 @@ def test_every_block_is_run_or_named_here() -> None:
 @pytest.mark.slow
 def test_readme_runs_as_written(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    env = {
-        **os.environ,
+    env = {  # as a new user's shell: no AWS_* variables (conftest sets some for the other tests)
+        **{name: value for name, value in os.environ.items() if not name.startswith("AWS_")},
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "PYTHONWARNINGS": "ignore",
     }

@@ -44,7 +44,27 @@ class _Scalar:
 
 
 class _TextKeepingLoader(yaml.SafeLoader):
-    """SafeLoader whose non-string plain scalars remember their text (see :class:`_Scalar`)."""
+    """SafeLoader whose non-string plain scalars remember their text (see :class:`_Scalar`),
+    and which refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"{key!r} is given twice in one section", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, then what (PyYAML's own message takes six)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
 
 
 def _keep_text(tag: str) -> None:
@@ -193,7 +213,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             value = _read_yaml(raw)
         except yaml.YAMLError as error:
-            raise ConfigError(f"override {key}: value is not valid YAML ({error})") from None
+            raise ConfigError(f"override {key}: value is not valid YAML ({yaml_problem(error)})") from None
         _set_dotted(result, key.strip(), value)
     return result
 
@@ -206,7 +226,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
     try:
         data = _read_yaml(source.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"{source} is not valid YAML: {error}") from None
+        raise ConfigError(f"{source} is not valid YAML: {yaml_problem(error)}") from None
     return from_dict(Config, apply_overrides(data, overrides or []))
 
 

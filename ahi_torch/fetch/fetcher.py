@@ -35,8 +35,9 @@ from ..cache import FrameCache
 from ..client import AHIClient, ImageFrame
 from ..codecs import decode_frame, pixel_crc32
 from ..codecs import transfer_syntax as ts
+from ..codecs.decoders import MAX_REDUCE
 from ..codecs.jph import level_end
-from ..errors import ChecksumMismatch, DecodeError, EndpointUnreachable, InternalServerError, Throttled
+from ..errors import ChecksumMismatch, ConfigError, DecodeError, EndpointUnreachable, InternalServerError, Throttled
 from ..per_process import PerProcess
 from .ref import FrameRef
 from .retry import RetryPolicy
@@ -96,6 +97,8 @@ class FrameFetcher:
     counters: FetchCounters = field(default_factory=FetchCounters)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.reduce <= MAX_REDUCE:
+            raise ConfigError(f"reduce must be between 0 and {MAX_REDUCE}, not {self.reduce}")
         self._pool = PerProcess(self._make_pool)
 
     def _make_pool(self) -> ThreadPoolExecutor:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -69,11 +71,30 @@ def examiner_pool(processes: int | None = None) -> Executor:
     threaded process can copy a lock some thread holds.
     """
     count = processes or os.cpu_count() or 1
-    return ProcessPoolExecutor(max_workers=count, mp_context=get_context("forkserver"), initializer=_one_file_at_a_time)
+    return ProcessPoolExecutor(
+        max_workers=count, mp_context=get_context("forkserver"), initializer=_worker_start, initargs=(os.getpid(),)
+    )
 
 
-def _one_file_at_a_time() -> None:
-    """In a pool worker no other thread runs the codec: one decode per reduced level is enough."""
+def _worker_start(owner: int) -> None:
+    """Set up a pool worker: one codec thread, and an exit as soon as the service that owns it is gone.
+
+    A worker holds both ends of its own call queue, so it never sees the owner's end close: a
+    service stopped by SIGKILL (or one that never called ``stop``) would leave it, the fork
+    server's other workers and the resource tracker running for good.
+    """
     from . import transcode
 
-    transcode.CODEC_SHARED_BY_THREADS = False
+    transcode.CODEC_SHARED_BY_THREADS = False  # no other thread runs the codec: one decode per level
+    threading.Thread(target=_exit_with, args=(owner,), name="ahi-owner-watch", daemon=True).start()
+
+
+def _exit_with(owner: int, interval: float = 1.0) -> None:
+    while True:
+        time.sleep(interval)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:  # a pid reused by another user's process: the owner is gone
+            os._exit(0)

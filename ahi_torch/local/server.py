@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -85,6 +86,10 @@ class EmbeddedS3:
         except Exception:  # moto raises MissingBucket and similar; the importer reports the file
             return None
         return None if found is None else bytes(found.value)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 class LocalAHI:
@@ -220,7 +225,12 @@ class LocalAHI:
         self.stop()
 
     def serve_forever(self) -> None:
-        """Block until interrupted (used by ``ahi-torch local serve``)."""
+        """Block until interrupted or terminated (used by ``ahi-torch local serve``).
+
+        SIGTERM stops the service as Ctrl-C does, so its import pool ends with it.
+        """
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _interrupt)
         self.start()
         try:
             while self._thread is not None and self._thread.is_alive():

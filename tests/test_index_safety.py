@@ -136,3 +136,38 @@ def test_a_search_that_matches_nothing_never_replaces_a_saved_index(
     with pytest.raises(ConfigError, match="an empty index never replaces"):
         good.filter(pa.array([False] * len(good))).save(path)
     assert path.read_bytes() == saved
+
+
+def test_every_column_is_covered_by_the_checksum(ahi, synthetic_import: ImportedData, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A value changed in any one column, the stored checksum kept, is refused (a mutant skipped image_position)."""
+    index = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
+    path = index.save(tmp_path / "index.parquet")
+    table = pq.read_table(path)
+    damaged = tmp_path / "damaged.parquet"
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        values = column.to_pylist()
+        changed = next((i for i, value in enumerate(values) if value is not None), None)
+        if changed is None:
+            continue
+        value = values[changed]
+        if isinstance(value, list):
+            other = [*value[:-1], (value[-1] or 0) + 1] if value and not isinstance(value[-1], (str, dict)) else None
+        elif isinstance(value, bool):
+            other = not value
+        elif isinstance(value, (int, float)):
+            other = value + 1
+        elif isinstance(value, str):
+            other = value + "x"
+        else:
+            continue
+        if other is None:
+            continue
+        values[changed] = other
+        plain = pa.array(values, type=column.type.value_type if pa.types.is_dictionary(column.type) else column.type)
+        replaced = plain.dictionary_encode() if pa.types.is_dictionary(column.type) else plain
+        if pa.types.is_dictionary(column.type):
+            replaced = replaced.cast(column.type)
+        pq.write_table(table.set_column(table.column_names.index(name), name, replaced), damaged)
+        with pytest.raises(ConfigError, match="damaged|checksum"):
+            FrameIndex.load(damaged)

@@ -99,7 +99,8 @@ def test_data_module_from_an_index(ahi: LocalAHI, config: Path) -> None:
         index, ahi.client(), fractions={"train": 0.5, "val": 0.5}, batch_size=4, num_workers=0, split_seed=5
     )
     train, val = data.train_dataloader(), data.val_dataloader()
-    assert isinstance(train.sampler, ShuffleSampler)
+    assert isinstance(train.sampler, ShuffleSampler) and train.sampler.shuffle
+    assert isinstance(val.sampler, ShuffleSampler) and not val.sampler.shuffle, "validation reads in index order"
     served = [i for batch in train for i in batch["meta"]["patient_id"]] + [
         i for batch in val for i in batch["meta"]["patient_id"]
     ]

@@ -302,3 +302,36 @@ def test_torchrun_two_nodes_divide_the_data_and_share_one_budget(tmp_path: Path)
     # at least frames / rate seconds (unlimited, 96 small frames take well under one).
     assert frames <= total <= frames + 4, "each frame fetched once (padding repeats come from the cache)"
     assert max(timeline.values()) <= 2 * rate and len(timeline) >= -(-frames // int(rate)), timeline
+
+
+class _FakeClock:
+    """A clock whose sleeps advance it at once: budgets are checked without waiting."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_store_budget_counts_slow_quotas_in_windows_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0.25 requests/s is one request per 4 s window (a mutant counted it in 1 s windows: 4x the quota)."""
+    import ahi_torch.client.store_budget as store_budget
+
+    clock = _FakeClock(start=4000.0)  # a multiple of 4: the first window starts now
+    monkeypatch.setattr(store_budget, "time", clock)
+    store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    budget = StoreBudget({"CopyImageSet": 0.25, "GetImageFrame": 3.0}, f"127.0.0.1:{store.port}")
+    granted = []
+    for _ in range(3):
+        budget.acquire("CopyImageSet")
+        granted.append(clock.now - 4000.0)
+    assert granted == [0.0, 4.0, 8.0]
+    frames = []
+    for _ in range(7):
+        budget.acquire("GetImageFrame")
+        frames.append(int(clock.now))
+    assert max(Counter(frames).values()) <= 3, "a 1 s window holds at most the quota"

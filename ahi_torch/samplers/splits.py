@@ -42,7 +42,7 @@ def check_fractions(fractions: Mapping[str, float]) -> None:
     """Refuse fractions that are empty, negative or do not add up to 1."""
     if not fractions or any(not math.isfinite(f) or f < 0 for f in fractions.values()):
         raise ConfigError("split fractions must be non-negative")
-    total = sum(fractions.values())
+    total = math.fsum(fractions.values())  # exact: the same whatever the order of the keys
     if not 0.999 <= total <= 1.001:
         raise ConfigError(f"split fractions must add up to 1, not {total:g}")
 
@@ -55,7 +55,7 @@ def group_counts(groups: int, fractions: Mapping[str, float]) -> dict[str, int]:
     """
     check_fractions(fractions)
     names = sorted(fractions)
-    total = sum(fractions.values())
+    total = math.fsum(fractions.values())
     quotas = {name: groups * fractions[name] / total for name in names}
     counts = {name: math.floor(quotas[name]) for name in names}
     left = groups - sum(counts.values())

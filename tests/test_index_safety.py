@@ -169,5 +169,5 @@ def test_every_column_is_covered_by_the_checksum(ahi, synthetic_import: Imported
         if pa.types.is_dictionary(column.type):
             replaced = replaced.cast(column.type)
         pq.write_table(table.set_column(table.column_names.index(name), name, replaced), damaged)
-        with pytest.raises(ConfigError, match="damaged|checksum"):
+        with pytest.raises(ConfigError, match=r"damaged|checksum"):
             FrameIndex.load(damaged)

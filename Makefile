@@ -42,12 +42,15 @@ bench-quick: $(STAMP)
 
 # Mutation testing (not part of `make test`): cosmic-ray plants bugs in the modules named in
 # mutation/<group>.toml and runs the tests that guard them. `make mutate MUTATE=samplers` runs one
-# group. It edits files in place while it runs: commit first and do not edit meanwhile.
-MUTATE ?= samplers geometry cache ratelimit fetch index shared_table
+# group; MUTATE_SAMPLE=30 runs a seeded random sample of 30 mutants per group. It edits files in
+# place while it runs: commit first and do not edit meanwhile (or run it in a copy of the tree).
+MUTATE ?= samplers geometry cache ratelimit fetch index shared_table datasets integrations local client
+MUTATE_SAMPLE ?=
 mutate: $(STAMP)
 	@for group in $(MUTATE); do \
 	  rm -f .mutation-$$group.sqlite; \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cosmic-ray init mutation/$$group.toml .mutation-$$group.sqlite; \
+	  if [ -n "$(MUTATE_SAMPLE)" ]; then $(BIN)/python mutation/sample.py .mutation-$$group.sqlite $(MUTATE_SAMPLE); fi; \
 	  PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/cosmic-ray exec mutation/$$group.toml .mutation-$$group.sqlite; \
 	  echo "== $$group"; $(BIN)/cr-report .mutation-$$group.sqlite --show-pending | tail -n 3; \
 	done

@@ -1,7 +1,8 @@
 """A Lightning DDP job for tests/test_lightning.py: records which samples each rank trains on.
 
 Run as ``python tests/lightning_job.py CONFIG OUT_DIR MODE [CHECKPOINT_DIR]``; Lightning's ``ddp``
-strategy starts the second rank by running this script again. MODE is ``full`` (two epochs; with
+strategy starts the second rank by running this script again. ``AHI_JOB_DEVICES`` sets the number
+of ranks (2 by default). MODE is ``full`` (two epochs; with
 CHECKPOINT_DIR it saves ``mid.ckpt`` after step 6, in the middle of epoch 1) or ``resume``
 (continue from CHECKPOINT_DIR/mid.ckpt to the end of epoch 1).
 """
@@ -53,7 +54,7 @@ def main() -> None:
     mid_epoch = ModelCheckpoint(dirpath=checkpoints, filename="mid", every_n_train_steps=6, save_top_k=-1)
     trainer = pl.Trainer(
         accelerator="cpu",
-        devices=2,
+        devices=int(os.environ.get("AHI_JOB_DEVICES", "2")),  # a resume may run on fewer or more
         strategy="ddp",
         max_epochs=2,
         logger=False,

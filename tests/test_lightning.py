@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,12 @@ def config(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_job(config: Path, out: Path, mode: str, checkpoint: Path | None = None) -> list[dict]:
+def run_job(config: Path, out: Path, mode: str, checkpoint: Path | None = None, devices: int = 2) -> list[dict]:
     command = [sys.executable, str(JOB), str(config), str(out), mode, *([str(checkpoint)] if checkpoint else [])]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300, cwd=JOB.parent.parent)
+    env = {**os.environ, "AHI_JOB_DEVICES": str(devices)}
+    done = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=300, cwd=JOB.parent.parent, env=env
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (out / f"done-{mode}").exists()
     return [json.loads(line) for path in sorted(out.glob("rank*.jsonl")) for line in path.read_text().splitlines()]
@@ -87,6 +91,25 @@ def test_ddp_resumes_exactly_from_a_mid_epoch_checkpoint(config: Path, tmp_path:
     for rank in (0, 1):
         resumed = order(before, 1, rank) + order(second, 1, rank)
         assert resumed == order(first, 1, rank), "the resumed epoch keeps the uninterrupted order"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 3])
+def test_a_checkpoint_resumes_on_another_number_of_gpus_and_workers(config: Path, tmp_path: Path, devices: int) -> None:
+    """Issue 22.5 through Lightning: saved at 2 ranks with 1 worker, resumed at 1 or 3 ranks with 0 workers."""
+    checkpoints = tmp_path / "checkpoints"
+    first = run_job(config, tmp_path / "first", "full", checkpoints)
+    before = [r for r in first if r["step"] < 6]
+    elsewhere = tmp_path / "elsewhere.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["loader"]["num_workers"] = 0
+    elsewhere.write_text(yaml.safe_dump(cfg))
+    second = run_job(elsewhere, tmp_path / "second", "resume", checkpoints, devices=devices)
+    assert {r["world"] for r in second} == {devices}
+    done, rest = seen(before, 1), seen(second, 1)
+    assert not set(done) & set(rest), "nothing of epoch 1 is seen twice"
+    assert set(done) | set(rest) == set(range(SAMPLES)), "every sample of epoch 1 is seen"
+    assert len(rest) - len(set(rest)) < devices, "only the new world's padding repeats"
 
 
 def test_data_module_from_an_index(ahi: LocalAHI, config: Path) -> None:

@@ -39,7 +39,7 @@ from ..datasets import AHIDataset, FrameDataset, VolumeDataset
 from ..errors import ConfigError
 from ..index import FrameIndex
 from ..samplers import ShuffleSampler, patient_splits
-from .stateful_loader import ResumableDataLoader
+from .stateful_loader import ResumableDataLoader, saved_sampler_state
 
 
 class AHIDataModule(pl.LightningDataModule):
@@ -87,6 +87,8 @@ class AHIDataModule(pl.LightningDataModule):
         self.collate_fn = collate_fn
         self.config: Config | None = None
         self.splits: dict[str, str] = {}
+        self._train_loader: StatefulDataLoader | None = None
+        self._resume_train: dict[str, Any] | None = None
 
     @classmethod
     def from_config(
@@ -201,7 +203,23 @@ class AHIDataModule(pl.LightningDataModule):
         loader = self._loader("train", self.shuffle)
         if not isinstance(loader, StatefulDataLoader):
             raise ConfigError("this data module has no train dataset")
+        if self._resume_train is not None and hasattr(loader.sampler, "load_state_dict"):
+            # Before Lightning measures the loader: it sizes the epoch from len() before it loads
+            # the loader's own state, and a resume on another number of ranks changes that size.
+            loader.sampler.load_state_dict(self._resume_train)
+            self._resume_train = None
+        self._train_loader = loader
         return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The train sampler's position, as the train loader's own checkpoint state has it."""
+        if self._train_loader is None:
+            return {}
+        sampler_state = saved_sampler_state(self._train_loader.state_dict())
+        return {"train_sampler": sampler_state} if sampler_state is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_train = state_dict.get("train_sampler")
 
     def val_dataloader(self) -> StatefulDataLoader | list[Any]:
         return self._loader("val", False)

@@ -127,7 +127,18 @@ class EpochSampler(DistributedSampler[int]):
             self._resume = None
 
     def __len__(self) -> int:
-        return len(self.indices(start=self._planned()[0]))
+        """This rank's samples in the epoch, those yielded before a resume included.
+
+        Trainers count batches already done from their checkpoint (Lightning restores the batch
+        index), so after a resume at another world size the length is what this rank had
+        yielded then plus its share of the rest: the epoch ends when the rest is served.
+        """
+        point = self._resume
+        start, _ = self._planned()
+        rest = len(self.indices(start=start))
+        if point is not None and point.world_size != self.num_replicas:
+            return point.yielded + rest
+        return rest
 
     def _planned(self) -> tuple[int, int]:
         """(start position in the global order, indices of this rank's shard to skip) for the next iteration."""

@@ -172,3 +172,7 @@ class SampleError(AHIError):
 
 class IrregularSeriesWarning(UserWarning):
     """A series is not one evenly spaced stack: its volume's affine does not hold for every slice."""
+
+
+class MissingGeometryWarning(UserWarning):
+    """Frames whose metadata gives no pixel spacing, position or orientation: their affine is a stand-in."""

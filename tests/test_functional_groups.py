@@ -101,3 +101,13 @@ def test_functional_value_prefers_the_frame_then_the_shared_group() -> None:
     assert functional_value(dicom, "RescaleSlope", 0) == 3.0
     assert functional_value(dicom, "RescaleSlope", 1) is None, "no value of its own: the instance's applies"
     assert functional_value({"RescaleSlope": 9.0}, "RescaleSlope") == 9.0
+
+
+def test_frames_without_geometry_are_announced(ahi, imported) -> None:  # type: ignore[no-untyped-def]
+    """Multi-frame instances have no position of their own per frame yet: the dataset says so, once."""
+    from ahi_torch.errors import MissingGeometryWarning
+
+    _, datastore_id = imported
+    index = build_index(ahi.client(), datastore_id, progress=False)
+    with pytest.warns(MissingGeometryWarning, match=r"\d+ of \d+ frames have no position of their own"):
+        FrameDataset(index, ahi.client())

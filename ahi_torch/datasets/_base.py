@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -15,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..cache import FrameCache
 from ..client import AHIClient
-from ..errors import ConfigError, EndpointUnreachable, SampleError
+from ..errors import ConfigError, EndpointUnreachable, MissingGeometryWarning, SampleError
 from ..fetch import FrameFetcher, FrameRef, RetryPolicy, attempts_of
 from ..fetch.retry import ENDPOINT_FAILURES
 from ..index import FrameIndex
@@ -33,6 +34,27 @@ Transform = Callable[[dict[str, Any]], Any]
 UNLABELED = ("error", "drop", "keep")
 #: Index columns an item can be grouped by (for node pinning and locality).
 GROUP_COLUMNS = ("image_set_id", "patient_id", "study_instance_uid", "series_instance_uid")
+
+
+def warn_missing_geometry(index: FrameIndex) -> None:
+    """Say once, with counts and an example series, which frames' spacing or placement is a stand-in."""
+    table = index.table
+    problems = []
+    for column, what in (
+        ("pixel_spacing_row", "no pixel spacing (1 mm is used)"),
+        ("image_orientation", "no orientation (the identity is used)"),
+        ("image_position", "no position of their own (an origin of 0 is used)"),
+    ):
+        missing = table.column(column).is_null().to_numpy(zero_copy_only=False)
+        if missing.any():
+            example = table.column("series_instance_uid")[int(np.flatnonzero(missing)[0])].as_py()
+            problems.append(f"{int(missing.sum())} of {len(index)} frames have {what}, e.g. series {example}")
+    if problems:
+        warnings.warn(
+            "; ".join(problems) + ": their meta['affine'] and meta['spacing'] are not physical",
+            MissingGeometryWarning,
+            stacklevel=3,
+        )
 
 
 class AHIDataset(Dataset[Any]):
@@ -83,6 +105,7 @@ class AHIDataset(Dataset[Any]):
                 )
         self.index = index
         self.index_version = index.version
+        warn_missing_geometry(index)
         self.table = FrameTable(index, table_dir, labels=resolved.values if resolved is not None else None)
         self.labels = resolved
         self.transform = transform

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ahi_torch.datasets import FrameDataset, LabelTypes, TableLabels
 from ahi_torch.datasets.labels import encode_labels
@@ -111,3 +114,40 @@ def test_a_literal_minus_one_is_not_the_unlabeled_marker(ahi, index: FrameIndex)
     drawn = set(weighted.global_order(0).tolist())
     minus_one = {i for i, s in enumerate(series) if s == first}
     assert drawn & minus_one, "items labelled -1 are drawn like any other"
+
+
+_label_values = st.one_of(
+    st.none(),
+    st.integers(min_value=-5, max_value=50),
+    st.floats(min_value=-10, max_value=10, allow_nan=False),
+    st.sampled_from(["1", "2", "2?", "benign", "malignant", " ", "3.5"]),
+    st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(_label_values, min_size=1, max_size=12), value_type=st.sampled_from([None, "int", "float", "text"])
+)
+def test_any_mix_of_label_values_parses_to_what_it_says_or_names_the_row(values, value_type) -> None:  # type: ignore[no-untyped-def]
+    """Labels either read as exactly the values given, or fail with a message that names the row."""
+    try:
+        labels = encode_labels(values, LabelTypes(value_type), lambda row: f"row {row}")
+    except ConfigError as error:
+        assert re.search(r"row \d+", str(error)), str(error)
+        return
+    present = [v is not None and not (isinstance(v, str) and not v.strip()) for v in values]
+    assert labels.present.tolist() == present
+    kept = [v for v, p in zip(values, present, strict=True) if p]
+    read = labels.values[labels.present]
+    if labels.classes is not None:
+        assert [labels.classes[int(code)] for code in read] == [str(v) for v in kept]
+        assert labels.classes == sorted(set(labels.classes))
+    elif labels.values.dtype.kind == "f":
+        assert read.tolist() == pytest.approx([float(v) for v in kept], rel=1e-6, abs=1e-6)
+    else:
+        assert read.tolist() == [int(float(v)) for v in kept]
+        assert all(float(v) == int(float(v)) for v in kept), "an int label is exactly the value given"
+    if value_type is None and kept:
+        kinds = {type(v) for v in kept} - {bool}
+        assert len(kinds) <= 1 or kinds == {int}, "inferred only when every value agrees"

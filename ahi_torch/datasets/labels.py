@@ -63,8 +63,10 @@ def infer_value_type(values: Sequence[Any], where: Callable[[int], str]) -> str:
     Integers mixed with floats, numbers mixed with text, and text that looks like numbers are
     refused: each could silently renumber every class or change the label's dtype.
     """
+    if not values:
+        return "int"  # nothing labelled: every row reads -1 (unlabeled)
     kinds = [_kind(v) for v in values]
-    found = sorted(set(kinds) - {"bool"} or {"int"}) if kinds else ["text"]
+    found = sorted(set(kinds) - {"bool"} or {"int"})
     if len(found) > 1:
         first, other = found[0], found[-1]
         row = next(i for i, k in enumerate(kinds) if k == other)

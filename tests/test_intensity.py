@@ -31,3 +31,22 @@ def test_windows_apply_per_slice_and_colour_is_never_rescaled() -> None:
     rgb = np.full((3, 2, 2), 7, dtype=np.uint8)
     kept = apply_intensity(rgb, np.array([2.0]), np.array([5.0]), [None], Intensity(rescale=True, dtype=None))
     assert int(kept.max()) == 7, "slope and intercept apply to monochrome only"
+
+
+def test_a_dicom_window_without_a_usable_width_is_not_applied() -> None:
+    dicom = Intensity(rescale=True, window="dicom", dtype=None)
+    assert dicom.window_for(40.0, 400.0) == (40.0, 400.0)
+    for center, width in ((40.0, 0.0), (40.0, -1.0), (float("nan"), 400.0), (40.0, float("inf"))):
+        assert dicom.window_for(center, width) is None, (center, width)
+    assert Intensity(window=(10.0, 20.0)).window_for(40.0, 0.0) == (10.0, 20.0), "a fixed window ignores DICOM's"
+    assert Intensity(window=None).window_for(40.0, 400.0) is None
+
+
+def test_colour_frames_become_channels_first() -> None:
+    from ahi_torch.datasets._convert import to_channels_first
+
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    chw = to_channels_first(rgb, "RGB", "1.2.840.10008.1.2.1")
+    assert chw.shape == (3, 2, 3) and chw.flags.c_contiguous
+    np.testing.assert_array_equal(chw, rgb.transpose(2, 0, 1))
+    assert to_channels_first(rgb[..., 0], "MONOCHROME2", "1.2.840.10008.1.2.1").shape == (1, 2, 3)

@@ -176,3 +176,7 @@ class IrregularSeriesWarning(UserWarning):
 
 class MissingGeometryWarning(UserWarning):
     """Frames whose metadata gives no pixel spacing, position or orientation: their affine is a stand-in."""
+
+
+class ModalityLUTWarning(UserWarning):
+    """Frames whose stored values map to modality units through a lookup table, which is not applied."""

@@ -150,7 +150,7 @@ def test_yaml_syntax_errors_take_one_line(tmp_path: Path) -> None:
 
 
 def test_reduce_beyond_the_frames_levels_is_refused_at_load(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"reduce must be between 0 \(full resolution\) and 5 .*not 9"):
+    with pytest.raises(ConfigError, match=r"reduce must be between 0 \(full resolution\) and 4 .*not 9"):
         config.load(write(tmp_path, "intensity: {reduce: 9}\n"))
 
 
@@ -165,7 +165,7 @@ _names = st.text(alphabet="abcdefghij_", min_size=1, max_size=8)
     fractions=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=3),
     name=_names,
     window=st.none() | st.tuples(st.integers(-1000, 1000), st.integers(1, 4000)),
-    reduce=st.integers(min_value=0, max_value=5),
+    reduce=st.integers(min_value=0, max_value=4),
     patient=st.text(alphabet="0123456789ABC", min_size=1, max_size=6),
 )
 def test_a_config_survives_load_dump_load(batch, workers, sampler, fractions, name, window, reduce, patient) -> None:  # type: ignore[no-untyped-def]

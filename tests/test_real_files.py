@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
+from pydicom.pixels import apply_modality_lut
 
 from ahi_torch.datasets import FrameDataset
+from ahi_torch.errors import ModalityLUTWarning
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
 
@@ -85,6 +87,8 @@ def expected_frames(ds: pydicom.Dataset) -> list[np.ndarray]:
     stack = pixels if frames > 1 else pixels[None]
     if int(ds.get("SamplesPerPixel", 1)) > 1:
         return [np.asarray(f) for f in stack]
+    if "ModalityLUTSequence" in ds:
+        return [np.asarray(apply_modality_lut(f, ds), dtype=np.float64) for f in stack]
     out = []
     for number, frame in enumerate(stack):
         slope = _group_value(ds, number, "PixelValueTransformationSequence", "RescaleSlope")
@@ -95,8 +99,8 @@ def expected_frames(ds: pydicom.Dataset) -> list[np.ndarray]:
     return out
 
 
-def verdict(dataset: FrameDataset, ds: pydicom.Dataset) -> tuple[str, str]:
-    """(kind, detail): exact, lossy, read-error or WRONG."""
+def verdict(dataset: FrameDataset, ds: pydicom.Dataset, warned: list[str]) -> tuple[str, str]:
+    """(kind, detail): exact, lossy, warned (values differ and the dataset said so), read-error or WRONG."""
     try:
         items = [dataset[i] for i in range(len(dataset))]
     except Exception as error:
@@ -135,6 +139,8 @@ def verdict(dataset: FrameDataset, ds: pydicom.Dataset) -> tuple[str, str]:
     bits = int(ds.get("BitsStored", 8) or 8)
     if syntax in LOSSY and worst <= max(4.0, 0.02 * 2**bits):
         return "lossy", f"max difference {worst:g} ({syntax})"
+    if warned:
+        return "warned", f"max difference {worst:g}; {warned[0][:80]}"
     return "WRONG", f"max difference {worst:g} from pydicom ({syntax})"
 
 
@@ -164,8 +170,11 @@ def test_every_shipped_file_reads_as_pydicom_reads_it_or_fails_loudly(tmp_path: 
             if not len(rows):
                 verdicts.append((name, "WRONG", "imported but not indexed"))
                 continue
-            dataset = FrameDataset(index.take(rows), client, rescale=True, dtype=None, max_workers=2)
-            verdicts.append((name, *verdict(dataset, candidate.ds)))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                dataset = FrameDataset(index.take(rows), client, rescale=True, dtype=None, max_workers=2)
+            about_values = [str(w.message) for w in caught if issubclass(w.category, ModalityLUTWarning)]
+            verdicts.append((name, *verdict(dataset, candidate.ds, about_values)))
     width = max(len(name) for name, _, _ in verdicts)
     print(f"\n{len(verdicts)} files: {dict(Counter(kind for _, kind, _ in verdicts))}")
     for name, kind, detail in verdicts:

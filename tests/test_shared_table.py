@@ -276,7 +276,7 @@ def test_repeated_text_is_coded_and_format_3_indexes_load(mixed_index: FrameInde
     assert loaded.version == mixed_index.version, "the upgrade changes storage, not content"
     assert _decoded(loaded.table).equals(_decoded(mixed_index.table))
     saved = FrameIndex.load(loaded.save(tmp_path / "v4.parquet"))
-    assert _decoded(saved.table).equals(_decoded(mixed_index.table)) and saved.info["format_version"] == "4"
+    assert _decoded(saved.table).equals(_decoded(mixed_index.table)) and saved.info["format_version"] == "5"
     ct = saved.filter(pc.field("modality") == "CT")
     assert 0 < len(ct) < len(saved)
 

@@ -67,10 +67,6 @@ def has_module(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-#: Resolution levels a decode may skip: AHI's HTJ2K frames are encoded with 5 wavelet decompositions.
-MAX_REDUCE = 5
-
-
 def sniff_kind(data: bytes) -> str | None:
     """Recognise a frame by its first bytes; None when they say nothing (raw pixels)."""
     if jph.is_codestream(data) or jph.is_boxed(data):

@@ -12,6 +12,7 @@ from .build import (
     build_dataset,
     build_index_from_config,
     build_sampler,
+    make_loader,
     resolve_datastore,
     write_manifest,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "config_hash",
     "from_dict",
     "load",
+    "make_loader",
     "resolve_datastore",
     "to_dict",
     "write_manifest",

@@ -197,7 +197,7 @@ def build_dataset(cfg: Config, client: AHIClient | None = None, *, progress: boo
     )
 
 
-def build_sampler(cfg: Config, dataset: AHIDataset) -> Sampler[int] | None:
+def build_sampler(cfg: Config, dataset: AHIDataset) -> Sampler[int]:
     loader = cfg.loader
     if loader.sampler == "sequential":
         return ShuffleSampler(dataset, shuffle=False, seed=loader.seed)
@@ -245,16 +245,41 @@ def build_dataloader(
         raise ConfigError(f"stage must be one of {', '.join(STAGES)}, not {stage!r}")
     dataset = dataset if dataset is not None else build_dataset(cfg)
     loader = cfg.loader
-    workers = loader.num_workers
-    sampler = build_sampler(cfg, dataset) if stage == "train" else ShuffleSampler(dataset, shuffle=False)
+    training = stage == "train"
+    return make_loader(
+        dataset,
+        build_sampler(cfg, dataset) if training else ShuffleSampler(dataset, shuffle=False),
+        batch_size=loader.batch_size,
+        num_workers=loader.num_workers,
+        drop_last=loader.drop_last and training,
+        persistent_workers=loader.persistent_workers,
+        multiprocessing_context=loader.multiprocessing_context,
+        collate_fn=collate_fn,
+        loader_class=loader_class,
+    )
+
+
+def make_loader(
+    dataset: Any,
+    sampler: Sampler[int],
+    *,
+    batch_size: int,
+    num_workers: int,
+    drop_last: bool = False,
+    persistent_workers: bool = True,
+    multiprocessing_context: str | None = None,
+    collate_fn: Any = None,
+    loader_class: type[DataLoader[Any]] = DataLoader,
+) -> DataLoader[Any]:
+    """The one place a DataLoader is made: worker-only options are dropped when there are no workers."""
     return loader_class(
         dataset,
-        batch_size=loader.batch_size,
+        batch_size=batch_size,
         sampler=sampler,
-        num_workers=workers,
-        drop_last=loader.drop_last if stage == "train" else False,
-        persistent_workers=loader.persistent_workers and workers > 0,
-        multiprocessing_context=loader.multiprocessing_context if workers > 0 else None,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=persistent_workers and num_workers > 0,
+        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
         collate_fn=collate_fn,
     )
 

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from ..cache.frame_cache import MODES as CACHE_MODES
 from ..client.config import ClientConfig
-from ..codecs.decoders import MAX_REDUCE
 from ..datasets import GROUP_COLUMNS, UNLABELED
 from ..datasets.labels import JOIN_KEYS, VALUE_TYPES, LabelTypes
 from ..datasets.policy import MODES as ERROR_POLICIES
 from ..errors import ConfigError
+from ..index.rows import MAX_REDUCE
 from ..index.search import FILTERS, named_filter
 from ..samplers.splits import GROUP_KEYS as SPLIT_KEYS
 from ..transforms import create
@@ -175,7 +175,8 @@ class IntensityConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.reduce <= MAX_REDUCE:
             raise ConfigError(
-                f"reduce must be between 0 (full resolution) and {MAX_REDUCE} (AHI's HTJ2K levels), not {self.reduce}"
+                f"reduce must be between 0 (full resolution) and {MAX_REDUCE} (the levels AHI lists checksums for),"
+                f" not {self.reduce}"
             )
         if self.window is not None and (len(self.window) != 2 or not self.window[1] > 0):
             raise ConfigError(f"window must be [center, width] with a positive width, not {self.window}")

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from ..cache import FrameCache
 from ..client import AHIClient
-from ..errors import ConfigError, EndpointUnreachable, MissingGeometryWarning, SampleError
+from ..errors import ConfigError, EndpointUnreachable, MissingGeometryWarning, ModalityLUTWarning, SampleError
 from ..fetch import FrameFetcher, FrameRef, RetryPolicy, attempts_of
 from ..fetch.retry import ENDPOINT_FAILURES
 from ..index import FrameIndex
@@ -53,6 +53,19 @@ def warn_missing_geometry(index: FrameIndex) -> None:
         warnings.warn(
             "; ".join(problems) + ": their meta['affine'] and meta['spacing'] are not physical",
             MissingGeometryWarning,
+            stacklevel=3,
+        )
+
+
+def warn_lookup_tables(index: FrameIndex) -> None:
+    """Say once which frames map their values through a Modality LUT Sequence, which is not applied."""
+    uses_lut = index.table.column("modality_lut").fill_null(False).to_numpy(zero_copy_only=False)
+    if uses_lut.any():
+        example = index.table.column("series_instance_uid")[int(np.flatnonzero(uses_lut)[0])].as_py()
+        warnings.warn(
+            f"{int(uses_lut.sum())} of {len(index)} frames map stored values through a Modality LUT Sequence, "
+            f"which ahi_torch does not apply (e.g. series {example}): rescale=True leaves them as stored values",
+            ModalityLUTWarning,
             stacklevel=3,
         )
 
@@ -106,6 +119,8 @@ class AHIDataset(Dataset[Any]):
         self.index = index
         self.index_version = index.version
         warn_missing_geometry(index)
+        if rescale:
+            warn_lookup_tables(index)
         self.table = FrameTable(index, table_dir, labels=resolved.values if resolved is not None else None)
         self.labels = resolved
         self.transform = transform

@@ -162,6 +162,9 @@ class ColumnLabels:
     value_type: str | None = None
     classes: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        LabelTypes(self.value_type, self.classes)  # a bad value_type or class list fails here, not later
+
     @property
     def types(self) -> LabelTypes:
         return LabelTypes(self.value_type, self.classes)
@@ -192,18 +195,18 @@ class TableLabels:
     def __post_init__(self) -> None:
         if self.on not in JOIN_KEYS:
             raise ConfigError(f"labels can be joined on {', '.join(JOIN_KEYS)}, not {self.on!r}")
-        self.types  # noqa: B018  # checks value_type and classes now
+        LabelTypes(self.value_type, self.classes)  # a bad value_type or class list fails here, not later
 
     @property
     def types(self) -> LabelTypes:
         return LabelTypes(self.value_type, self.classes)
 
     def _where(self, row: int) -> str:
-        # CSV files: the line number a text editor shows (the header is line 1).
-        source = self.source if isinstance(self.source, (str, Path)) else "the label table"
-        line = row + 2 if isinstance(self.source, (str, Path)) and Path(self.source).suffix != ".parquet" else row
-        kind = "line" if line != row else "row"
-        return f"{kind} {line} of {source}, column {self.column!r}"
+        """Where table row ``row`` is, as its user would look for it."""
+        if isinstance(self.source, (str, Path)) and Path(self.source).suffix.lower() in (".csv", ".tsv"):
+            return f"line {row + 2} of {self.source}, column {self.column!r}"  # line 1 is the header
+        name = self.source if isinstance(self.source, (str, Path)) else "the label table"
+        return f"row {row} of {name}, column {self.column!r}"
 
     def lookup(self) -> dict[str, Any]:
         """Join key -> label, every label read as :attr:`types` says (an unfit value names its row)."""

@@ -35,9 +35,9 @@ from ..cache import FrameCache
 from ..client import AHIClient, ImageFrame
 from ..codecs import decode_frame, pixel_crc32
 from ..codecs import transfer_syntax as ts
-from ..codecs.decoders import MAX_REDUCE
 from ..codecs.jph import level_end
 from ..errors import ChecksumMismatch, ConfigError, DecodeError, EndpointUnreachable, InternalServerError, Throttled
+from ..index.rows import MAX_REDUCE
 from ..per_process import PerProcess
 from .ref import FrameRef
 from .retry import RetryPolicy

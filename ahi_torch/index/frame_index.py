@@ -49,8 +49,16 @@ def _same_type(actual: pa.DataType, expected: pa.DataType) -> bool:
     return bool(actual == expected)
 
 
+#: Columns added since format 3, filled with nulls ("not known") when an older index is loaded.
+ADDED_COLUMNS = ("modality_lut",)
+
+
 def _conformed(table: pa.Table) -> pa.Table:
-    """``table`` with plain text columns the schema codes (index format 3, hand-made tables) coded."""
+    """``table`` with plain text columns the schema codes (index format 3, hand-made tables) coded,
+    and the columns added since format 3 present (nulls where an older index never recorded them)."""
+    for name in ADDED_COLUMNS:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema().field(name).type))
     for field in schema():
         if field.name not in table.column_names or not pa.types.is_dictionary(field.type):
             continue

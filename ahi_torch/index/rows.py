@@ -22,9 +22,10 @@ from ..metadata.document import FrameInfo
 # 2: affines index (slice, row, column); per-frame position/orientation; series regularity.
 # 3: reduced_checksums, the CRC32s AHI lists for reduced-resolution decodes.
 # 4: repeated text (IDs of image sets, patients, studies, series; syntaxes...) dictionary-encoded.
-FORMAT_VERSION = "4"
-#: Older formats :meth:`FrameIndex.load` upgrades in memory (same columns, plain text).
-UPGRADABLE_FORMATS = ("3",)
+# 5: modality_lut, whether an instance maps stored values through a Modality LUT Sequence.
+FORMAT_VERSION = "5"
+#: Older formats :meth:`FrameIndex.load` upgrades in memory (plain text coded; columns added since as nulls).
+UPGRADABLE_FORMATS = ("3", "4")
 #: Reduced resolutions whose checksum the index keeps (``reduced_checksums[k - 1]`` for ``reduce=k``).
 MAX_REDUCE = 4
 
@@ -71,6 +72,7 @@ COLUMNS: dict[str, pa.DataType] = {
     "planar_configuration": pa.int16(),
     "rescale_slope": pa.float64(),
     "rescale_intercept": pa.float64(),
+    "modality_lut": pa.bool_(),
     "window_center": pa.float64(),
     "window_width": pa.float64(),
     "pixel_spacing_row": pa.float64(),
@@ -255,6 +257,7 @@ def _instance_values(instance: InstanceMetadata) -> dict[str, Any]:
         "planar_configuration": pixel.planar_configuration if pixel else None,
         "rescale_slope": instance.rescale_slope,
         "rescale_intercept": instance.rescale_intercept,
+        "modality_lut": "ModalityLUTSequence" in instance.dicom,
         "window_center": instance.window_center,
         "window_width": instance.window_width,
         "pixel_spacing_row": instance.pixel_spacing[0] if instance.pixel_spacing else None,

@@ -34,7 +34,15 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ..client import AHIClient
-from ..config import Config, build_client, build_dataloader, build_dataset, build_index_from_config, load
+from ..config import (
+    Config,
+    build_client,
+    build_dataloader,
+    build_dataset,
+    build_index_from_config,
+    load,
+    make_loader,
+)
 from ..datasets import AHIDataset, FrameDataset, VolumeDataset
 from ..errors import ConfigError
 from ..index import FrameIndex
@@ -186,18 +194,19 @@ class AHIDataModule(pl.LightningDataModule):
             )
             assert isinstance(built, StatefulDataLoader)
             return built
-        sampler = ShuffleSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=self.drop_last)  # type: ignore[arg-type]
-        workers = self.num_workers
-        return ResumableDataLoader(
+        built = make_loader(
             dataset,
+            ShuffleSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=self.drop_last),  # type: ignore[arg-type]
             batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=workers,
+            num_workers=self.num_workers,
             drop_last=self.drop_last,
-            persistent_workers=self.persistent_workers and workers > 0,
-            multiprocessing_context=self.multiprocessing_context if workers > 0 else None,
+            persistent_workers=self.persistent_workers,
+            multiprocessing_context=self.multiprocessing_context,
             collate_fn=self.collate_fn,
+            loader_class=ResumableDataLoader,
         )
+        assert isinstance(built, StatefulDataLoader)
+        return built
 
     def train_dataloader(self) -> StatefulDataLoader:
         loader = self._loader("train", self.shuffle)

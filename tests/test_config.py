@@ -188,3 +188,30 @@ def test_a_config_survives_load_dump_load(batch, workers, sampler, fractions, na
     again = config.from_dict(Config, config.loading._read_yaml(dumped))
     assert again == first
     assert config.config_hash(again) == config.config_hash(first)
+
+
+def test_validation_loaders_keep_every_item_in_order(ahi, synthetic_import, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """drop_last and the sampler are the training loader's; val and test read every item once, in order."""
+    from ahi_torch.config import build_dataloader, build_dataset
+    from ahi_torch.config.schema import Config
+
+    cfg = config.from_dict(
+        Config,
+        {
+            "connection": {"endpoint_url": ahi.endpoint_url},
+            "datastore": {"id": synthetic_import.datastore_id},
+            "index": {"path": str(tmp_path / "index.parquet")},
+            "search": {"modalities": ["CT"]},
+            "cache": {"enabled": False},
+            "loader": {"batch_size": 5, "num_workers": 0, "drop_last": True, "seed": 1},
+        },
+    )
+    dataset = build_dataset(cfg, progress=False)
+    train = build_dataloader(cfg, dataset)
+    assert train.drop_last and sum(len(b["image"]) for b in train) == len(dataset) // 5 * 5
+    for stage in ("val", "test"):
+        held_out = build_dataloader(cfg, dataset, stage=stage)
+        assert not held_out.drop_last
+        assert [i for b in held_out for i in b["meta"]["index"].tolist()] == list(range(len(dataset)))
+    with pytest.raises(ConfigError, match="stage must be one of train, val, test"):
+        build_dataloader(cfg, dataset, stage="predict")

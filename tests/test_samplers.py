@@ -369,3 +369,30 @@ def test_resume_state_and_split_fractions_are_checked() -> None:
     with pytest.raises(ConfigError, match=r"add up to 1, not 0\.5"):
         assign_splits(["P1"], {"train": 0.25, "val": 0.25})
     assert assign_splits(["P1"], {"train": 0.9995, "val": 0.0}) == ["train"]
+
+
+def test_length_counts_what_a_rank_yielded_before_each_resume() -> None:
+    """Lightning ends an epoch at len(loader) counting restored batches: the length must include them."""
+
+    def make(world: int, rank: int) -> ShuffleSampler:
+        return ShuffleSampler(20, seed=2, num_replicas=world, rank=rank)
+
+    seen, state = _consume(make, 2, 3)  # 3 each at 2 ranks: 6 of 20 consumed
+    samplers = [make(3, r) for r in range(3)]
+    for sampler in samplers:
+        sampler.load_state_dict(state)
+        sampler.set_epoch(2)
+    assert {len(s) for s in samplers} == {3 + 5}, "3 yielded before, and 14 left over 3 ranks: 5 each"
+    iterators = [iter(s) for s in samplers]
+    seen += [next(it) for it in iterators]  # one more each at 3 ranks
+    again = samplers[0].state_dict()
+    assert again["before"] == 3 and again["world_size"] == 3 and again["yielded"] == 1
+    rest = []
+    for rank in range(3):
+        sampler = make(3, rank)
+        sampler.load_state_dict(again)
+        sampler.set_epoch(2)
+        assert len(sampler) == 8, "the same world again: the length is unchanged"
+        rest += list(sampler)
+    assert set(seen) | set(rest) == set(range(20)), "nothing skipped"
+    assert len(seen) + len(rest) - 20 <= 2, "nothing repeats but the last round's padding at 3 ranks"

@@ -42,6 +42,9 @@ class ResumePoint:
     world_size: int
     start: int
     size: int
+    #: what this rank had yielded in the epoch before the saved iteration began (another world's
+    #: share); trainers count it in the epoch's batches, so the length keeps it
+    before: int = 0
 
     @property
     def consumed(self) -> int:
@@ -82,6 +85,7 @@ class EpochSampler(DistributedSampler[int]):
         self.epoch = 0
         self.yielded = 0
         self._start = 0  # positions of the global order consumed before this iteration began
+        self._before = 0  # what this rank counted as yielded before this iteration began
         self._world_at_start = 1
         self._resume: ResumePoint | None = None
 
@@ -127,33 +131,28 @@ class EpochSampler(DistributedSampler[int]):
             self._resume = None
 
     def __len__(self) -> int:
-        """This rank's samples in the epoch, those yielded before a resume included.
+        """This rank's samples in the epoch, those yielded before a resume at another world size included.
 
-        Trainers count batches already done from their checkpoint (Lightning restores the batch
-        index), so after a resume at another world size the length is what this rank had
-        yielded then plus its share of the rest: the epoch ends when the rest is served.
+        Trainers count the batches already done from their checkpoint (Lightning restores the
+        batch index), so after a resume on more or fewer ranks the length is what this rank had
+        yielded by then plus its share of the rest: the epoch ends when the rest is served.
         """
-        point = self._resume
-        start, _ = self._planned()
-        rest = len(self.indices(start=start))
-        if point is not None and point.world_size != self.num_replicas:
-            return point.yielded + rest
-        return rest
+        start, _, before = self._planned()
+        return before + len(self.indices(start=start))
 
-    def _planned(self) -> tuple[int, int]:
-        """(start position in the global order, indices of this rank's shard to skip) for the next iteration."""
+    def _planned(self) -> tuple[int, int, int]:
+        """(start in the global order, indices of this rank's shard to skip, yielded before) for the next iteration."""
         point = self._resume
         if point is None:
-            return 0, 0
-        world = self.num_replicas
-        if point.world_size == world:
-            return point.start, point.yielded  # the same shards: continue each where it stopped
-        return point.consumed, 0  # another world: deal what is left to the new ranks
+            return 0, 0, 0
+        if point.world_size == self.num_replicas:
+            return point.start, point.yielded, point.before  # the same shards: continue each where it stopped
+        return point.consumed, 0, point.before + point.yielded  # another world: deal the rest to the new ranks
 
     def __iter__(self) -> Iterator[int]:
-        start, skip = self._planned()
+        start, skip, before = self._planned()
         self._resume = None
-        self._start, self._world_at_start = start, self.num_replicas
+        self._start, self._before, self._world_at_start = start, before, self.num_replicas
         self.yielded = skip
         for index in itertools.islice(self.indices(start=start).tolist(), skip, None):
             self.yielded += 1
@@ -168,6 +167,7 @@ class EpochSampler(DistributedSampler[int]):
                 "seed": self.seed,
                 "world_size": point.world_size,
                 "start": point.start,
+                "before": point.before,
                 "size": point.size,
             }
         return {
@@ -176,6 +176,7 @@ class EpochSampler(DistributedSampler[int]):
             "seed": self.seed,
             "world_size": self._world_at_start,
             "start": self._start,
+            "before": self._before,
             "size": self.order_size(),
         }
 
@@ -199,4 +200,5 @@ class EpochSampler(DistributedSampler[int]):
             world_size=int(state.get("world_size", self.num_replicas)),
             start=int(state.get("start", 0)),
             size=size,
+            before=int(state.get("before", 0)),
         )

@@ -121,7 +121,7 @@ class NodePinnedSampler(EpochSampler):
     def order_size(self) -> int:
         return self.size
 
-    def _planned(self) -> tuple[int, int]:
+    def _planned(self) -> tuple[int, int, int]:
         point = self._resume
         if point is not None and point.world_size != self.num_replicas:
             raise ConfigError(

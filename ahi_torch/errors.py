@@ -180,3 +180,7 @@ class MissingGeometryWarning(UserWarning):
 
 class ModalityLUTWarning(UserWarning):
     """Frames whose stored values map to modality units through a lookup table, which is not applied."""
+
+
+class CacheTooSmallWarning(UserWarning):
+    """The frame cache cannot hold the frames a node reads each epoch: later epochs fetch again."""

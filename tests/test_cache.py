@@ -6,6 +6,7 @@ import multiprocessing as mp
 import pickle
 import sqlite3
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,27 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         FrameCache(tmp_path, mode="compressed")
     with pytest.raises(ConfigError, match="eviction_policy"):
         FrameCache(tmp_path, eviction_policy="random")
+
+
+def test_a_cache_smaller_than_the_dataset_says_so_with_the_ways_out(ahi, synthetic_import, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 23.5: a node whose frames exceed the cache's limit refetches every epoch; say so once, at build."""
+    from ahi_torch.datasets import FrameDataset
+    from ahi_torch.datasets._base import decoded_bytes
+    from ahi_torch.errors import CacheTooSmallWarning
+    from ahi_torch.index import build_index
+
+    index = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
+    needed = decoded_bytes(index)
+    assert needed == sum(
+        r * c * max(s, 1) * max(-(-b // 8), 1)
+        for r, c, s, b in zip(
+            *(index.table.column(n).to_pylist() for n in ("rows", "columns", "samples_per_pixel", "bits_allocated")),
+            strict=True,
+        )
+    )
+    half = FrameCache(tmp_path / "half", size_limit_gb=needed / 2 / 2**30)
+    with pytest.warns(CacheTooSmallWarning, match=r"about 50% of them cached .*cache mode 'encoded'"):
+        FrameDataset(index, ahi.client(), cache=half)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheTooSmallWarning)
+        FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path / "whole", size_limit_gb=needed / 2**30))

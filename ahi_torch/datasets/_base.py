@@ -16,7 +16,14 @@ from torch.utils.data import Dataset
 
 from ..cache import FrameCache
 from ..client import AHIClient
-from ..errors import ConfigError, EndpointUnreachable, MissingGeometryWarning, ModalityLUTWarning, SampleError
+from ..errors import (
+    CacheTooSmallWarning,
+    ConfigError,
+    EndpointUnreachable,
+    MissingGeometryWarning,
+    ModalityLUTWarning,
+    SampleError,
+)
 from ..fetch import FrameFetcher, FrameRef, RetryPolicy, attempts_of
 from ..fetch.retry import ENDPOINT_FAILURES
 from ..index import FrameIndex
@@ -70,6 +77,48 @@ def warn_lookup_tables(index: FrameIndex) -> None:
         )
 
 
+#: How many more frames an encoded cache holds than a decoded one (HTJ2K lossless on CT, measured in the bench).
+ENCODED_GAIN = 2.3
+
+
+def decoded_bytes(index: FrameIndex, reduce: int = 0) -> int:
+    """Bytes the decoded pixels of every frame of ``index`` take (at ``reduce``)."""
+    table = index.table
+
+    def values(name: str) -> np.ndarray:
+        return np.asarray(table.column(name).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+    side = 2**reduce
+    rows, columns = -(-values("rows") // side), -(-values("columns") // side)
+    samples = np.maximum(values("samples_per_pixel"), 1)
+    sample_bytes = np.maximum(-(-values("bits_allocated") // 8), 1)
+    return int((rows * columns * samples * sample_bytes).sum())
+
+
+def warn_cache_too_small(index: FrameIndex, cache: FrameCache, reduce: int = 0) -> None:
+    """Say once when the cache cannot hold what a node reads each epoch, with the two ways out."""
+    needed = decoded_bytes(index, reduce)
+    if cache.mode == "encoded":
+        needed = int(needed / ENCODED_GAIN)
+    if needed <= cache.size_limit:
+        return
+    gib = 2**30
+    held = cache.size_limit / needed
+    ways = [f"a size limit of at least {needed / gib:.1f} GiB"]
+    if cache.mode == "decoded":
+        ways.insert(
+            0, f"cache mode 'encoded' (about {ENCODED_GAIN:g}x more frames: {needed / ENCODED_GAIN / gib:.1f} GiB)"
+        )
+    warnings.warn(
+        f"the frame cache at {cache.directory} holds {cache.size_limit / gib:.1f} GiB, and this dataset's frames take "
+        f"{needed / gib:.1f} GiB {cache.mode}: each epoch after the first finds about {held:.0%} of them cached "
+        f"and fetches the rest again. Ways out: {' or '.join(ways)}; under node_pinned each node needs only its "
+        "share of the groups",
+        CacheTooSmallWarning,
+        stacklevel=3,
+    )
+
+
 class AHIDataset(Dataset[Any]):
     """Base of :class:`FrameDataset` and :class:`VolumeDataset`; see their docstrings."""
 
@@ -121,6 +170,8 @@ class AHIDataset(Dataset[Any]):
         warn_missing_geometry(index)
         if rescale:
             warn_lookup_tables(index)
+        if cache is not None:
+            warn_cache_too_small(index, cache, reduce)
         self.table = FrameTable(index, table_dir, labels=resolved.values if resolved is not None else None)
         self.labels = resolved
         self.transform = transform

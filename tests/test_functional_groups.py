@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.index import build_index
@@ -111,3 +112,72 @@ def test_frames_without_geometry_are_announced(ahi, imported) -> None:  # type: 
     index = build_index(ahi.client(), datastore_id, progress=False)
     with pytest.warns(MissingGeometryWarning, match=r"\d+ of \d+ frames have no position of their own"):
         FrameDataset(index, ahi.client())
+
+
+def _pydicom_volume(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """pydicom's frames of an enhanced instance stacked along the normal, rescaled per frame; their positions."""
+    ds = pydicom.dcmread(path)
+    orientation = np.asarray(_group_value(ds, 0, "PlaneOrientationSequence", "ImageOrientationPatient"), float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    positions = np.asarray(
+        [_group_value(ds, k, "PlanePositionSequence", "ImagePositionPatient") for k in range(ds.NumberOfFrames)], float
+    )
+    order = np.argsort(positions @ normal, kind="stable")
+    frames = expected_values(ds)
+    return np.stack([frames[k] for k in order]), positions[order], orientation
+
+
+@pytest.mark.parametrize("oblique", [False, True])
+@pytest.mark.parametrize("per_frame_slopes", [False, True])
+def test_enhanced_volumes_are_ordered_regular_and_placed_by_their_functional_groups(
+    ahi: LocalAHI, tmp_path: Path, oblique: bool, per_frame_slopes: bool
+) -> None:
+    """Issue 24.3: frames of an enhanced CT (in shuffled frame order) stack by their per-frame positions."""
+    from ahi_torch.datasets import VolumeDataset
+    from ahi_torch.sample.synthetic import SeriesSpec, write_enhanced_ct
+
+    tilt = np.deg2rad(20)
+    orientation = (1.0, 0.0, 0.0, 0.0, float(np.cos(tilt)), float(np.sin(tilt))) if oblique else (1, 0, 0, 0, 1, 0)
+    spec = SeriesSpec(
+        patient_id="ENH",
+        series_key=f"enh{oblique}{per_frame_slopes}",
+        slices=7,
+        rows=12,
+        columns=10,
+        orientation=tuple(float(v) for v in orientation),
+        pixel_spacing=(0.7, 0.9),
+        slice_spacing=1.5,
+    )
+    slopes = tuple(1.0 + 0.5 * k for k in range(spec.slices)) if per_frame_slopes else ()
+    path = write_enhanced_ct(tmp_path / "dicom", spec, slopes=slopes)
+    result = ahi.import_dicom(path)
+    assert result.status == "COMPLETED" and not result.failures, result.failures
+    index = build_index(ahi.client(), result.datastore_id, progress=False)
+    assert index.table.column("series_regular").to_pylist() == [True] * spec.slices
+    volumes = VolumeDataset(index, ahi.client(), rescale=True, dtype=torch.float64)
+    assert len(volumes) == 1
+    item = volumes[0]
+    want, positions, plane = _pydicom_volume(path)
+    np.testing.assert_allclose(item["image"][0].numpy(), want, atol=1e-9)
+    affine = item["meta"]["affine"].numpy()
+    for k, position in enumerate(positions):
+        np.testing.assert_allclose(affine @ [k, 0, 0, 1], [*position, 1], atol=1e-3)
+    np.testing.assert_allclose(affine[:3, 1], plane[3:] * 0.7, atol=1e-6)  # along a column: the column cosine
+    np.testing.assert_allclose(affine[:3, 2], plane[:3] * 0.9, atol=1e-6)
+    np.testing.assert_allclose(item["meta"]["spacing"].numpy(), [1.5, 0.7, 0.9], atol=1e-4)
+
+
+def test_real_enhanced_files_place_every_frame(ahi, imported) -> None:  # type: ignore[no-untyped-def]
+    """eCT_Supplemental.dcm: two frames 10 mm apart, each frame's position the file's own."""
+    _, datastore_id = imported
+    index = build_index(ahi.client(), datastore_id, progress=False)
+    ds = pydicom.dcmread(real_file("eCT_Supplemental.dcm"))
+    rows = np.flatnonzero(np.asarray(index.texts("sop_instance_uid")) == ds.SOPInstanceUID)
+    mine = index.take(rows)
+    numbers = mine.table.column("frame_number").to_pylist()
+    stored = dict(zip(numbers, mine.table.column("image_position").to_pylist(), strict=True))
+    for number in numbers:
+        want = _group_value(ds, number - 1, "PlanePositionSequence", "ImagePositionPatient")
+        np.testing.assert_allclose(stored[number], [float(v) for v in want])
+    assert mine.table.column("series_regular").to_pylist() == [True, True]
+    assert mine.table.column("slice_spacing").to_pylist()[0] == pytest.approx(10.0)

@@ -1,14 +1,15 @@
 """Columns of the frame index and how an image set's metadata becomes rows.
 
 One row per frame. Frames of a series get ``slice_index`` in geometric order (see
-:mod:`ahi_torch.metadata.geometry`); frames of multi-frame instances follow in frame order.
+:mod:`ahi_torch.metadata.geometry`): every frame is a slice, a frame of an enhanced multi-frame
+instance placed by the position its per-frame functional groups give it (:class:`FrameSlice`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -134,22 +135,49 @@ def _tag_text(levels: list[Mapping[str, Any]], keyword: str) -> str | None:
     return v.text(value)
 
 
-def _ordered_frames(series: SeriesMetadata) -> tuple[list[tuple[InstanceMetadata, int, float | None]], SeriesGeometry]:
-    """(instance, frame index, slice position) in stacking order, and the single-frame geometry."""
-    single = [i for i in series.instances if len(i.frames) == 1]
-    geometry = series_geometry(single or series.instances)
-    positions = geometry.positions or (None,) * len(geometry.order)
-    ordered: list[tuple[InstanceMetadata, int, float | None]] = []
-    if single:
-        ordered += [(single[i], 0, positions[k]) for k, i in enumerate(geometry.order)]
-    multi = [i for i in series.instances if len(i.frames) > 1]
-    for instance in sorted(multi, key=lambda i: (i.instance_number or 0, i.sop_instance_uid)):
-        ordered += [(instance, n, None) for n in range(len(instance.frames))]
-    if multi and len(ordered) > 1 and geometry.regular:
-        # Per-frame positions of multi-frame instances are not read: their stack has no known geometry.
-        geometry = dataclasses.replace(
-            geometry, regular=False, irregularity="multi-frame instances: per-frame positions are not read"
+@dataclass(frozen=True)
+class FrameSlice:
+    """One frame as a slice of its series: single-frame instances and the frames of multi-frame ones alike.
+
+    A multi-frame (enhanced) instance keeps each frame's position, and may keep its orientation
+    and spacing, in its per-frame functional groups; the instance's values apply where it does not.
+    """
+
+    instance: InstanceMetadata
+    frame: int
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, float, float, float, float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    instance_number: int | None
+
+    @classmethod
+    def of(cls, instance: InstanceMetadata, frame: int) -> FrameSlice:
+        info = instance.frames[frame]
+        single = len(instance.frames) == 1
+        number = instance.instance_number
+        return cls(
+            instance,
+            frame,
+            info.position or (instance.position if single else None),
+            info.orientation or instance.orientation,
+            info.pixel_spacing or instance.pixel_spacing,
+            info.slice_thickness or instance.slice_thickness,
+            # Frames of one instance follow their frame numbers, instances their InstanceNumber.
+            None if number is None and not single else (number or 0) * 1_000_000 + frame,
         )
+
+
+def _ordered_frames(series: SeriesMetadata) -> tuple[list[tuple[InstanceMetadata, int, float | None]], SeriesGeometry]:
+    """(instance, frame index, slice position) in stacking order, and the series' geometry.
+
+    Every frame is a slice: a single-frame instance at its ImagePositionPatient, a frame of an
+    enhanced multi-frame instance at the position its functional groups give it.
+    """
+    slices = [FrameSlice.of(instance, n) for instance in series.instances for n in range(len(instance.frames))]
+    geometry = series_geometry(slices)
+    positions = geometry.positions or (None,) * len(geometry.order)
+    ordered = [(slices[i].instance, slices[i].frame, positions[k]) for k, i in enumerate(geometry.order)]
     return ordered, geometry
 
 
@@ -234,6 +262,10 @@ def _frame_overrides(frame: FrameInfo) -> dict[str, Any]:
         "rescale_intercept": frame.rescale_intercept,
         "window_center": frame.window_center,
         "window_width": frame.window_width,
+        "image_position": list(frame.position) if frame.position else None,
+        "image_orientation": list(frame.orientation) if frame.orientation else None,
+        "pixel_spacing_row": frame.pixel_spacing[0] if frame.pixel_spacing else None,
+        "pixel_spacing_col": frame.pixel_spacing[1] if frame.pixel_spacing else None,
     }
     return {name: value for name, value in found.items() if value is not None}
 

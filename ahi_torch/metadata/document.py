@@ -50,6 +50,10 @@ class FrameInfo:
     rescale_intercept: float | None = None
     window_center: float | None = None
     window_width: float | None = None
+    position: tuple[float, float, float] | None = None
+    orientation: tuple[float, float, float, float, float, float] | None = None
+    pixel_spacing: tuple[float, float] | None = None
+    slice_thickness: float | None = None
 
     @property
     def full_checksum(self) -> int | None:
@@ -254,9 +258,23 @@ def _frame_values(dicom: Mapping[str, Any], frames: tuple[FrameInfo, ...]) -> tu
             rescale_intercept=values.number(functional_value(dicom, "RescaleIntercept", index)),
             window_center=values.number(functional_value(dicom, "WindowCenter", index)),
             window_width=values.number(functional_value(dicom, "WindowWidth", index)),
+            position=_triple(functional_value(dicom, "ImagePositionPatient", index)),
+            orientation=_six(functional_value(dicom, "ImageOrientationPatient", index)),
+            pixel_spacing=_pair(functional_value(dicom, "PixelSpacing", index)),
+            slice_thickness=values.number(functional_value(dicom, "SliceThickness", index)),
         )
         for index, frame in enumerate(frames)
     )
+
+
+def _six(value: Any) -> tuple[float, float, float, float, float, float] | None:
+    found = values.numbers(value)
+    return (found[0], found[1], found[2], found[3], found[4], found[5]) if found and len(found) == 6 else None
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    found = values.numbers(value)
+    return (found[0], found[1]) if found and len(found) == 2 else None
 
 
 def _parse_instance(

@@ -22,6 +22,7 @@ import numpy as np
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
@@ -247,6 +248,59 @@ def write_multiframe(
     ds.PixelSpacing = [f"{v:.6g}" for v in spec.pixel_spacing]
     _set_pixels(ds, pixels, transfer_syntax)
     path = directory / f"{spec.series_key}-multiframe.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def write_enhanced_ct(directory: str | Path, spec: SeriesSpec, slopes: tuple[float, ...] = ()) -> Path:
+    """One Enhanced CT instance holding the series as frames, in a seeded random frame order.
+
+    Each frame's ImagePositionPatient sits in its ``PerFrameFunctionalGroupsSequence``; orientation,
+    pixel spacing and the rescale sit in ``SharedFunctionalGroupsSequence``, as scanners write them.
+    ``slopes`` (one per frame, in frame order) moves the rescale into each frame's own group.
+    """
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    def item(**values: object) -> Sequence:
+        inner = Dataset()
+        for keyword, value in values.items():
+            setattr(inner, keyword, value)
+        return Sequence([inner])
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    slices = series_slices(spec)
+    order = np.random.default_rng(spec.seed + 11).permutation(len(slices))
+    ds = _base_dataset(spec, ENHANCED_CT_IMAGE_STORAGE, spec.sop_uid(20_000), 1)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.NumberOfFrames = len(slices)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = spec.rows, spec.columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 1
+    shared = Dataset()
+    shared.PlaneOrientationSequence = item(ImageOrientationPatient=[f"{v:.6g}" for v in spec.orientation])
+    shared.PixelMeasuresSequence = item(
+        PixelSpacing=[f"{v:.6g}" for v in spec.pixel_spacing], SliceThickness=f"{spec.slice_spacing:.6g}"
+    )
+    if not slopes:
+        shared.PixelValueTransformationSequence = item(RescaleIntercept="-1024", RescaleSlope="1", RescaleType="HU")
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for number, index in enumerate(order):
+        frame = Dataset()
+        frame.PlanePositionSequence = item(ImagePositionPatient=[f"{v:.6g}" for v in slices[index][1]])
+        frame.FrameContentSequence = item(InStackPositionNumber=int(index) + 1)
+        if slopes:
+            frame.PixelValueTransformationSequence = item(
+                RescaleIntercept="-1024", RescaleSlope=f"{slopes[number]:.6g}", RescaleType="HU"
+            )
+        frames.append(frame)
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    _set_pixels(ds, np.stack([slices[i][0] for i in order]), spec.transfer_syntax)
+    path = directory / f"{spec.series_key}-enhanced.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
 

@@ -234,3 +234,17 @@ def test_figure_three_planes_before_and_after_spacing(ahi, imported: dict) -> No
     plt.close(figure)
     assert target.stat().st_size > 10_000
     np.testing.assert_allclose(np.linalg.norm(after.affine.numpy()[:3, :3], axis=0), [0.5, 0.5, 0.5], atol=1e-6)
+
+
+def test_load_ahid_reads_reduced_resolutions(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
+    """LoadAHId passes reduce through: half-size volumes whose spacing doubles and whose origin stays."""
+    index = imported["index"]
+    uri = index.to_monai_data()[0]["image"]
+    full = LoadAHId("image", index=index, client=ahi.client())({"image": uri})["image"]
+    half = LoadAHId("image", index=index, client=ahi.client(), reduce=1)({"image": uri})["image"]
+    # MONAI's axes: (channel, column, row, slice)
+    assert tuple(half.shape[1:3]) == tuple(-(-s // 2) for s in full.shape[1:3])
+    assert half.shape[3] == full.shape[3], "slices are not reduced"
+    np.testing.assert_allclose(half.affine[:3, 3].numpy(), full.affine[:3, 3].numpy(), atol=1e-6)
+    in_plane = [np.linalg.norm(m.affine[:3, :2].numpy(), axis=0) for m in (half, full)]
+    np.testing.assert_allclose(in_plane[0], 2 * in_plane[1], rtol=1e-6)

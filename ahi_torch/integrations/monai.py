@@ -111,8 +111,9 @@ class LoadAHId(MapTransform):
         index: the :class:`~ahi_torch.index.FrameIndex` the references come from.
         client: an :class:`~ahi_torch.client.AHIClient` (it travels into workers as configuration).
         cache: the ahi_torch frame cache underneath (shared by every worker), or None.
-        rescale, window, dtype, verify, irregular, error_policy, max_workers: as for
-            :class:`~ahi_torch.datasets.VolumeDataset`. ``error_policy="skip"`` is refused: a
+        rescale, window, dtype, verify, reduce, irregular, error_policy, max_workers: as for
+            :class:`~ahi_torch.datasets.VolumeDataset` (``reduce=1`` loads half-size volumes, their
+            affine and spacing kept true). ``error_policy="skip"`` is refused: a
             replacement volume would not match the item's other keys (its label).
         allow_missing_keys: as for every MONAI ``MapTransform``.
 
@@ -131,6 +132,7 @@ class LoadAHId(MapTransform):
         window: tuple[float, float] | str | None = None,
         dtype: torch.dtype = torch.float32,
         verify: bool = True,
+        reduce: int = 0,
         irregular: str = "warn",
         error_policy: ErrorPolicy | str = "raise",
         max_workers: int = 8,
@@ -149,6 +151,7 @@ class LoadAHId(MapTransform):
             window=window,
             dtype=dtype,
             verify=verify,
+            reduce=reduce,
             irregular=irregular,
             error_policy=error_policy,
             max_workers=max_workers,

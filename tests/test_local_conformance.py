@@ -524,6 +524,7 @@ def test_copy_to_new_and_existing_image_sets(mi, loaded) -> None:  # type: ignor
     series_uid, series = next(iter(document["Study"]["Series"].items()))
     first_sop, second_sop = sorted(series["Instances"])
     selection = json.dumps({"SchemaVersion": "1.1", "Study": {"Series": {series_uid: {"Instances": {first_sop: {}}}}}})
+    before = mi.get_image_set(datastoreId=datastore_id, imageSetId=source_id)
     copied = mi.copy_image_set(
         datastoreId=datastore_id,
         sourceImageSetId=source_id,
@@ -533,6 +534,8 @@ def test_copy_to_new_and_existing_image_sets(mi, loaded) -> None:  # type: ignor
     )
     source_props = copied["sourceImageSetProperties"]
     destination = copied["destinationImageSetProperties"]
+    assert source_props["updatedAt"] >= destination["createdAt"], "the source's updatedAt is the copy's time"
+    assert source_props["updatedAt"] > before["updatedAt"]
     assert (source_props["imageSetState"], source_props["imageSetWorkflowStatus"]) == (
         "LOCKED",
         "COPYING_WITH_READ_ONLY_ACCESS",

@@ -12,7 +12,7 @@ Per AHI's supported-transfer-syntax table:
 Every stored frame is decoded once more and checked against the source pixels (AHI's pixel
 data verification); ``PixelDataChecksumFromBaseToFullResolution`` lists the CRC32 of the decoded
 pixels at up to three resolution levels, base first, full resolution last. Frames kept in their
-original (possibly lossy) syntax carry no ``MinPixelValue``/``MaxPixelValue``, and their
+original (possibly lossy) syntax carry ``MinPixelValue``/``MaxPixelValue`` as ``null``, and their
 ``FrameSizeInBytes`` is the size of the original encoded frame, as AHI's pixel-verification guide
 says; transcoded and uncompressed frames report the decoded frame's size and both values.
 """
@@ -58,11 +58,15 @@ class StoredFrame:
     size: int
 
     def image_frame_entry(self, frame_id: str) -> dict[str, Any]:
-        entry: dict[str, Any] = {"ID": frame_id, "PixelDataChecksumFromBaseToFullResolution": self.checksums}
-        if self.min_value is not None and self.max_value is not None:
-            entry.update(MinPixelValue=self.min_value, MaxPixelValue=self.max_value)
-        entry["FrameSizeInBytes"] = self.size
-        return entry
+        # AHI writes both keys, null for frames kept in their original syntax (its pixel-verification
+        # guide shows them so): client code that indexes them must not meet a KeyError here only.
+        return {
+            "ID": frame_id,
+            "PixelDataChecksumFromBaseToFullResolution": self.checksums,
+            "MinPixelValue": self.min_value,
+            "MaxPixelValue": self.max_value,
+            "FrameSizeInBytes": self.size,
+        }
 
 
 def _levels(data: bytes, full: np.ndarray, reducible: bool) -> list[dict[str, int]]:

@@ -242,9 +242,11 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             message=failure,
         )
         add_frame_refs(db, destination_id, frame_ids_of(document))
+        # The source's updatedAt moves to the copy's time, as AWS's CopyImageSet examples show it.
         db.execute(
-            "UPDATE image_sets SET lock_until = ?, lock_status = 'COPYING_WITH_READ_ONLY_ACCESS' WHERE id = ?",
-            (now + ctx.settings.transition_seconds, source_id),
+            "UPDATE image_sets SET lock_until = ?, lock_status = 'COPYING_WITH_READ_ONLY_ACCESS', updated_at = ?"
+            " WHERE id = ?",
+            (now + ctx.settings.transition_seconds, now, source_id),
         )
         source_row = get_image_set(ctx, datastore_id, source_id)
         destination_row = get_image_set(ctx, datastore_id, destination_id)

@@ -317,3 +317,24 @@ def test_the_import_pool_ends_with_its_service_however_it_stops(tmp_path: Path, 
     finally:
         if server.poll() is None:
             server.kill()
+
+
+def test_local_serve_answers_as_the_region_given(tmp_path: Path) -> None:
+    server = serve_subprocess(tmp_path / "store", "--region", "ap-southeast-2")
+    try:
+        endpoints = json.loads((tmp_path / "store" / "endpoints.json").read_text())
+        assert endpoints["region"] == "ap-southeast-2"
+        import boto3
+        from botocore.config import Config
+
+        mi = boto3.session.Session(aws_access_key_id="local", aws_secret_access_key="local").client(
+            "medical-imaging",
+            endpoint_url=endpoints["endpoint_url"],
+            region_name="ap-southeast-2",
+            config=Config(inject_host_prefix=False),
+        )
+        datastore_id = mi.create_datastore(datastoreName="au")["datastoreId"]
+        arn = mi.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreArn"]
+        assert arn.startswith("arn:aws:medical-imaging:ap-southeast-2:")
+    finally:
+        stop_subprocess(server)

@@ -157,3 +157,23 @@ def test_no_file_ahi_torch_writes_holds_the_credentials(ahi, synthetic_import, t
         assert secret not in text and token not in text and key not in text
     assert to_dict(cfg, secrets=True)["connection"]["secret_access_key"] == secret, "round trips keep them"
     assert config_hash(cfg) == config_hash(load(config, ["connection.secret_access_key=rotated"])), "rotation"
+
+
+def test_a_service_in_another_region_answers_as_that_region() -> None:
+    """Issue 25.4: ARNs and the signature scope follow LocalAHI(region=...) / `local serve --region`."""
+    with LocalAHI(region="eu-west-1", require_signature=True, credentials=("trusted", SECRET)) as ahi:
+        assert ahi.settings.region == "eu-west-1"
+        client = _client(ahi)
+        assert client.meta.region_name == "us-east-1"
+        with pytest.raises(ClientError) as refused:
+            client.list_datastores()
+        assert refused.value.response["Error"]["Code"] == "InvalidSignatureException"
+        assert "eu-west-1" in refused.value.response["Error"]["Message"]
+        local = ahi.boto3_client()
+        created = local.create_datastore(datastoreName="eu")
+        assert (
+            created["datastoreId"]
+            and ":eu-west-1:"
+            in local.get_datastore(datastoreId=created["datastoreId"])["datastoreProperties"]["datastoreArn"]
+        )
+        assert ahi.client().list_datastores()["datastoreSummaries"], "ahi_torch's own client signs for eu-west-1"

@@ -36,6 +36,7 @@ def register(commands: Any) -> None:
     serve = sub.add_parser("serve", help="serve the AHI API (and an embedded S3) in the foreground")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     serve.add_argument("--port", type=_port, default=8080, help="TCP port (0 picks a free one; default 8080)")
+    serve.add_argument("--region", default="us-east-1", help="the region the service answers as (default us-east-1)")
     serve.add_argument("--data-dir", type=Path, default=Path(".ahi/local"), help="where state persists")
     serve.add_argument("--s3-endpoint-url", help="use this S3 endpoint instead of the embedded one")
     serve.add_argument("--no-s3", action="store_true", help="do not start the embedded S3")
@@ -94,6 +95,7 @@ def serve_command(args: argparse.Namespace) -> int:
         credentials=(args.access_key_id, args.secret_access_key),
         faults=args.faults,
         require_signature=True if args.require_signature else None,
+        region=args.region,
     )
     service.start()
     endpoints = {
@@ -118,6 +120,7 @@ def _serve_in_background(args: argparse.Namespace) -> int:
     endpoints = data_dir / ENDPOINTS_FILE
     endpoints.unlink(missing_ok=True)  # a stale file from an earlier run must not look like readiness
     argv = ["local", "serve", "--data-dir", str(data_dir), "--host", args.host, "--port", str(args.port)]
+    argv += ["--region", args.region]
     argv += ["--access-key-id", args.access_key_id, "--secret-access-key", args.secret_access_key]
     argv += ["--s3-endpoint-url", args.s3_endpoint_url] if args.s3_endpoint_url else []
     argv += ["--faults", args.faults] if args.faults else []

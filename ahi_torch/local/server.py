@@ -108,6 +108,8 @@ class LocalAHI:
         faults: fault injection (a :class:`Faults` or its text form, see :mod:`.faults`).
         require_signature: verify SigV4 against ``credentials``; by default only when ``host``
             is not loopback.
+        region: the region the service answers as (ARNs, the signature scope it accepts);
+            overrides ``settings.region``.
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class LocalAHI:
         credentials: tuple[str, str] = LOCAL_CREDENTIALS,
         faults: Faults | str | None = None,
         require_signature: bool | None = None,
+        region: str | None = None,
     ) -> None:
         self._requested_dir = Path(data_dir) if data_dir is not None else None
         self.port = port
@@ -131,6 +134,8 @@ class LocalAHI:
         self._want_s3 = s3 and s3_endpoint_url is None
         self._s3_endpoint_url = s3_endpoint_url
         self.settings = settings or ServiceSettings()
+        if region is not None:
+            self.settings = replace(self.settings, region=region)
         self.faults = Faults.parse(faults) if isinstance(faults, str) else faults
         security_guards, security_filters = guards_for(
             host=host,

@@ -118,12 +118,65 @@ def stored_syntax(ds: Dataset, storage_format: str) -> str | None:
     return ts.JPEG_2000_LOSSLESS if storage_format == "JPEG_2000_LOSSLESS" else ts.HTJ2K_LOSSLESS_RPCL
 
 
+#: imagecodecs decoders for syntaxes AHI accepts whose frames pydicom's plugins may fail on
+#: (Pillow refuses 12-bit JPEG Extended; libjpeg refuses some of its streams).
+_IMAGECODECS_DECODERS = {
+    "1.2.840.10008.1.2.4.51": "jpeg8_decode",  # JPEG Extended (12-bit)
+    "1.2.840.10008.1.2.4.57": "ljpeg_decode",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70": "ljpeg_decode",  # JPEG Lossless, first-order prediction
+    "1.2.840.10008.1.2.4.80": "jpegls_decode",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "jpegls_decode",  # JPEG-LS near-lossless
+}
+
+
 def _source_frames(ds: Dataset) -> Iterator[np.ndarray]:
+    """Every frame's stored values: pydicom's decode, else imagecodecs' where pydicom's plugins cannot."""
+    # raw=True keeps YBR samples as they are: the metadata keeps the source's photometric.
+    frames = iter_pixels(ds, raw=True)
     try:
-        # raw=True keeps YBR samples as they are: the metadata keeps the source's photometric.
-        yield from iter_pixels(ds, raw=True)
+        first = next(frames)
+    except StopIteration:
+        return
     except Exception as exc:  # pydicom and its plugins raise many types
+        fallback = _imagecodecs_frames(ds)
+        if fallback is None:
+            raise PixelDataProblem(f"cannot decode pixel data: {exc}") from exc
+        yield from fallback
+        return
+    yield first
+    try:
+        yield from frames
+    except Exception as exc:
         raise PixelDataProblem(f"cannot decode pixel data: {exc}") from exc
+
+
+def _imagecodecs_frames(ds: Dataset) -> Iterator[np.ndarray] | None:
+    """The frames decoded by imagecodecs, as pydicom would give them; None where it has no decoder."""
+    name = _IMAGECODECS_DECODERS.get(str(ds.file_meta.get("TransferSyntaxUID", "")))
+    if name is None or not hasattr(imagecodecs, name):
+        return None
+    decode = getattr(imagecodecs, name)
+    rows, columns, samples = int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1))
+    bits = int(ds.get("BitsStored", ds.BitsAllocated))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+
+    def frames() -> Iterator[np.ndarray]:
+        count = int(ds.get("NumberOfFrames", 1) or 1)
+        for number, chunk in enumerate(generate_frames(ds.PixelData, number_of_frames=count), start=1):
+            try:
+                frame = np.asarray(decode(chunk))
+            except Exception as exc:
+                raise PixelDataProblem(f"cannot decode pixel data of frame {number}: {exc}") from exc
+            expected = (rows, columns) if samples == 1 else (rows, columns, samples)
+            if frame.shape != expected:
+                raise PixelDataProblem(f"frame {number} decodes to {frame.shape}, the metadata says {expected}")
+            if signed:  # two's complement within BitsStored, as pydicom reads it
+                wide = frame.astype(np.int32)
+                wide[wide >= 2 ** (bits - 1)] -= 2**bits
+                frame = wide.astype(np.int16 if int(ds.BitsAllocated) == 16 else np.int8)
+            yield frame
+
+    return frames()
 
 
 def store_frames(ds: Dataset, storage_format: str) -> tuple[str | None, list[StoredFrame]]:
@@ -138,6 +191,10 @@ def store_frames(ds: Dataset, storage_format: str) -> tuple[str | None, list[Sto
         bits_allocated=int(ds.BitsAllocated),
         bits_stored=int(ds.get("BitsStored", ds.BitsAllocated)),
         pixel_representation=int(ds.get("PixelRepresentation", 0)),
+        # The photometric decides how a JPEG is decoded (RGB ones carry no colour transform): the
+        # checksum must be of the pixels a client's decoder gives, which reads it from the metadata.
+        photometric_interpretation=str(ds.get("PhotometricInterpretation", "MONOCHROME2")),
+        planar_configuration=int(ds.get("PlanarConfiguration", 0) or 0),
         number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
     )
     if syntax in KEPT_AS_IMPORTED:

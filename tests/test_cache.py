@@ -47,9 +47,12 @@ def test_versions_are_separate_entries(tmp_path: Path) -> None:
 
 
 def test_encoded_entries_keep_their_content_type(tmp_path: Path) -> None:
+    from ahi_torch.cache import FrameKey
+
     cache = FrameCache(tmp_path, mode="encoded")
-    cache.put_bytes("encoded/k", b"\xff\x4f\xff\x51payload", {"content_type": "image/jphc"})
-    payload, header = cache.get_bytes("encoded/k")  # type: ignore[misc]
+    key = FrameKey("d", "i", 1, "f")
+    cache.put_frame(key, np.zeros((1, 1), np.uint8), b"\xff\x4f\xff\x51payload", "image/jphc")
+    payload, header = cache.get_bytes(key.text("encoded"))  # type: ignore[misc]
     assert payload == b"\xff\x4f\xff\x51payload" and header == {"content_type": "image/jphc"}
 
 

@@ -29,9 +29,6 @@ LAYERS: dict[str, int] = {
     "config": 6,
     "integrations": 7,  # AHIDataModule.from_config builds from configs
     "sample": 7,  # demo and synthetic data (the demo builds from configs and the local AHI)
-    "pixels": 8,  # deprecated aliases of ahi_torch.fetch and ahi_torch.sample.*
-    "demo": 8,
-    "synthetic": 8,
     "cli": 9,
     "__main__": 10,
 }

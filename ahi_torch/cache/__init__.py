@@ -1,7 +1,7 @@
 """A pickle-free disk cache of frames and metadata, shared by all DataLoader workers on a node."""
 
 from .entry_format import CorruptEntry
-from .frame_cache import CacheCounters, FrameCache, FrameKey, default_directory, frame_key, metadata_key
+from .frame_cache import CacheCounters, FrameCache, FrameKey, default_directory, frame_key
 
 __all__ = [
     "CacheCounters",
@@ -10,5 +10,4 @@ __all__ = [
     "FrameKey",
     "default_directory",
     "frame_key",
-    "metadata_key",
 ]

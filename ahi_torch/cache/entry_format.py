@@ -23,7 +23,7 @@ from .disk import Parts
 
 MAGIC = b"AHIC"
 FORMAT = 1
-DECODED, ENCODED, METADATA = 1, 2, 3
+DECODED, ENCODED = 1, 2  # 3 was a metadata entry, never written
 _HEAD = struct.Struct("<4sBBHII")  # magic, format, kind, reserved, payload crc32, header length
 
 

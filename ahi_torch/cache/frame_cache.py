@@ -85,10 +85,6 @@ def frame_key(kind: str, datastore_id: str, image_set_id: str, version: int, fra
 FrameDecoder = Callable[[bytes, str], np.ndarray]
 
 
-def metadata_key(datastore_id: str, image_set_id: str, version: int) -> str:
-    return f"metadata/{datastore_id}/{image_set_id}/v{version}"
-
-
 @dataclass
 class CacheCounters:
     """Per-process counters (each DataLoader worker keeps its own)."""
@@ -337,7 +333,7 @@ class FrameCache:
         return self._set(key, entry_format.pack_array(pixels))
 
     def get_bytes(self, key: str, kind: int = entry_format.ENCODED) -> tuple[bytes, dict[str, Any]] | None:
-        """Encoded frame or metadata bytes with their header, or None on a miss."""
+        """An encoded frame's bytes with their header, or None on a miss."""
         data = self._get(key)
         if data is None:
             return None
@@ -351,9 +347,6 @@ class FrameCache:
             return None
         self.counters.hits += 1
         return bytes(record.payload), dict(record.header)
-
-    def put_bytes(self, key: str, payload: bytes, header: dict[str, Any], kind: int = entry_format.ENCODED) -> bool:
-        return self._set(key, entry_format.pack(kind, header, payload))
 
     # --- maintenance ------------------------------------------------------------------------------
 

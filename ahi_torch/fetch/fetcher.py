@@ -224,7 +224,3 @@ class FrameFetcher:
         if len(refs) <= 1 or self.max_workers <= 1:
             return [self.get(ref) for ref in refs]
         return [future.result() for future in self.submit_many(refs)]
-
-    def executor(self) -> ThreadPoolExecutor:
-        """Deprecated: use :meth:`submit_many`; the pool is the fetcher's own."""
-        return self._pool.get()

@@ -7,7 +7,7 @@ Built on diskcache (SQLite index + files), with these guarantees:
 
 * keys name data store, image set, **version**, frame and resolution, so an updated image set
   never serves stale pixels;
-* values are bytes in the :mod:`.records` format; nothing is pickled and rows that ask to be
+* values are bytes in the :mod:`.entry_format` format; nothing is pickled and rows that ask to be
   unpickled are refused (:mod:`.disk`);
 * every read checks the entry's CRC32; a corrupt entry is evicted and reported as a miss;
 * the SQLite connection opens lazily in each process (after fork), the first open of a

@@ -2,7 +2,7 @@
 
 A crash, a full disk or a bad sector can leave ``cache.db`` with damaged pages; diskcache then
 fails on open or on some lookups. :func:`repair_cache` reads the old database row by row
-(skipping what cannot be read), checks each entry's CRC32 in the :mod:`.records` format, moves
+(skipping what cannot be read), checks each entry's CRC32 in the :mod:`.entry_format` format, moves
 the damaged database aside as ``cache.db.damaged-<time>`` and writes the intact entries into a
 fresh one. Value files that belonged to lost or corrupt entries are removed by diskcache's own
 consistency check. Stop training jobs that use the cache first.

@@ -1,6 +1,6 @@
 """FrameIndex: the columnar, versioned table of frames a dataset is built on.
 
-Stored as an Arrow table (one row per frame, see :mod:`.schema`), saved as Parquet with the
+Stored as an Arrow table (one row per frame, see :mod:`.rows`), saved as Parquet with the
 index's provenance in the file metadata. Never a list of dicts: DataLoader workers would touch
 every Python object's refcount and copy the index page by page.
 

@@ -16,6 +16,7 @@ LAYERS: dict[str, int] = {
     "crc32": 0,
     "polling": 0,
     "per_process": 0,
+    "backoff": 0,
     "client": 1,
     "metadata": 1,
     "index": 2,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from botocore.exceptions import (
 )
 
 from .. import __version__
+from ..backoff import pause
 from ..errors import AHIError, EndpointUnreachable, NoCredentials, from_client_error
 from ..per_process import PerProcess
 from .config import ClientConfig
@@ -198,7 +198,7 @@ class AHIClient(Waiters, _BotoSignatures):
         self.counters.truncated_bodies += 1
         if attempts >= self.config.max_attempts:
             raise ConnectionClosedError(endpoint_url=self.config.endpoint_url or "AHI")
-        return float(min(2.0, 0.05 * 2**attempts) * random.uniform(0.5, 1.0))
+        return pause(attempts + 1, base=0.05, cap=2.0)
 
     @property
     def boto3(self) -> Any:
@@ -259,7 +259,7 @@ class AHIClient(Waiters, _BotoSignatures):
                     raise EndpointUnreachable(
                         f"{operation}: the response body was cut short {attempt + 1} times"
                     ) from error
-                time.sleep(min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.0))
+                time.sleep(pause(attempt + 1, base=0.05, cap=2.0))
             finally:
                 body.close()
         raise AssertionError("unreachable")

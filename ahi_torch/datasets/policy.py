@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backoff import pause
 from ..errors import ConfigError
 
 MODES = ("raise", "skip", "retry")
@@ -116,4 +117,5 @@ def replacements(unit: int, size: int, count: int) -> list[int]:
 
 
 def sleep_before_retry(policy: ErrorPolicy, attempt: int) -> None:
-    time.sleep(policy.backoff * (2**attempt))
+    """Wait before retry ``attempt`` (0 for the first): ``backoff``, doubled each time, jittered."""
+    time.sleep(pause(attempt + 1, base=policy.backoff, cap=max(policy.backoff, 60.0)))

@@ -18,9 +18,9 @@ True
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
+from ..backoff import pause
 from ..errors import (
     AccessDenied,
     ChecksumMismatch,
@@ -88,9 +88,8 @@ class RetryPolicy:
         return isinstance(error, Throttled)
 
     def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1 for the first)."""
-        step = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-        return random.uniform(step / 2, step)
+        """Seconds to wait after failed attempt number ``attempt`` (1 for the first); see :mod:`ahi_torch.backoff`."""
+        return pause(attempt, self.base_delay, self.max_delay)
 
 
 def attempts_of(error: BaseException) -> int:

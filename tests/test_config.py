@@ -102,25 +102,36 @@ def test_every_value_is_checked_when_the_config_loads(tmp_path: Path, text: str,
         config.load(write(tmp_path, text))
 
 
+def _ct_config(ahi, imported, tmp_path: Path, **sections: object):  # type: ignore[no-untyped-def]
+    """A config over the synthetic import's CT frames, uncached, with ``sections`` added."""
+    from ahi_torch.config.schema import Config
+
+    return config.from_dict(
+        Config,
+        {
+            "connection": {"endpoint_url": ahi.endpoint_url},
+            "datastore": {"id": imported.datastore_id},
+            "index": {"path": str(tmp_path / "index.parquet")},
+            "search": {"modalities": ["CT"]},
+            "cache": {"enabled": False},
+            **sections,
+        },
+    )
+
+
 @pytest.mark.parametrize("sampler", ["sequential", "shuffle", "locality", "weighted", "class_balanced"])
 def test_every_sampler_option_builds_a_working_loader(ahi, synthetic_import, tmp_path: Path, sampler: str) -> None:  # type: ignore[no-untyped-def]
     from collections import Counter
 
     from ahi_torch.config import build_dataloader, build_dataset, build_sampler
-    from ahi_torch.config.schema import Config
     from ahi_torch.samplers import ShuffleSampler, WeightedSampler
 
-    cfg = config.from_dict(
-        Config,
-        {
-            "connection": {"endpoint_url": ahi.endpoint_url},
-            "datastore": {"id": synthetic_import.datastore_id},
-            "index": {"path": str(tmp_path / "index.parquet")},
-            "search": {"modalities": ["CT"]},
-            "labels": {"column": "slice_index"},
-            "cache": {"enabled": False},
-            "loader": {"sampler": sampler, "batch_size": 4, "num_workers": 0, "seed": 3, "fetch_attempts": 2},
-        },
+    cfg = _ct_config(
+        ahi,
+        synthetic_import,
+        tmp_path,
+        labels={"column": "slice_index"},
+        loader={"sampler": sampler, "batch_size": 4, "num_workers": 0, "seed": 3, "fetch_attempts": 2},
     )
     dataset = build_dataset(cfg, progress=False)
     assert dataset.fetcher.retry.max_attempts == 2, "loader.fetch_attempts reaches the fetch layer"
@@ -193,18 +204,9 @@ def test_a_config_survives_load_dump_load(batch, workers, sampler, fractions, na
 def test_validation_loaders_keep_every_item_in_order(ahi, synthetic_import, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """drop_last and the sampler are the training loader's; val and test read every item once, in order."""
     from ahi_torch.config import build_dataloader, build_dataset
-    from ahi_torch.config.schema import Config
 
-    cfg = config.from_dict(
-        Config,
-        {
-            "connection": {"endpoint_url": ahi.endpoint_url},
-            "datastore": {"id": synthetic_import.datastore_id},
-            "index": {"path": str(tmp_path / "index.parquet")},
-            "search": {"modalities": ["CT"]},
-            "cache": {"enabled": False},
-            "loader": {"batch_size": 5, "num_workers": 0, "drop_last": True, "seed": 1},
-        },
+    cfg = _ct_config(
+        ahi, synthetic_import, tmp_path, loader={"batch_size": 5, "num_workers": 0, "drop_last": True, "seed": 1}
     )
     dataset = build_dataset(cfg, progress=False)
     train = build_dataloader(cfg, dataset)

@@ -119,6 +119,31 @@ def warn_cache_too_small(index: FrameIndex, cache: FrameCache, reduce: int = 0) 
     )
 
 
+def labelled_rows(index: FrameIndex, labels: LabelSpec, unlabeled: str) -> tuple[FrameIndex, ResolvedLabels | None]:
+    """The index rows a dataset serves and their labels, as ``unlabeled`` says (error, drop or keep)."""
+    if unlabeled not in UNLABELED:
+        raise ConfigError(f"unlabeled must be one of {', '.join(UNLABELED)}, not {unlabeled!r}")
+    resolved = resolve_labels(index, labels)
+    if resolved is None:
+        return index, None
+    if unlabeled == "keep" and resolved.values.dtype.kind == "i":
+        clash = np.flatnonzero(resolved.present & (resolved.values == -1))
+        if len(clash):
+            raise ConfigError(
+                f"label -1 (index row {int(clash[0])}) is the marker of an unlabeled frame under "
+                "unlabeled='keep'; use other class numbers, or unlabeled='drop'"
+            )
+    if resolved.present.all():
+        return index, resolved
+    missing = int((~resolved.present).sum())
+    if unlabeled == "error":
+        raise ConfigError(f"{missing} of {len(index)} frames have no label (pass unlabeled='drop' to leave them out)")
+    if unlabeled == "drop":
+        kept = resolved.present
+        return index.filter(kept), ResolvedLabels(resolved.values[kept], resolved.present[kept], resolved.classes)
+    return index, resolved
+
+
 class AHIDataset(Dataset[Any]):
     """Base of :class:`FrameDataset` and :class:`VolumeDataset`; see their docstrings."""
 
@@ -144,27 +169,7 @@ class AHIDataset(Dataset[Any]):
     ) -> None:
         if len(index) == 0:
             raise ConfigError("the index is empty: nothing to load (check the search filters)")
-        if unlabeled not in UNLABELED:
-            raise ConfigError(f"unlabeled must be one of {', '.join(UNLABELED)}, not {unlabeled!r}")
-        resolved = resolve_labels(index, labels)
-        if resolved is not None and unlabeled == "keep" and resolved.values.dtype.kind == "i":
-            clash = np.flatnonzero(resolved.present & (resolved.values == -1))
-            if len(clash):
-                raise ConfigError(
-                    f"label -1 (index row {int(clash[0])}) is the marker of an unlabeled frame under "
-                    "unlabeled='keep'; use other class numbers, or unlabeled='drop'"
-                )
-        if resolved is not None and not resolved.present.all():
-            missing = int((~resolved.present).sum())
-            if unlabeled == "error":
-                raise ConfigError(
-                    f"{missing} of {len(index)} frames have no label (pass unlabeled='drop' to leave them out)"
-                )
-            if unlabeled == "drop":
-                index = index.filter(resolved.present)
-                resolved = ResolvedLabels(
-                    resolved.values[resolved.present], resolved.present[resolved.present], resolved.classes
-                )
+        index, resolved = labelled_rows(index, labels, unlabeled)
         self.index = index
         self.index_version = index.version
         warn_missing_geometry(index)

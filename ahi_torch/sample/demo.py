@@ -212,66 +212,85 @@ def run_demo(options: DemoOptions | None = None, log: Callable[[str], None] = pr
     )
     with LocalAHI() as ahi:
         log(f"local AHI at {ahi.endpoint_url}, S3 at {ahi.s3_endpoint_url}")
-        datastore_id = ahi.create_datastore("ahi-torch-demo")
-        started = time.perf_counter()
-        result = ahi.import_dicom(dicom, datastore_id)
-        summary = result.manifest.get("jobSummary", {})
-        report.imported_files = int(summary.get("numberOfImportedFiles", 0))
-        report.failed_files = len(result.failures)
-        log(
-            f"import job {result.job_id}: {report.imported_files} files into "
-            f"{summary.get('numberOfGeneratedImageSets', 0)} "
-            f"image sets in {time.perf_counter() - started:.1f} s ({report.failed_files} failed)"
-        )
-        for failure in result.failures:
-            log(f"  not imported: {failure['inputFile']}: {failure['exception']['message']}")
+        datastore_id = _import(ahi, dicom, report, log)
         cfg = demo_config(output, ahi.endpoint_url, datastore_id, options)
-        train = build_dataset(cfg, progress=False)
-        val_cfg = from_dict(Config, {**_as_dict(cfg), "split": {**_as_dict(cfg)["split"], "use": "val"}})
-        val = build_dataset(val_cfg, progress=False)
-        report.image_sets = len(set(train.group_keys().tolist()) | set(val.group_keys().tolist()))
-        report.indexed_frames = len(train) + len(val)
-        report.train_frames, report.val_frames = len(train), len(val)
-        report.config_hash, report.index_version = config_hash(cfg), train.index_version
-        log(
-            f"index: {report.indexed_frames} labelled CT frames from {report.image_sets} image sets; "
-            f"train {len(train)}, val {len(val)}"
-        )
+        train, val = _datasets(cfg, report, log)
         loader = build_dataloader(cfg, train)
         model = SmallCNN(len(train.classes or [0, 1]))
         optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-        loss_fn = nn.CrossEntropyLoss()
         for epoch in range(options.epochs):
-            sampler = loader.sampler
-            if hasattr(sampler, "set_epoch"):
-                sampler.set_epoch(epoch)
-            before = ahi.request_counts().get("GetImageFrame", 0)
-            started = time.perf_counter()
-            total_loss, frames = 0.0, 0
-            model.train()
-            for batch in loader:
-                optimiser.zero_grad()
-                loss = loss_fn(model(batch["image"]), batch["label"])
-                loss.backward()
-                optimiser.step()
-                total_loss += loss.item() * len(batch["label"])
-                frames += len(batch["label"])
-            seconds = time.perf_counter() - started
-            requests = ahi.request_counts().get("GetImageFrame", 0) - before
-            epoch_report = EpochReport(epoch + 1, frames, seconds, requests, total_loss / max(1, frames))
-            report.epochs.append(epoch_report)
-            state = "cold" if epoch == 0 else "warm"
-            log(
-                f"epoch {epoch + 1} ({state} cache): {frames} frames in {seconds:.1f} s = "
-                f"{epoch_report.frames_per_second:.0f} "
-                f"frames/s, cache hit rate {epoch_report.cache_hit_rate:.0%}, loss {epoch_report.loss:.3f}"
-            )
+            report.epochs.append(_train_epoch(model, optimiser, loader, epoch, ahi, log))
         report.val_accuracy = _accuracy(model, val, options)
         log(f"validation accuracy {report.val_accuracy:.0%} on {len(val)} frames of held-out patients")
         details = {**_as_dict(report), "epochs": [e.summary() for e in report.epochs]}
         manifest = write_manifest(cfg, train, output, extra={"report": details})
         report.manifest = str(manifest)
         log(f"manifest {manifest} (config {report.config_hash}, index {report.index_version[:12]})")
+    return report
+
+
+def _import(ahi: Any, dicom: Path, report: DemoReport, log: Callable[[str], None]) -> str:
+    """Import the demo's files into a new data store; returns its ID."""
+    datastore_id: str = ahi.create_datastore("ahi-torch-demo")
+    started = time.perf_counter()
+    result = ahi.import_dicom(dicom, datastore_id)
+    summary = result.manifest.get("jobSummary", {})
+    report.imported_files = int(summary.get("numberOfImportedFiles", 0))
+    report.failed_files = len(result.failures)
+    log(
+        f"import job {result.job_id}: {report.imported_files} files into "
+        f"{summary.get('numberOfGeneratedImageSets', 0)} "
+        f"image sets in {time.perf_counter() - started:.1f} s ({report.failed_files} failed)"
+    )
+    for failure in result.failures:
+        log(f"  not imported: {failure['inputFile']}: {failure['exception']['message']}")
+    return datastore_id
+
+
+def _datasets(cfg: Config, report: DemoReport, log: Callable[[str], None]) -> tuple[Any, Any]:
+    """The config's train split and its val split, counted into ``report``."""
+    train = build_dataset(cfg, progress=False)
+    val_cfg = from_dict(Config, {**_as_dict(cfg), "split": {**_as_dict(cfg)["split"], "use": "val"}})
+    val = build_dataset(val_cfg, progress=False)
+    report.image_sets = len(set(train.group_keys().tolist()) | set(val.group_keys().tolist()))
+    report.indexed_frames = len(train) + len(val)
+    report.train_frames, report.val_frames = len(train), len(val)
+    report.config_hash, report.index_version = config_hash(cfg), train.index_version
+    log(
+        f"index: {report.indexed_frames} labelled CT frames from {report.image_sets} image sets; "
+        f"train {len(train)}, val {len(val)}"
+    )
+    return train, val
+
+
+def _train_epoch(
+    model: nn.Module, optimiser: Any, loader: Any, epoch: int, ahi: Any, log: Callable[[str], None]
+) -> EpochReport:
+    """One epoch of training, with the GetImageFrame requests it cost."""
+    sampler = loader.sampler
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    before = ahi.request_counts().get("GetImageFrame", 0)
+    started = time.perf_counter()
+    total_loss, frames = 0.0, 0
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    for batch in loader:
+        optimiser.zero_grad()
+        loss = loss_fn(model(batch["image"]), batch["label"])
+        loss.backward()
+        optimiser.step()
+        total_loss += loss.item() * len(batch["label"])
+        frames += len(batch["label"])
+    seconds = time.perf_counter() - started
+    requests = ahi.request_counts().get("GetImageFrame", 0) - before
+    report = EpochReport(epoch + 1, frames, seconds, requests, total_loss / max(1, frames))
+    state = "cold" if epoch == 0 else "warm"
+    log(
+        f"epoch {epoch + 1} ({state} cache): {frames} frames in {seconds:.1f} s = "
+        f"{report.frames_per_second:.0f} "
+        f"frames/s, cache hit rate {report.cache_hit_rate:.0%}, loss {report.loss:.3f}"
+    )
     return report
 
 

@@ -193,7 +193,6 @@ def append_rows(
     Values shared by a series are computed once and repeated (an index build runs this for
     millions of frames).
     """
-    added = 0
     patient, study = image_set.patient, image_set.study
     image_set_values = {
         "datastore_id": datastore_id,
@@ -209,50 +208,60 @@ def append_rows(
         "study_description": v.text(study.get("StudyDescription")),
         "accession_number": v.text(study.get("AccessionNumber")),
     }
-    for series in image_set.series:
-        ordered, geometry = _ordered_frames(series)
-        affine = [float(x) for x in geometry.affine.reshape(-1)] if geometry.affine is not None else None
-        series_values = {
-            **image_set_values,
-            "series_instance_uid": series.series_instance_uid,
-            "series_number": series.series_number,
-            "series_description": v.text(series.dicom.get("SeriesDescription")),
-            "modality": series.modality,
-            "body_part": v.text(series.dicom.get("BodyPartExamined")),
-            "slice_count": len(ordered),
-            "slice_spacing": geometry.spacing[0],
-            "series_affine": affine,
-            "series_regular": geometry.regular,
-            "series_irregularity": geometry.irregularity or None,
+    outer = [study, patient] if extra_tags else []
+    return sum(_append_series(columns, series, image_set_values, extra_tags, outer) for series in image_set.series)
+
+
+def _append_series(
+    columns: dict[str, list[Any]],
+    series: SeriesMetadata,
+    image_set_values: dict[str, Any],
+    extra_tags: Sequence[str],
+    outer: list[Mapping[str, Any]],
+) -> int:
+    """Append the rows of one series, in slice order; ``outer`` are the study and patient levels for extra tags."""
+    ordered, geometry = _ordered_frames(series)
+    affine = [float(x) for x in geometry.affine.reshape(-1)] if geometry.affine is not None else None
+    series_values = {
+        **image_set_values,
+        "series_instance_uid": series.series_instance_uid,
+        "series_number": series.series_number,
+        "series_description": v.text(series.dicom.get("SeriesDescription")),
+        "modality": series.modality,
+        "body_part": v.text(series.dicom.get("BodyPartExamined")),
+        "slice_count": len(ordered),
+        "slice_spacing": geometry.spacing[0],
+        "series_affine": affine,
+        "series_regular": geometry.regular,
+        "series_irregularity": geometry.irregularity or None,
+    }
+    for name, value in series_values.items():
+        columns[name].extend([value] * len(ordered))
+    instance_values: dict[str, Any] = {}
+    last_instance: InstanceMetadata | None = None
+    for slice_index, (instance, frame_index, position) in enumerate(ordered):
+        if instance is not last_instance:
+            instance_values = _instance_values(instance)
+            last_instance = instance
+        frame = instance.frames[frame_index]
+        row = {
+            **instance_values,
+            **_frame_overrides(frame),
+            "frame_number": frame.number,
+            "frame_id": frame.id,
+            "slice_index": slice_index,
+            "slice_position": position,
+            "checksum": frame.full_checksum,
+            "reduced_checksums": reduced_checksums(frame, instance_values["rows"], instance_values["columns"]),
+            "frame_size": frame.size,
         }
-        for name, value in series_values.items():
-            columns[name].extend([value] * len(ordered))
-        instance_values: dict[str, Any] = {}
-        last_instance: InstanceMetadata | None = None
-        for slice_index, (instance, frame_index, position) in enumerate(ordered):
-            if instance is not last_instance:
-                instance_values = _instance_values(instance)
-                last_instance = instance
-            frame = instance.frames[frame_index]
-            row = {
-                **instance_values,
-                **_frame_overrides(frame),
-                "frame_number": frame.number,
-                "frame_id": frame.id,
-                "slice_index": slice_index,
-                "slice_position": position,
-                "checksum": frame.full_checksum,
-                "reduced_checksums": reduced_checksums(frame, instance_values["rows"], instance_values["columns"]),
-                "frame_size": frame.size,
-            }
-            if extra_tags:
-                levels = [instance.dicom, series.dicom, study, patient]
-                for keyword in extra_tags:
-                    row[keyword] = _tag_text(levels, keyword)
-            for name, value in row.items():
-                columns[name].append(value)
-            added += 1
-    return added
+        if extra_tags:
+            levels = [instance.dicom, series.dicom, *outer]
+            for keyword in extra_tags:
+                row[keyword] = _tag_text(levels, keyword)
+        for name, value in row.items():
+            columns[name].append(value)
+    return len(ordered)
 
 
 def _frame_overrides(frame: FrameInfo) -> dict[str, Any]:

@@ -144,3 +144,16 @@ def test_mutation_groups_name_files_that_exist() -> None:
         named = [*ast.literal_eval(modules.group(1)), *re.findall(r"tests/\S+\.py", command.group(1))]
         missing = [path for path in named if not (root / path).is_file()]
         assert not missing, f"{group.name} names {missing}"
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    """Functions of at most 60 lines (ruff's PLR0915 bounds their statements too); split what grows past it."""
+    long = [
+        f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > 60
+    ]
+    assert not long, long

@@ -179,6 +179,55 @@ def _merge_into(destination: dict[str, Any], selection: dict[str, Any], force: b
     return merged
 
 
+def _copy_into(
+    ctx: Context,
+    datastore_id: str,
+    source_id: str,
+    destination_info: dict[str, Any],
+    selection: dict[str, Any],
+    force: bool,
+    now: float,
+) -> tuple[str, int, bool, dict[str, Any], str | None]:
+    """(destination ID, its new version, primary, the version's document, failure) of a copy into an image set.
+
+    A selection that breaks a constraint is accepted and becomes a COPY_FAILED version holding
+    the destination's metadata as it was, as AHI records it.
+    """
+    if destination_info["imageSetId"] == source_id:
+        raise ValidationException("The source and destination image sets must differ")
+    destination = get_writable(ctx, datastore_id, destination_info["imageSetId"], now)
+    require_version(destination, destination_info["latestVersionId"])
+    current = load_document(ctx, destination["id"], destination["latest_version"])
+    failure: str | None = None
+    try:
+        document = _merge_into(current, selection, force)
+    except ConstraintViolation as error:
+        failure, document = failure_message(error), current
+    return destination["id"], destination["latest_version"] + 1, bool(destination["is_primary"]), document, failure
+
+
+def _require_no_primary(db: sqlite3.Connection, datastore_id: str, selection: dict[str, Any], primary: bool) -> None:
+    """A copy promoted to primary needs a series without a primary image set."""
+    series_uid = next(iter(selection["Study"]["Series"]))
+    if (
+        primary
+        and db.execute(
+            "SELECT 1 FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1 AND deleted = 0",
+            (datastore_id, series_uid),
+        ).fetchone()
+    ):
+        raise ConflictException(f"Series {series_uid} already has a primary image set")
+
+
+def _lock_source(ctx: Context, db: sqlite3.Connection, source_id: str, now: float) -> None:
+    """The source stays readable while it is copied; its updatedAt moves to the copy's time, as AWS's examples show."""
+    db.execute(
+        "UPDATE image_sets SET lock_until = ?, lock_status = 'COPYING_WITH_READ_ONLY_ACCESS', updated_at = ?"
+        " WHERE id = ?",
+        (now + ctx.settings.transition_seconds, now, source_id),
+    )
+
+
 @handles("CopyImageSet")
 def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     datastore_id, source_id = p["datastoreId"], p["sourceImageSetId"]
@@ -201,32 +250,12 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             raise ServiceQuotaExceededException(f"A copy may hold at most {limit} image frames")
         destination_info = info.get("destinationImageSet")
         if destination_info:
-            if destination_info["imageSetId"] == source_id:
-                raise ValidationException("The source and destination image sets must differ")
-            destination = get_writable(ctx, datastore_id, destination_info["imageSetId"], now)
-            require_version(destination, destination_info["latestVersionId"])
-            current = load_document(ctx, destination["id"], destination["latest_version"])
-            try:
-                document = _merge_into(current, selection, force)
-            except ConstraintViolation as error:
-                failure, document = failure_message(error), current
-            destination_id, version, primary = (
-                destination["id"],
-                destination["latest_version"] + 1,
-                bool(destination["is_primary"]),
+            destination_id, version, primary, document, failure = _copy_into(
+                ctx, datastore_id, source_id, destination_info, selection, force, now
             )
         else:
             primary = bool(p.get("promoteToPrimary"))
-            series_uid = next(iter(selection["Study"]["Series"]))
-            if (
-                primary
-                and db.execute(
-                    "SELECT 1 FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1"
-                    " AND deleted = 0",
-                    (datastore_id, series_uid),
-                ).fetchone()
-            ):
-                raise ConflictException(f"Series {series_uid} already has a primary image set")
+            _require_no_primary(db, datastore_id, selection, primary)
             document, destination_id, version = selection, ctx.new_id(), 1
         save_version(
             ctx,
@@ -242,12 +271,7 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             message=failure,
         )
         add_frame_refs(db, destination_id, frame_ids_of(document))
-        # The source's updatedAt moves to the copy's time, as AWS's CopyImageSet examples show it.
-        db.execute(
-            "UPDATE image_sets SET lock_until = ?, lock_status = 'COPYING_WITH_READ_ONLY_ACCESS', updated_at = ?"
-            " WHERE id = ?",
-            (now + ctx.settings.transition_seconds, now, source_id),
-        )
+        _lock_source(ctx, db, source_id, now)
         source_row = get_image_set(ctx, datastore_id, source_id)
         destination_row = get_image_set(ctx, datastore_id, destination_id)
     locked = ctx.settings.transition_seconds > 0

@@ -151,6 +151,9 @@ def test_a_section_given_twice_is_an_error_not_a_silent_replacement(tmp_path: Pa
     path = write(tmp_path, "loader: {batch_size: 4}\nloader: {num_workers: 0}\n")
     with pytest.raises(ConfigError, match=r"line 2, column 1: 'loader' is given twice in one section"):
         config.load(path)
+    nested = write(tmp_path, "loader:\n  batch_size: 4\n  batch_size: 8\n")
+    with pytest.raises(ConfigError, match=r"line 3, column 3: 'batch_size' is given twice"):
+        config.load(nested)
 
 
 def test_yaml_syntax_errors_take_one_line(tmp_path: Path) -> None:
@@ -163,6 +166,11 @@ def test_yaml_syntax_errors_take_one_line(tmp_path: Path) -> None:
 def test_reduce_beyond_the_frames_levels_is_refused_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"reduce must be between 0 \(full resolution\) and 4 .*not 9"):
         config.load(write(tmp_path, "intensity: {reduce: 9}\n"))
+    from ahi_torch.client import AHIClient
+    from ahi_torch.fetch import FrameFetcher
+
+    with pytest.raises(ConfigError, match="reduce must be between 0 and 4, not 9"):  # the API, not only configs
+        FrameFetcher(AHIClient(region="us-east-1"), reduce=9)
 
 
 _names = st.text(alphabet="abcdefghij_", min_size=1, max_size=8)

@@ -352,3 +352,18 @@ def test_missing_credentials_are_one_error_never_retried(ahi, synthetic_import, 
     counters = dataset.fetcher.counters
     assert counters.retries == counters.transfer_errors == 0 and dataset.outcomes["replaced"] == 0
     assert sum(ahi.frame_request_counts().values()) == before, "nothing was sent"
+
+
+def test_a_refused_connection_is_never_a_reason_to_replace_samples(ahi, synthetic_import) -> None:  # type: ignore[no-untyped-def]
+    """A hung endpoint's neighbour: nothing listens on the port. Fails after the frame's attempts, no replacement."""
+    import socket
+
+    index = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    closed = AHIClient(ahi.client().config, endpoint_url=f"http://127.0.0.1:{port}")
+    dataset = FrameDataset(index, closed, error_policy="skip", max_workers=1)
+    with pytest.raises(EndpointUnreachable, match=rf"127\.0\.0\.1:{port}"):
+        dataset[0]
+    assert dataset.outcomes["replaced"] == 0 and dataset.fetcher.counters.requests == RetryPolicy().max_attempts

@@ -151,3 +151,24 @@ def test_any_mix_of_label_values_parses_to_what_it_says_or_names_the_row(values,
     if value_type is None and kept:
         kinds = {type(v) for v in kept} - {bool}
         assert len(kinds) <= 1 or kinds == {int}, "inferred only when every value agrees"
+
+
+def test_labels_from_a_config_or_a_callable_follow_the_same_rules(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The neighbours of TableLabels: a config's labels section and a callable decide types the same way."""
+    from ahi_torch.config import build_dataset, load
+
+    series = index.texts("series_instance_uid")
+    with pytest.raises(ConfigError, match=r"label 'x' \(index row \d+, series .*\) is text where other labels"):
+        FrameDataset(index, ahi.client(), labels=lambda row: "x" if row["series_instance_uid"] == series[0] else 1)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"connection: {{endpoint_url: '{ahi.endpoint_url}'}}\ndatastore: {{id: {index.info['datastore_id']}}}\n"
+        f"index: {{path: '{tmp_path / 'i.parquet'}'}}\ncache: {{enabled: false}}\n"
+        "labels: {column: patient_id, classes: ['0002', '0001']}\n"
+    )
+    dataset = build_dataset(load(config), progress=False)
+    assert dataset.classes == ["0002", "0001"], "the config's class order, not sorted order"
+    by_patient = {dataset[i]["meta"]["patient_id"]: int(dataset[i]["label"]) for i in range(len(dataset))}
+    assert by_patient == {"0002": 0, "0001": 1}
+    with pytest.raises(ConfigError, match=r"label '0002' \(index row \d+, .*\) is not one of the classes 0001"):
+        build_dataset(load(config, ["labels.classes=['0001']"]), progress=False)

@@ -71,3 +71,20 @@ def test_page_tokens_are_bound_to_their_query_and_never_negative() -> None:
     with pytest.raises(ValidationException, match="Invalid nextToken"):
         decode_token(forged, "q")
     assert decode_token(None, "q") == decode_token("", "q") == 0
+
+
+def test_upload_keys_never_collide_whatever_the_inputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One folder keeps its layout; several inputs (folders and files mixed) each get a folder of their own."""
+    from ahi_torch.local.uploads import upload_plan
+
+    for folder in ("a", "b"):
+        (tmp_path / folder / "sub").mkdir(parents=True)
+        (tmp_path / folder / "1.dcm").write_bytes(b"x")
+        (tmp_path / folder / "sub" / "1.dcm").write_bytes(b"y")
+    assert [key for _, key in upload_plan([tmp_path / "a"])] == ["1.dcm", "sub/1.dcm"]
+    assert [key for _, key in upload_plan([tmp_path / "a" / "1.dcm"])] == ["1.dcm"]
+    mixed = upload_plan([tmp_path / "a", tmp_path / "b" / "1.dcm", tmp_path / "b" / "sub" / "1.dcm"])
+    keys = [key for _, key in mixed]
+    assert keys == ["0/1.dcm", "0/sub/1.dcm", "1/1.dcm", "2/1.dcm"] and len(set(keys)) == len(keys)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        upload_plan([tmp_path / "missing"])

@@ -396,3 +396,21 @@ def test_length_counts_what_a_rank_yielded_before_each_resume() -> None:
         rest += list(sampler)
     assert set(seen) | set(rest) == set(range(20)), "nothing skipped"
     assert len(seen) + len(rest) - 20 <= 2, "nothing repeats but the last round's padding at 3 ranks"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda w, r: ShuffleSampler(30, seed=4, num_replicas=w, rank=r, groups=np.repeat(np.arange(6), 5)),
+        lambda w, r: WeightedSampler(np.linspace(1, 2, 30), replacement=False, seed=4, num_replicas=w, rank=r),
+        lambda w, r: DistributedSampler(30, seed=4, num_replicas=w, rank=r),
+    ],
+    ids=["locality", "weighted", "distributed"],
+)
+def test_every_sampler_kind_resumes_at_another_world_size(make) -> None:  # type: ignore[no-untyped-def]
+    """The neighbours of ShuffleSampler: grouped, weighted without replacement and DistributedSampler resume alike."""
+    seen, state = _consume(make, 2, 4)
+    for world in (1, 3):
+        rest = [i for share in _resume(make, world, state) for i in share]
+        assert set(seen) | set(rest) == set(range(30)) and not set(seen) & set(rest[: 30 - len(seen)])
+        assert len(rest) - len(set(rest)) < world

@@ -138,8 +138,8 @@ class LabelTypes:
             return "text"
         return self.value_type or infer_value_type(values, where)
 
-    def typed(self, values: Sequence[Any], where: Callable[[int], str]) -> list[Any]:
-        """Every present value converted to one type (see :meth:`resolved_type`)."""
+    def typed(self, values: Sequence[Any], where: Callable[[int], str]) -> tuple[str, list[Any]]:
+        """The type decided (see :meth:`resolved_type`) and every present value converted to it."""
         value_type = self.resolved_type(values, where)
         typed = [convert_value(v, value_type, where(i)) for i, v in enumerate(values)]
         if self.classes is not None:
@@ -148,7 +148,7 @@ class LabelTypes:
                 if name not in known:
                     listed = ", ".join(self.classes)
                     raise ConfigError(f"label {name!r} ({where(i)}) is not one of the classes {listed}")
-        return typed
+        return value_type, typed
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ class TableLabels:
         keys = [str(k).strip() if k is not None else None for k in table.column(key).to_pylist()]
         raw = table.column(self.column).to_pylist()
         rows = [i for i, (k, v) in enumerate(zip(keys, raw, strict=True)) if k is not None and _present(v)]
-        typed = self.types.typed([raw[i] for i in rows], lambda j: self._where(rows[j]))
+        _, typed = self.types.typed([raw[i] for i in rows], lambda j: self._where(rows[j]))
         mapping: dict[str, Any] = {}
         for row, value in zip(rows, typed, strict=True):
             k = keys[row]
@@ -280,8 +280,9 @@ def encode_labels(raw: Sequence[Any], types: LabelTypes, where: Callable[[int], 
     present = np.array([_present(r) for r in raw], dtype=bool)
     rows = np.flatnonzero(present)
     kept = [raw[int(i)] for i in rows]
-    typed = types.typed(kept, lambda j: where(int(rows[j])))
-    value_type = types.resolved_type(kept, lambda j: where(int(rows[j]))) if kept else "int"
+    value_type, typed = types.typed(kept, lambda j: where(int(rows[j])))
+    if not kept:
+        value_type = "int"  # nothing labelled: every row reads -1
     if value_type == "float":
         values = np.full(len(raw), np.nan, np.float32)
         values[rows] = typed
@@ -292,10 +293,7 @@ def encode_labels(raw: Sequence[Any], types: LabelTypes, where: Callable[[int], 
         return ResolvedLabels(codes, present, None)
     classes = list(types.classes) if types.classes is not None else sorted(set(typed))
     lookup = {name: code for code, name in enumerate(classes)}
-    for j, name in enumerate(typed):
-        if name not in lookup:
-            raise ConfigError(f"label {name!r} ({where(int(rows[j]))}) is not one of the classes {', '.join(classes)}")
-        codes[rows[j]] = lookup[name]
+    codes[rows] = [lookup[name] for name in typed]  # typed() refused any name outside explicit classes
     return ResolvedLabels(codes, present, classes)
 
 

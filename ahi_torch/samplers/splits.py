@@ -107,12 +107,13 @@ def split_shares(
     texts = np.asarray(index.texts(key), dtype=object)
     groups_total = max(1, len({t or "" for t in texts}))
     rows_total = max(1, len(index))
-    return {
-        name: {
-            "groups": len({t or "" for t in texts[rows]}),
-            "group_share": round(len({t or "" for t in texts[rows]}) / groups_total, 4),
+    shares: dict[str, dict[str, float]] = {}
+    for name, rows in splits.items():
+        groups = len({t or "" for t in texts[rows]})
+        shares[name] = {
+            "groups": groups,
+            "group_share": round(groups / groups_total, 4),
             "rows": len(rows),
             "row_share": round(len(rows) / rows_total, 4),
         }
-        for name, rows in splits.items()
-    }
+    return shares

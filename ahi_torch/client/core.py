@@ -221,6 +221,7 @@ class AHIClient(Waiters, _BotoSignatures):
             read_timeout=c.read_timeout,
             limiter=self._limiter,
             endpoint_timeout=c.endpoint_timeout,
+            silence=self._silence.get(),
         )
 
     @property

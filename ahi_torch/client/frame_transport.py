@@ -77,6 +77,8 @@ class FrameTransport:
         limiter: the shared request budget, taken once per request.
         endpoint_timeout: seconds without any answer after which a timeout raises
             :class:`EndpointDown` instead of being retried (see :mod:`.health`).
+        silence: the client's own :class:`Silence`, so an answer to any call of the process
+            counts (a new one with ``endpoint_timeout`` when None).
 
     Throttles lower this process's send rate (:class:`AdaptiveRate`, botocore's adaptive mode)
     until the service stops throttling.
@@ -92,6 +94,7 @@ class FrameTransport:
         read_timeout: float = 20.0,
         limiter: RateLimiter | StoreBudget | None = None,
         endpoint_timeout: float = 45.0,
+        silence: Silence | None = None,
     ) -> None:
         meta = boto3_client.meta
         self.operation = meta.service_model.operation_model(OPERATION)
@@ -102,7 +105,7 @@ class FrameTransport:
         self.signing_name = meta.service_model.signing_name
         self.credentials = credentials
         self.limiter = limiter
-        self.silence = Silence(self.endpoint_url, endpoint_timeout)
+        self.silence = silence or Silence(self.endpoint_url, endpoint_timeout)
         self.adaptive = AdaptiveRate()
         self.user_agent = f"ahi-torch/{__version__} botocore/{botocore.__version__}"
         self._parser = create_parser("rest-json")

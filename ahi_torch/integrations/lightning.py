@@ -192,19 +192,18 @@ class AHIDataModule(pl.LightningDataModule):
             built = build_dataloader(
                 self.config, dataset, stage=role, loader_class=ResumableDataLoader, collate_fn=self.collate_fn
             )
-            assert isinstance(built, StatefulDataLoader)
-            return built
-        built = make_loader(
-            dataset,
-            ShuffleSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=self.drop_last),  # type: ignore[arg-type]
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            drop_last=self.drop_last,
-            persistent_workers=self.persistent_workers,
-            multiprocessing_context=self.multiprocessing_context,
-            collate_fn=self.collate_fn,
-            loader_class=ResumableDataLoader,
-        )
+        else:
+            built = make_loader(
+                dataset,
+                ShuffleSampler(dataset, shuffle=shuffle, seed=self.seed, drop_last=self.drop_last),  # type: ignore[arg-type]
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                drop_last=self.drop_last,
+                persistent_workers=self.persistent_workers,
+                multiprocessing_context=self.multiprocessing_context,
+                collate_fn=self.collate_fn,
+                loader_class=ResumableDataLoader,
+            )
         assert isinstance(built, StatefulDataLoader)
         return built
 

@@ -170,6 +170,17 @@ def test_error_paths_are_one_line_with_exit_codes(ahi, imported, tmp_path, capsy
     assert info.value.code == 2 and "port 99999 is not in 0..65535" in capsys.readouterr().err
 
 
+def _local_import(*paths: Path, store: Path) -> subprocess.CompletedProcess[str]:
+    """``ahi-torch local import PATHS --data-dir STORE`` in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ahi_torch", "local", "import", *map(str, paths), "--data-dir", str(store)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def test_local_serve_and_import_in_processes(tmp_path: Path) -> None:
     spec = SeriesSpec(patient_id="SERVE", study_key="s", series_key="s", slices=2, rows=8, columns=8)
     write_series(tmp_path / "dicom", spec)
@@ -178,44 +189,14 @@ def test_local_serve_and_import_in_processes(tmp_path: Path) -> None:
     try:
         endpoints = json.loads((tmp_path / "store" / "endpoints.json").read_text())
         assert endpoints["endpoint_url"].startswith("http://127.0.0.1:")
-        completed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ahi_torch",
-                "local",
-                "import",
-                str(tmp_path / "dicom"),
-                "--data-dir",
-                str(tmp_path / "store"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        completed = _local_import(tmp_path / "dicom", store=tmp_path / "store")
         assert completed.returncode == 1, "a file that failed is a failed command (issue 22.6)"
         assert "imported 2 of 3 files into 1 image sets; 1 failed" in completed.stdout
         assert "broken.dcm: The file is not a valid DICOM P10 object" in completed.stdout
         # A second import reads only its own files, into the same named data store.
         (tmp_path / "more").mkdir()
         (tmp_path / "more" / "one.dcm").write_bytes((tmp_path / "dicom" / "s-0000.dcm").read_bytes())
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "ahi_torch",
-                "local",
-                "import",
-                str(tmp_path / "more"),
-                "--data-dir",
-                str(tmp_path / "store"),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        again = _local_import(tmp_path / "more", store=tmp_path / "store")
         assert again.returncode == 0, again.stderr
         assert "imported 1 of 1 files" in again.stdout
         assert again.stdout.split()[1] == completed.stdout.split()[1], "the data store named ahi-torch-demo is reused"
@@ -224,14 +205,7 @@ def test_local_serve_and_import_in_processes(tmp_path: Path) -> None:
             write_series(tmp_path / folder, SeriesSpec(patient_id=key, series_key=key, slices=2, rows=8, columns=8))
             for number, path in enumerate(sorted((tmp_path / folder).glob("*.dcm"))):
                 path.rename(path.with_name(f"{number}.dcm"))
-        folders = [str(tmp_path / folder) for folder in "ab"]
-        named = subprocess.run(
-            [sys.executable, "-m", "ahi_torch", "local", "import", *folders, "--data-dir", str(tmp_path / "store")],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        named = _local_import(tmp_path / "a", tmp_path / "b", store=tmp_path / "store")
         assert named.returncode == 0, named.stderr
         assert "imported 4 of 4 files into 2 image sets; 0 failed" in named.stdout
     finally:
@@ -300,15 +274,8 @@ def test_the_import_pool_ends_with_its_service_however_it_stops(tmp_path: Path, 
     spec = SeriesSpec(patient_id="POOL", study_key="p", series_key="p", slices=40, rows=8, columns=8)
     write_series(tmp_path / "dicom", spec)
     server = serve_subprocess(tmp_path / "store")
-    store = str(tmp_path / "store")
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "ahi_torch", "local", "import", str(tmp_path / "dicom"), "--data-dir", store],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+        done = _local_import(tmp_path / "dicom", store=tmp_path / "store")
         assert done.returncode == 0, done.stdout + done.stderr
         helpers = _descendants(server.pid)
         assert len(helpers) >= 2, "40 files are examined in the process pool (fork server and workers)"

@@ -198,6 +198,22 @@ def test_bucket_files_are_private_and_reused(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "buckets" / "GetImageFrame.bucket").stat().st_mode) == 0o600
 
 
+def _served_exactly(loader: DataLoader, sources: dict[str, np.ndarray]) -> int:  # type: ignore[type-arg]
+    """How many frames the loader served, each checked bit for bit against its source file's pixels."""
+    served = 0
+    for batch in loader:
+        for image, sop in zip(batch["image"], batch["meta"]["sop_instance_uid"], strict=True):
+            np.testing.assert_array_equal(image[0].numpy(), sources[sop])
+            served += 1
+    return served
+
+
+def _requests_per_frame(ahi: LocalAHI, index) -> list[int]:  # type: ignore[no-untyped-def]
+    """GetImageFrame requests the local AHI received for each frame of ``index``."""
+    counts = ahi.frame_request_counts()
+    return [counts.get(frame_id, 0) for frame_id in index.texts("frame_id")]
+
+
 FRAME_FAULTS = "GetImageFrame:throttle=0.10,error=0.05,drop=0.02,bitflip=0.02"
 
 
@@ -218,13 +234,8 @@ def test_one_retry_layer_bounds_requests_per_frame(tmp_path: Path) -> None:
         assert len(index) == 192
         faults.specs.update(Faults.parse(FRAME_FAULTS).specs)
         dataset = FrameDataset(index, client, rescale=False, dtype=None)
-        exact = 0
-        for batch in DataLoader(dataset, batch_size=16, num_workers=2):
-            for image, sop in zip(batch["image"], batch["meta"]["sop_instance_uid"], strict=True):
-                np.testing.assert_array_equal(image[0].numpy(), sources[sop])
-                exact += 1
-        counts = ahi.frame_request_counts()
-        per_frame = [counts.get(frame_id, 0) for frame_id in index.texts("frame_id")]
+        exact = _served_exactly(DataLoader(dataset, batch_size=16, num_workers=2), sources)
+        per_frame = _requests_per_frame(ahi, index)
         injected = dict(faults.injected)
         print(f"\nfaults {injected}; {sum(per_frame)} GetImageFrame requests for {len(per_frame)} frames")
         assert exact == 192
@@ -261,13 +272,8 @@ def test_sustained_throttling_delivers_every_frame_at_the_granted_rate(tmp_path:
         index = build_index(client, result.datastore_id, progress=False)
         faults.specs.update(Faults.parse("GetImageFrame:throttle=0.5").specs)
         dataset = FrameDataset(index, client, rescale=False, dtype=None, max_workers=4)
-        served = 0
-        for batch in DataLoader(dataset, batch_size=10, num_workers=0):
-            for image, sop in zip(batch["image"], batch["meta"]["sop_instance_uid"], strict=True):
-                np.testing.assert_array_equal(image[0].numpy(), sources[sop])
-                served += 1
-        counts = ahi.frame_request_counts()
-        per_frame = [counts.get(frame_id, 0) for frame_id in index.texts("frame_id")]
+        served = _served_exactly(DataLoader(dataset, batch_size=10, num_workers=0), sources)
+        per_frame = _requests_per_frame(ahi, index)
         print(f"\n{sum(per_frame)} requests for {len(per_frame)} frames, {faults.injected['throttle']} throttled")
         assert served == len(index) == 100, "every frame arrives"
         assert faults.injected["throttle"] > 30

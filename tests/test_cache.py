@@ -31,7 +31,11 @@ def test_round_trip_and_counters(tmp_path: Path) -> None:
     hit = cache.get_array(key)
     assert hit is not None and hit.dtype == np.int16 and hit.flags.writeable
     np.testing.assert_array_equal(hit, frame)
+    cache.flush()
     assert (cache.counters.hits, cache.counters.misses, cache.counters.writes) == (1, 1, 1)
+    from_disk = FrameCache(tmp_path / "c").get_array(key)
+    assert from_disk is not None and from_disk.flags.writeable
+    np.testing.assert_array_equal(from_disk, frame)
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
 
 
@@ -82,17 +86,33 @@ def test_two_processes_write_the_same_keys(tmp_path: Path, context: str) -> None
 
 def test_corrupt_entry_is_evicted_and_missed(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path)
-    key = "decoded/corrupt-me"
+    keys = ["decoded/before", "decoded/corrupt-me", "decoded/after"]
     big = np.random.default_rng(5).integers(-1000, 3000, (256, 256)).astype(np.int16)
-    cache.put_array(key, big)
-    files = list(tmp_path.rglob("*.val"))
-    assert len(files) == 1, "a 128 KiB frame is stored as a file"
-    data = bytearray(files[0].read_bytes())
-    data[-100] ^= 0x40
-    files[0].write_bytes(bytes(data))
-    assert cache.get_array(key) is None
+    for n, key in enumerate(keys):
+        cache.put_array(key, big + n)
+    cache.close()
+    packs = list((tmp_path / "packs").glob("*.pack"))
+    assert len(packs) == 1, "one process writes one pack"
+    data = bytearray(packs[0].read_bytes())
+    data[len(data) // 2] ^= 0x40  # inside the middle entry's pixels
+    packs[0].write_bytes(bytes(data))
+    cache = FrameCache(tmp_path)
+    assert cache.get_array(keys[1]) is None
     assert cache.counters.corrupt_evicted == 1
-    assert key not in cache.diskcache
+    assert keys[1] not in cache.diskcache
+    for n in (0, 2):
+        np.testing.assert_array_equal(cache.get_array(keys[n]), big + n)
+
+
+def test_an_index_row_pointing_at_another_entry_is_refused(tmp_path: Path) -> None:
+    """Never misread: an entry names its own key, so a location that points elsewhere is a miss."""
+    cache = FrameCache(tmp_path)
+    cache.put_array("decoded/a", _frame(1))
+    cache.put_array("decoded/b", _frame(2))
+    cache.flush()
+    cache.diskcache.set("decoded/b", cache.diskcache.get("decoded/a"))
+    assert cache.get_array("decoded/b") is None and cache.counters.corrupt_evicted == 1
+    np.testing.assert_array_equal(cache.get_array("decoded/a"), _frame(1))
 
 
 def test_pickled_rows_are_refused(tmp_path: Path) -> None:
@@ -105,7 +125,7 @@ def test_pickled_rows_are_refused(tmp_path: Path) -> None:
         def __reduce__(self):  # type: ignore[no-untyped-def]
             return (Path.touch, (tmp_path / "pwned",))
 
-    db = sqlite3.connect(tmp_path / "cache.db")
+    db = sqlite3.connect(tmp_path / "index" / "cache.db")
     db.execute(
         "INSERT INTO Cache (key, raw, store_time, expire_time, access_time, access_count, tag, size, mode,"
         " filename, value) VALUES (?, 1, 0, NULL, 0, 0, NULL, 0, 4, NULL, ?)",
@@ -131,8 +151,8 @@ def test_pickles_without_its_connection(tmp_path: Path) -> None:
 def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cache mode"):
         FrameCache(tmp_path, mode="compressed")
-    with pytest.raises(ConfigError, match="eviction_policy"):
-        FrameCache(tmp_path, eviction_policy="random")
+    with pytest.raises(ConfigError, match="size_limit_gb"):
+        FrameCache(tmp_path, size_limit_gb=0)
 
 
 def test_a_cache_smaller_than_the_dataset_says_so_with_the_ways_out(ahi, synthetic_import, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -38,13 +38,25 @@ def test_every_flipped_payload_byte_and_every_truncation_is_refused() -> None:
 
 def test_a_shape_that_does_not_match_the_payload_is_refused() -> None:
     pixels = np.arange(64, dtype=np.int16).reshape(8, 8)
-    head_size = fmt._HEAD.size  # the header's last field is the header JSON's length
+    head_size = fmt.HEAD.size  # the header ends with the header JSON's length (u32) and the payload's (u64)
     for shape in ([4, 8], [16, 8]):  # fewer and more pixels than the payload holds; the CRC still matches
         meta = json.dumps({"dtype": "<i2", "shape": shape}, separators=(",", ":")).encode()
         head = bytearray(_entry(pixels)[:head_size])
-        struct.pack_into("<I", head, head_size - 4, len(meta))
+        struct.pack_into("<I", head, head_size - 12, len(meta))
         with pytest.raises(fmt.CorruptEntry, match="wrong number of bytes"):
             fmt.unpack_array(bytearray(bytes(head) + meta + pixels.tobytes()))
+
+
+def test_an_entry_says_its_own_length_and_nothing_else_is_taken_for_it() -> None:
+    """Entries sit back to back in packs: each header gives its length, and a wrong length is refused."""
+    pixels = np.arange(64, dtype=np.int16).reshape(8, 8)
+    entry = b"".join(bytes(part) for part in fmt.pack_array(pixels, key="decoded/k"))
+    assert fmt.entry_size(entry + b"next entry") == len(entry)
+    assert fmt.unpack(entry).key == "decoded/k"
+    with pytest.raises(fmt.CorruptEntry, match="header says"):
+        fmt.unpack(entry + b"\0")
+    with pytest.raises(fmt.CorruptEntry, match="not an ahi_torch cache entry"):
+        fmt.entry_size(b"AHIC\x01" + entry[5:])  # format 1 (a file per entry) is not read as format 2
 
 
 def test_counters_start_at_zero_and_hit_rate_is_hits_over_lookups() -> None:

@@ -46,7 +46,7 @@ def test_a_cache_directory_that_cannot_be_created(ahi, index: FrameIndex, tmp_pa
     assert blocker.read_text() == "a user's file"
 
 
-def _fill(directory: Path, entries: int = 60) -> None:
+def _fill(directory: Path, entries: int = 600) -> None:
     cache = FrameCache(directory)
     for k in range(entries):
         assert cache.put_array(f"decoded/k{k}", np.full((64, 64), k, dtype=np.int16))
@@ -66,11 +66,11 @@ def _damage(database: Path) -> None:
 def test_a_damaged_database_degrades_and_repair_keeps_intact_entries(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     directory = tmp_path / "cache"
     _fill(directory)
-    _damage(directory / "cache.db")
+    _damage(directory / "index" / "cache.db")
     cache = FrameCache(directory)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = [cache.get_array(f"decoded/k{k}") for k in range(60)]
+        results = [cache.get_array(f"decoded/k{k}") for k in range(600)]
     assert any(issubclass(w.category, CacheUnavailableWarning) for w in caught) or all(r is not None for r in results)
     for k, result in enumerate(results):
         assert result is None or int(result[0, 0]) == k, "a damaged cache never serves wrong pixels"
@@ -83,18 +83,18 @@ def test_a_damaged_database_degrades_and_repair_keeps_intact_entries(tmp_path: P
     out = capsys.readouterr().out
     assert "intact entries" in out and "cache.db.damaged-" in out
     repaired = FrameCache(directory)
-    kept = [k for k in range(60) if repaired.get_array(f"decoded/k{k}") is not None]
-    assert len(kept) >= 40, f"kept only {len(kept)} of 60 entries"
+    kept = [k for k in range(600) if repaired.get_array(f"decoded/k{k}") is not None]
+    assert len(kept) == 600, f"kept only {len(kept)} of 600 entries: the packs hold them all"
     for k in kept:
         np.testing.assert_array_equal(repaired.get_array(f"decoded/k{k}"), np.full((64, 64), k, dtype=np.int16))
     assert repaired.put_array("decoded/new", np.zeros((2, 2), dtype=np.int16)), "the rebuilt cache stores again"
-    assert any(p.name.startswith("cache.db.damaged-") for p in directory.iterdir()), "the damaged file is kept"
+    assert any(p.name.startswith("cache.db.damaged-") for p in (directory / "index").iterdir()), "damaged file kept"
 
 
 def test_a_database_that_is_not_sqlite_at_all(ahi, index: FrameIndex, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     directory = tmp_path / "cache"
-    directory.mkdir()
-    (directory / "cache.db").write_bytes(b"this is not a database" * 300)
+    (directory / "index").mkdir(parents=True)
+    (directory / "index" / "cache.db").write_bytes(b"this is not a database" * 300)
     dataset = FrameDataset(index, ahi.client(), cache=FrameCache(directory), error_policy="skip")
     with pytest.warns(CacheUnavailableWarning):
         assert dataset[0]["meta"]["index"] == 0, "served uncached, not replaced by the skip policy"
@@ -133,8 +133,8 @@ def test_an_unwritable_cache_serves_uncached_with_one_warning(
         undo = ["umount", str(directory)]
     else:
         _fill(directory, entries=2)
-        _privileged(["chattr", "+i", str(directory)])
-        undo = ["chattr", "-i", str(directory)]
+        _privileged(["chattr", "-R", "+i", str(directory)])
+        undo = ["chattr", "-R", "-i", str(directory)]
     try:
         cache = FrameCache(directory)
         dataset = FrameDataset(index, ahi.client(), cache=cache, rescale=False, dtype=None, error_policy="skip")

@@ -108,15 +108,10 @@ def test_index_build_show_cache_warm_verify_stats(ahi, imported, tmp_path, capsy
         assert code == 0, out + err
         assert f"12 cached frames verified at reduce={reduce}, 0 checksum mismatches" in out
     # Corrupt one cached frame on disk: verify reports it and exits non-zero.
-    import sqlite3
-
-    db = sqlite3.connect(tmp_path / "cache" / "cache.db")
-    key, value = db.execute("SELECT key, value FROM Cache WHERE value IS NOT NULL LIMIT 1").fetchone()
-    damaged = bytearray(value)
-    damaged[-3] ^= 0xFF
-    db.execute("UPDATE Cache SET value = ? WHERE key = ?", (bytes(damaged), key))
-    db.commit()
-    db.close()
+    packs = sorted((tmp_path / "cache" / "packs").glob("*.pack"), key=lambda path: path.stat().st_size)
+    damaged = bytearray(packs[-1].read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # one byte inside one entry
+    packs[-1].write_bytes(bytes(damaged))
     code, out, _ = _run(capsys, "cache", "verify", str(CONFIG), *flags)
     assert code == 1 and "1 corrupt entries evicted" in out
 

@@ -52,7 +52,7 @@ def test_sigkill_during_cache_writes_never_leaves_a_wrong_entry(tmp_path: Path) 
     cache = FrameCache(tmp_path)
     cache.check(fix=True)
     found = 0
-    for key in cache.keys():  # noqa: SIM118 - FrameCache.keys() lists the shared diskcache
+    for key in cache.keys():  # noqa: SIM118 - FrameCache.keys() lists the shared index
         array = cache.get_array(key)
         if array is not None:
             np.testing.assert_array_equal(array, _expected(int(key.rsplit("k", 1)[1])))
@@ -69,9 +69,11 @@ DISK_FULL = textwrap.dedent(
     cache = FrameCache(sys.argv[1])
     first = np.arange(256 * 256, dtype=np.int16).reshape(256, 256)
     assert cache.put_array("decoded/first", first)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # below one 128 KiB frame file
+    cache.flush()
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # the pack cannot take a second frame
     stored = [cache.put_array(f"decoded/more{k}", first + k) for k in range(6)]
-    assert not all(stored), stored
+    cache.flush()
+    assert not cache.put_array("decoded/late", first), "no longer stored once the disk refused"
     assert cache.counters.write_failures == 1 and not cache.stats()["storing"]
     assert (cache.get_array("decoded/first") == first).all(), "reads still work"
     print("ok")

@@ -36,7 +36,7 @@ def register(commands: Any) -> None:
     verify.set_defaults(handler=verify_command)
     for name, help_text, handler in (
         ("stats", "entries and size of a cache", stats_command),
-        ("repair", "rebuild a damaged cache database, keeping its intact entries", repair_command),
+        ("repair", "rebuild a damaged cache index from the packs, keeping every intact entry", repair_command),
         ("clear", "remove every entry of a cache", clear_command),
     ):
         command = sub.add_parser(name, help=help_text)
@@ -174,12 +174,13 @@ def repair_command(args: argparse.Namespace) -> int:
     from ..cache.repair import repair_cache
 
     report = repair_cache(_named_cache(args))
-    if report.backup is None:
-        print("no cache database to repair")
+    if report.backup is None and not report.kept:
+        print("no cache to repair")
         return EXIT_OK
+    where = f"; the damaged database is at {report.backup}" if report.backup else ""
     print(
-        f"kept {report.kept} intact entries, dropped {report.dropped} corrupt ones, "
-        f"skipped {report.unreadable_rows} unreadable pages; the damaged database is at {report.backup}"
+        f"indexed {report.kept} intact entries from the packs, "
+        f"{report.dropped} packs had a damaged tail that was dropped{where}"
     )
     return EXIT_OK
 

@@ -1,4 +1,4 @@
-"""The frame cache's packs: the size limit, least-recently-used eviction, bytes on disk, old layouts, any sequence of operations."""
+"""The frame cache's packs: size limit, LRU eviction, bytes on disk, old layouts, any sequence of operations."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_an_old_one_file_per_frame_cache_is_emptied_once_with_one_line(tmp_path:
     old = Cache(str(tmp_path), size_limit=2**30)
     old.set("decoded/old", b"x" * 100_000)  # a value file of its own, as the old layout stored frames
     old.close()
-    value_files = [path for path in tmp_path.rglob("*.val")]
+    value_files = list(tmp_path.rglob("*.val"))
     assert len(value_files) == 1
     (tmp_path / "notes.txt").write_text("a user's file")
     with pytest.warns(CacheUnavailableWarning, match="one-file-per-frame layout .* 1 entries were removed"):

@@ -98,7 +98,7 @@ def pack_array(pixels: np.ndarray, crc: int | None = None, key: str = "") -> Par
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
     if little is not array:
         crc = None  # the bytes changed order; the caller's CRC was of native bytes
-    header = {"key": key, "dtype": little.dtype.str, "shape": list(little.shape)}
+    header: dict[str, object] = {"key": key, "dtype": little.dtype.str, "shape": list(little.shape)}
     return pack(DECODED, header, little.data.cast("B"), crc)
 
 

@@ -18,7 +18,7 @@ Where each entry sits (:class:`Location`) is kept by the frame cache's diskcache
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import os
 import struct
 import threading
@@ -32,7 +32,6 @@ from filelock import FileLock, Timeout
 from . import entry_format
 from .entry_format import CorruptEntry, Parts
 
-log = logging.getLogger(__name__)
 
 SUFFIX = ".pack"
 #: How often a reader marks a pack it reads from as used, and looks for packs evicted under it.
@@ -194,10 +193,8 @@ class PackReader:
 
 
 def _touch(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):  # evicted meanwhile, or a read-only cache: its packs simply age
         os.utime(path)
-    except OSError:  # evicted meanwhile, or a read-only cache: its packs simply age
-        pass
 
 
 def pack_files(folder: Path) -> list[tuple[float, int, str]]:

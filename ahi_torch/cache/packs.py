@@ -32,7 +32,6 @@ from filelock import FileLock, Timeout
 from . import entry_format
 from .entry_format import CorruptEntry, Parts
 
-
 SUFFIX = ".pack"
 #: How often a reader marks a pack it reads from as used, and looks for packs evicted under it.
 TOUCH_SECONDS = 10.0

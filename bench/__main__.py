@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 from ahi_torch.cache import FrameCache
 from ahi_torch.codecs import decode_frame
 from ahi_torch.datasets import FrameDataset, VolumeDataset
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex, build_index
 
 from . import data, index_scale
@@ -183,7 +184,7 @@ def _cold_frames(index: FrameIndex, client: Any, work: Path, label: str) -> Call
     made = iter(range(1_000_000))
 
     def make() -> FrameDataset:
-        return FrameDataset(index, client, cache=FrameCache(work / f"cold-{label}-{next(made)}"))
+        return FrameDataset(index, FrameFetcher(client, cache=FrameCache(work / f"cold-{label}-{next(made)}")))
 
     return make
 
@@ -250,20 +251,27 @@ def run(size: data.Size, workers: int, batch_size: int, work: Path, repeats: int
                 "ahi_torch": _runs(_cold_frames(index, client, work, label), batch_size, workers, repeats),
             }
             if label == "lan":  # worker memory over an epoch that fetches, verifies, decodes and caches
-                _epoch(FrameDataset(index, client, cache=FrameCache(work / "cache-rss")), batch_size, workers, rss)
+                _epoch(
+                    FrameDataset(index, FrameFetcher(client, cache=FrameCache(work / "cache-rss"))),
+                    batch_size,
+                    workers,
+                    rss,
+                )
         results["cold"] = cold
         results["rss"] = rss
         service.restart()
         client = service.client(max_pool_connections=32)
 
-        warm_dataset = FrameDataset(index, client, cache=FrameCache(work / "cache-warm"))
+        warm_dataset = FrameDataset(index, FrameFetcher(client, cache=FrameCache(work / "cache-warm")))
         _epoch(warm_dataset, batch_size, 0)  # fill the cache
         warm_dataset.stats.reset()
         warm = _runs(lambda: warm_dataset, batch_size, workers, repeats)
         hits = warm_dataset.stats.summary()
         if hits["cache_hit_rate"] < 1.0 or hits["requests"]:
             raise RuntimeError(f"the warm epochs were not served by the cache alone: {hits}")
-        encoded_mode = FrameDataset(index, client, cache=FrameCache(work / "cache-encoded", mode="encoded"))
+        encoded_mode = FrameDataset(
+            index, FrameFetcher(client, cache=FrameCache(work / "cache-encoded", mode="encoded"))
+        )
         _epoch(encoded_mode, batch_size, 0)
         warm_encoded = _runs(lambda: encoded_mode, batch_size, workers, repeats)
         limit = _runs(functools.partial(MemmapDataset, memmap, slope, intercept), batch_size, workers, repeats)
@@ -279,7 +287,7 @@ def run(size: data.Size, workers: int, batch_size: int, work: Path, repeats: int
         volumes_index = index.filter(
             np.isin(index.column("series_instance_uid"), np.unique(index.column("series_instance_uid"))[: size.volumes])
         )
-        volume_dataset = VolumeDataset(volumes_index, client, cache=FrameCache(work / "cache-volumes"))
+        volume_dataset = VolumeDataset(volumes_index, FrameFetcher(client, cache=FrameCache(work / "cache-volumes")))
         cold_volumes = _epoch(volume_dataset, 1, workers)
         warm_volumes = _runs(lambda: volume_dataset, 1, workers, repeats)
         results["volumes"] = {"count": len(volume_dataset), "cold": _rate(*cold_volumes), "warm": warm_volumes}
@@ -300,7 +308,7 @@ def measure_monai(index: FrameIndex, client: Any, work: Path, workers: int, repe
         from ahi_torch.integrations.monai import LoadAHId
     except ImportError:
         return None
-    load = LoadAHId("image", index=index, client=client, cache=FrameCache(work / "cache-monai-frames"))
+    load = LoadAHId("image", index=index, source=FrameFetcher(client, cache=FrameCache(work / "cache-monai-frames")))
     # track_meta keeps MetaTensors on disk; weights_only=False lets torch.load read them back (else: recomputed).
     cache_dir = work / "monai-persistent"
     dataset = PersistentDataset(index.to_monai_data(), load, cache_dir=cache_dir, track_meta=True, weights_only=False)

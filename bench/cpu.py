@@ -26,6 +26,7 @@ from ahi_torch.cache import FrameCache
 from ahi_torch.codecs import decode_frame
 from ahi_torch.crc32 import BACKEND as CRC_BACKEND
 from ahi_torch.datasets import FrameDataset
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex
 
 from .loaders import DecodeOnlyDataset, NaiveDataset
@@ -87,11 +88,13 @@ def measure_cpu(
 
     def cold(mode: str) -> Callable[[], int]:
         return lambda: _epoch(
-            FrameDataset(index, client, cache=FrameCache(work / f"cpu-{mode}-{next(made)}", mode=mode))
+            FrameDataset(index, FrameFetcher(client, cache=FrameCache(work / f"cpu-{mode}-{next(made)}", mode=mode)))
         )
 
-    warm_decoded = FrameDataset(index, client, cache=FrameCache(work / "cpu-warm-decoded"))
-    warm_encoded = FrameDataset(index, client, cache=FrameCache(work / "cpu-warm-encoded", mode="encoded"))
+    warm_decoded = FrameDataset(index, FrameFetcher(client, cache=FrameCache(work / "cpu-warm-decoded")))
+    warm_encoded = FrameDataset(
+        index, FrameFetcher(client, cache=FrameCache(work / "cpu-warm-encoded", mode="encoded"))
+    )
     _epoch(warm_decoded)
     _epoch(warm_encoded)
     rows: dict[str, Callable[[], int]] = {

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ahi_torch.cache import FrameCache
 from ahi_torch.client import AHIClient, ClientConfig
 from ahi_torch.datasets import FrameDataset
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex
 from ahi_torch.samplers import NodePinnedSampler
 
@@ -39,7 +40,7 @@ def main() -> None:
         )
     )
     cache = FrameCache(work / f"node{node}" / "cache")
-    dataset = FrameDataset(FrameIndex.load(index_path), client, cache=cache, rescale=False, dtype=None)
+    dataset = FrameDataset(FrameIndex.load(index_path), FrameFetcher(client, cache=cache), rescale=False, dtype=None)
     sampler = NodePinnedSampler(dataset, groups=dataset.group_keys("image_set_id"), seed=3)
     epochs = []
     for epoch in range(2):

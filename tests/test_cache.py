@@ -14,6 +14,7 @@ import pytest
 
 from ahi_torch.cache import FrameCache, frame_key
 from ahi_torch.errors import ConfigError
+from ahi_torch.fetch import FrameFetcher
 
 RNG = np.random.default_rng(3)
 
@@ -173,7 +174,9 @@ def test_a_cache_smaller_than_the_dataset_says_so_with_the_ways_out(ahi, synthet
     )
     half = FrameCache(tmp_path / "half", size_limit_gb=needed / 2 / 2**30)
     with pytest.warns(CacheTooSmallWarning, match=r"about 50% of them cached .*cache mode 'encoded'"):
-        FrameDataset(index, ahi.client(), cache=half)
+        FrameDataset(index, FrameFetcher(ahi.client(), cache=half))
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheTooSmallWarning)
-        FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path / "whole", size_limit_gb=needed / 2**30))
+        FrameDataset(
+            index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path / "whole", size_limit_gb=needed / 2**30))
+        )

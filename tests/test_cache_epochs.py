@@ -16,6 +16,7 @@ from ahi_torch.cache import FrameCache
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.datasets._base import decoded_bytes
 from ahi_torch.errors import CacheTooSmallWarning
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import demo_cohort
@@ -48,7 +49,7 @@ def _half_cache(index: FrameIndex, directory: Path) -> FrameCache:
 def test_global_shuffle_finds_at_most_half_and_is_warned(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cache = _half_cache(index, tmp_path)
     with pytest.warns(CacheTooSmallWarning, match=r"holds 0\.0 GiB.* about 50% of them cached"):
-        dataset = FrameDataset(index, ahi.client(), cache=cache)
+        dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=cache))
     hit_rate, frames = _second_epoch_hit_rate(dataset, ShuffleSampler(dataset, seed=3, num_replicas=1, rank=0))
     assert frames == PATIENTS * SLICES
     # At the end of epoch 1 the cache holds about the last half written; epoch 2 reads them in
@@ -62,7 +63,7 @@ def test_node_pinned_shares_that_fit_are_all_hits(ahi, index: FrameIndex, tmp_pa
     """Node 0 of 2 reads half the data (the cache's size, give or take the entries' headers); of 4, a quarter."""
     cache = FrameCache(tmp_path, size_limit_gb=decoded_bytes(index) * 0.55 / 2**30)
     with pytest.warns(CacheTooSmallWarning, match="under node_pinned each node needs only its share"):
-        dataset = FrameDataset(index, ahi.client(), cache=cache)
+        dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=cache))
     patients = dataset.group_keys("patient_id")
     sampler = NodePinnedSampler(dataset, groups=patients, ranks_per_node=1, num_replicas=nodes, rank=0, seed=3)
     hit_rate, frames = _second_epoch_hit_rate(dataset, sampler)

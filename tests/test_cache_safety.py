@@ -15,6 +15,7 @@ from ahi_torch.cache import FrameCache
 from ahi_torch.cache.frame_cache import LOCK_NAME, CacheUnavailableWarning
 from ahi_torch.cli.main import main
 from ahi_torch.datasets import FrameDataset
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex, build_index
 
 from .conftest import ImportedData
@@ -35,7 +36,7 @@ def test_a_cache_directory_that_cannot_be_created(ahi, index: FrameIndex, tmp_pa
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a user's file")
     cache = FrameCache(blocker / "cache")
-    dataset = FrameDataset(index, ahi.client(), cache=cache, rescale=False, dtype=None)
+    dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=cache), rescale=False, dtype=None)
     expected = _pixels(index, ahi)
     with pytest.warns(CacheUnavailableWarning, match="served uncached") as caught:
         served = [dataset[i]["image"].numpy() for i in range(6)]
@@ -95,7 +96,7 @@ def test_a_database_that_is_not_sqlite_at_all(ahi, index: FrameIndex, tmp_path: 
     directory = tmp_path / "cache"
     (directory / "index").mkdir(parents=True)
     (directory / "index" / "cache.db").write_bytes(b"this is not a database" * 300)
-    dataset = FrameDataset(index, ahi.client(), cache=FrameCache(directory), error_policy="skip")
+    dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=FrameCache(directory)), error_policy="skip")
     with pytest.warns(CacheUnavailableWarning):
         assert dataset[0]["meta"]["index"] == 0, "served uncached, not replaced by the skip policy"
     assert len(dataset.failures) == 0
@@ -137,7 +138,9 @@ def test_an_unwritable_cache_serves_uncached_with_one_warning(
         undo = ["chattr", "-R", "-i", str(directory)]
     try:
         cache = FrameCache(directory)
-        dataset = FrameDataset(index, ahi.client(), cache=cache, rescale=False, dtype=None, error_policy="skip")
+        dataset = FrameDataset(
+            index, FrameFetcher(ahi.client(), cache=cache), rescale=False, dtype=None, error_policy="skip"
+        )
         expected = _pixels(index, ahi)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

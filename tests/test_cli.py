@@ -100,7 +100,7 @@ def test_index_build_show_cache_warm_verify_stats(ahi, imported, tmp_path, capsy
     assert code == 0 and "of 3.0 GiB" in out, "the config's size limit (GiB, as size_gb means), not the default"
     # A cache filled at reduced resolution is checked against AHI's checksum of that resolution (issue 22.9).
     for reduce, mode in ((1, "decoded"), (2, "decoded"), (3, "decoded"), (1, "encoded")):
-        reduced = [*flags, "-o", f"intensity.reduce={reduce}", "-o", f"cache.mode={mode}"]
+        reduced = [*flags, "-o", f"fetch.reduce={reduce}", "-o", f"cache.mode={mode}"]
         reduced += ["-o", f"cache.dir={tmp_path / mode}"]
         code, out, err = _run(capsys, "cache", "warm", str(CONFIG), *reduced)
         assert code == 0, err

@@ -87,7 +87,10 @@ def test_config_error_is_a_value_error(tmp_path: Path) -> None:
         ("intensity: {window: [40, 0]}", "with a positive width"),
         ("cache: {size_gb: 0}", "cache: size_gb must be positive"),
         ("connection: {max_attempts: 0}", "connection: max_attempts must be at least 1"),
-        ("loader: {fetch_attempts: 0}", "loader: fetch_attempts must be at least 1, not 0"),
+        ("fetch: {retry: {max_attempts: 0}}", "fetch.retry: max_attempts must be at least 1, not 0"),
+        ("fetch: {max_workers: 0}", "fetch: max_workers must be at least 1, not 0"),
+        ("fetch: {decoder: pillow}", "fetch: decoder: 'pillow' is not one of imagecodecs, openjpeg"),
+        ("intensity: {reduce: 1}", "intensity"),
         ("labels: {table: x.csv, value_type: integer}", "labels: value_type: 'integer' is not one of"),
         # Option lists come from the classes that use them (one definition each).
         ("labels: {table: x.csv, join_on: mrn}", "labels: join_on: 'mrn' is not one of patient_id, "),
@@ -131,10 +134,12 @@ def test_every_sampler_option_builds_a_working_loader(ahi, synthetic_import, tmp
         synthetic_import,
         tmp_path,
         labels={"column": "slice_index"},
-        loader={"sampler": sampler, "batch_size": 4, "num_workers": 0, "seed": 3, "fetch_attempts": 2},
+        loader={"sampler": sampler, "batch_size": 4, "num_workers": 0, "seed": 3},
+        fetch={"retry": {"max_attempts": 2}, "max_workers": 3, "reduce": 1, "verify": False},
     )
     dataset = build_dataset(cfg, progress=False)
-    assert dataset.fetcher.retry.max_attempts == 2, "loader.fetch_attempts reaches the fetch layer"
+    fetcher = dataset.fetcher
+    assert (fetcher.retry.max_attempts, fetcher.max_workers, fetcher.reduce, fetcher.verify) == (2, 3, 1, False)
     built = build_sampler(cfg, dataset)
     order = list(built)  # type: ignore[arg-type]
     assert len(order) == len(dataset) == 24
@@ -165,11 +170,11 @@ def test_yaml_syntax_errors_take_one_line(tmp_path: Path) -> None:
 
 def test_reduce_beyond_the_frames_levels_is_refused_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"reduce must be between 0 \(full resolution\) and 4 .*not 9"):
-        config.load(write(tmp_path, "intensity: {reduce: 9}\n"))
+        config.load(write(tmp_path, "fetch: {reduce: 9}\n"))
     from ahi_torch.client import AHIClient
     from ahi_torch.fetch import FrameFetcher
 
-    with pytest.raises(ConfigError, match="reduce must be between 0 and 4, not 9"):  # the API, not only configs
+    with pytest.raises(ConfigError, match=r"reduce must be between 0 \(full resolution\) and 4 .*not 9"):  # the API too
         FrameFetcher(AHIClient(region="us-east-1"), reduce=9)
 
 
@@ -199,7 +204,8 @@ def test_a_config_survives_load_dump_load(batch, workers, sampler, fractions, na
         "search": {"filters": [{"patient_id": patient}]},
         "loader": {"batch_size": batch, "num_workers": workers, "sampler": sampler},
         "split": {"fractions": {f"s{i}": f / total for i, f in enumerate(fractions)}},
-        "intensity": {"window": list(window) if window else None, "reduce": reduce},
+        "intensity": {"window": list(window) if window else None},
+        "fetch": {"reduce": reduce, "retry": {"max_attempts": batch % 7 + 1}},
         "labels": {"column": "modality", "classes": ["CT", "MR"]},
     }
     first = config.from_dict(Config, data)
@@ -225,3 +231,15 @@ def test_validation_loaders_keep_every_item_in_order(ahi, synthetic_import, tmp_
         assert [i for b in held_out for i in b["meta"]["index"].tolist()] == list(range(len(dataset)))
     with pytest.raises(ConfigError, match="stage must be one of train, val, test"):
         build_dataloader(cfg, dataset, stage="predict")
+
+
+def test_the_fetch_section_is_the_frame_fetcher_field_for_field() -> None:
+    """Issue 23.3: one object gets frames; its config section has exactly its settings, under its names."""
+    import dataclasses
+
+    from ahi_torch.config.schema import FetchConfig
+    from ahi_torch.fetch import FrameFetcher
+
+    section = {field.name: field.type for field in dataclasses.fields(FetchConfig)}
+    fetcher = {field.name: field.type for field in dataclasses.fields(FrameFetcher)}
+    assert section == {name: kind for name, kind in fetcher.items() if name not in ("client", "cache", "counters")}

@@ -26,7 +26,7 @@ from ahi_torch.datasets import (
 )
 from ahi_torch.datasets.policy import replacements
 from ahi_torch.errors import ConfigError, SampleError
-from ahi_torch.fetch import RetryPolicy
+from ahi_torch.fetch import FrameFetcher, RetryPolicy
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import demo_cohort
@@ -62,7 +62,9 @@ def test_frames_through_dataloader_are_exact(
     ahi, cohort: dict, index: FrameIndex, tmp_path: Path, context: str
 ) -> None:  # type: ignore[no-untyped-def]
     labels = TableLabels(cohort["labels_csv"], on="series_instance_uid", key="SeriesInstanceUID", column="nodule")
-    dataset = FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path), labels=labels, rescale=False, dtype=None)
+    dataset = FrameDataset(
+        index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)), labels=labels, rescale=False, dtype=None
+    )
     loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context=context, persistent_workers=True)
     nodule_by_series = {spec.series_uid: int(spec.nodule) for spec, _ in cohort["series"]}
     for epoch in range(2):  # the second epoch reuses the persistent workers (and hits the cache)
@@ -103,7 +105,11 @@ def test_rescale_gives_hounsfield_units_and_windowing(ahi, cohort: dict, index: 
 
 def test_volumes_are_stacked_in_geometric_order(ahi, cohort: dict, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     dataset = VolumeDataset(
-        index, ahi.client(), cache=FrameCache(tmp_path), rescale=False, dtype=None, labels="patient_id"
+        index,
+        FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)),
+        rescale=False,
+        dtype=None,
+        labels="patient_id",
     )
     assert len(dataset) == 4 and dataset.classes == [spec.patient_id for spec, _ in cohort["series"]]
     loader = DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="spawn")
@@ -213,7 +219,7 @@ def test_skip_spreads_a_run_of_dead_samples(ahi, break_frame, index: FrameIndex)
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_epoch_summary_gathers_every_worker(ahi, break_frame, index: FrameIndex, tmp_path: Path, context: str) -> None:  # type: ignore[no-untyped-def]
-    dataset = FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path), error_policy="skip")
+    dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)), error_policy="skip")
     break_frame(dataset, 5)
     loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context=context, persistent_workers=True)
     for epoch in range(2):
@@ -281,7 +287,7 @@ def test_error_policy_retry_covers_what_the_fetch_layer_does_not(ahi, index: Fra
 
 
 def test_datasets_pickle_without_connections(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    dataset = FrameDataset(index, ahi.client(), cache=FrameCache(tmp_path))
+    dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)))
     dataset[0]
     blob = pickle.dumps(dataset)
     clone = pickle.loads(blob)

@@ -15,7 +15,7 @@ from ahi_torch.cache import FrameCache
 from ahi_torch.client import AHIClient, RateLimiter
 from ahi_torch.datasets import ErrorPolicy, FailureLog, FrameDataset
 from ahi_torch.errors import ConfigError, EndpointUnreachable, SampleError
-from ahi_torch.fetch import RetryPolicy
+from ahi_torch.fetch import FrameFetcher, RetryPolicy
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.local.faults import Faults
@@ -56,8 +56,7 @@ def test_epoch_survives_injected_faults(tmp_path: Path) -> None:
         log = tmp_path / "failures.jsonl"
         dataset = FrameDataset(
             index,
-            client,
-            cache=FrameCache(tmp_path / "cache"),
+            FrameFetcher(client, cache=FrameCache(tmp_path / "cache")),
             rescale=False,
             dtype=None,
             error_policy=ErrorPolicy("skip", failure_log=str(log)),
@@ -271,7 +270,7 @@ def test_sustained_throttling_delivers_every_frame_at_the_granted_rate(tmp_path:
         client = ahi.client()
         index = build_index(client, result.datastore_id, progress=False)
         faults.specs.update(Faults.parse("GetImageFrame:throttle=0.5").specs)
-        dataset = FrameDataset(index, client, rescale=False, dtype=None, max_workers=4)
+        dataset = FrameDataset(index, FrameFetcher(client, max_workers=4), rescale=False, dtype=None)
         served = _served_exactly(DataLoader(dataset, batch_size=10, num_workers=0), sources)
         per_frame = _requests_per_frame(ahi, index)
         print(f"\n{sum(per_frame)} requests for {len(per_frame)} frames, {faults.injected['throttle']} throttled")
@@ -328,7 +327,7 @@ def test_a_dead_endpoint_fails_fast_and_is_never_a_reason_to_replace_samples(ahi
             build_index(dead, synthetic_import.datastore_id, progress=False)
         assert len(silent.connections) <= 5, "botocore's retries end once the endpoint is known to be down"
         before = len(silent.connections)
-        dataset = FrameDataset(index, dead, error_policy="skip", max_workers=1)
+        dataset = FrameDataset(index, FrameFetcher(dead, max_workers=1), error_policy="skip")
         with pytest.raises(EndpointUnreachable, match=rf"127\.0\.0\.1:{silent.port}"):
             dataset[0]
         assert dataset.outcomes["replaced"] == 0, "no other sample was tried"
@@ -352,7 +351,7 @@ def test_missing_credentials_are_one_error_never_retried(ahi, synthetic_import, 
     with pytest.raises(NoCredentials, match="no AWS credentials found"):
         anonymous.list_datastores()
     before = sum(ahi.frame_request_counts().values())
-    dataset = FrameDataset(index, anonymous, error_policy="skip", max_workers=1)
+    dataset = FrameDataset(index, FrameFetcher(anonymous, max_workers=1), error_policy="skip")
     with pytest.raises(NoCredentials):
         dataset[0]
     counters = dataset.fetcher.counters
@@ -369,7 +368,7 @@ def test_a_refused_connection_is_never_a_reason_to_replace_samples(ahi, syntheti
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     closed = AHIClient(ahi.client().config, endpoint_url=f"http://127.0.0.1:{port}")
-    dataset = FrameDataset(index, closed, error_policy="skip", max_workers=1)
+    dataset = FrameDataset(index, FrameFetcher(closed, max_workers=1), error_policy="skip")
     with pytest.raises(EndpointUnreachable, match=rf"127\.0\.0\.1:{port}"):
         dataset[0]
     assert dataset.outcomes["replaced"] == 0 and dataset.fetcher.counters.requests == RetryPolicy().max_attempts

@@ -15,6 +15,7 @@ from ahi_torch.cache import FrameCache
 from ahi_torch.client import AHIClient, dicom_updates
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.errors import ConfigError
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex, Search, build_index, refresh_index, search
 from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
@@ -193,7 +194,7 @@ def test_refresh_adds_new_and_drops_deleted_image_sets_and_refetches_new_version
     version = index.image_sets()[changed][0]
     old_rows = index.filter(pc.field("image_set_id") == changed)
     cache = FrameCache(tmp_path / "cache")
-    before = FrameDataset(old_rows, client, cache=cache, rescale=False, dtype=None)
+    before = FrameDataset(old_rows, FrameFetcher(client, cache=cache), rescale=False, dtype=None)
     old_pixels = [before[i]["image"] for i in range(len(before))]
 
     client.delete_image_set(datastoreId=datastore_id, imageSetId=deleted)
@@ -218,7 +219,7 @@ def test_refresh_adds_new_and_drops_deleted_image_sets_and_refetches_new_version
     # Pixels of the new version are fetched and cached under the new version, never served from the old entries.
     new_rows = refreshed.filter(pc.field("image_set_id") == changed)
     assert set(new_rows.column("image_set_version").tolist()) == {version + 1}
-    after = FrameDataset(new_rows, client, cache=cache, rescale=False, dtype=None)
+    after = FrameDataset(new_rows, FrameFetcher(client, cache=cache), rescale=False, dtype=None)
     requests = after.fetcher.counters.requests
     new_pixels = [after[i]["image"] for i in range(len(after))]
     assert after.fetcher.counters.requests - requests == len(new_rows), "a new version is fetched, not read from cache"

@@ -13,6 +13,7 @@ import torch
 from ahi_torch.cache import FrameCache
 from ahi_torch.datasets import FrameDataset, VolumeDataset
 from ahi_torch.errors import ConfigError
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import SeriesSpec, oblique, write_series
@@ -91,7 +92,10 @@ def test_load_ahid_matches_monai_pydicom_reader(ahi, imported: dict, tmp_path: P
     data = index.to_monai_data(label="patient_id")
     assert len(data) == 3 and all(d["image"].startswith("ahi://") and "?version=1" in d["image"] for d in data)
     ours = Compose(
-        [LoadAHId("image", index=index, client=ahi.client(), cache=FrameCache(tmp_path)), *post_transforms()]
+        [
+            LoadAHId("image", index=index, source=FrameFetcher(ahi.client(), cache=FrameCache(tmp_path))),
+            *post_transforms(),
+        ]
     )
     theirs = Compose([LoadImaged("image", reader="PydicomReader", ensure_channel_first=True), *post_transforms()])
     for entry in data:
@@ -145,7 +149,7 @@ def test_to_metatensor_puts_every_voxel_where_pydicom_says(ahi, imported: dict) 
 def test_caching_datasets_hash_references_and_never_refetch(ahi, imported: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     index = imported["index"]
     frames = len(index)
-    load = LoadAHId("image", index=index, client=ahi.client(), cache=FrameCache(tmp_path / "frames"))
+    load = LoadAHId("image", index=index, source=FrameFetcher(ahi.client(), cache=FrameCache(tmp_path / "frames")))
     transform = Compose([load, Orientationd("image", axcodes="RAS", labels=None)])
     data = references(VolumeDataset(index, ahi.client(), labels="patient_id"))
     assert sorted(d["label"] for d in data) == [0, 1, 2] and all(d["image"].startswith("ahi://") for d in data)
@@ -179,14 +183,14 @@ def test_caching_datasets_hash_references_and_never_refetch(ahi, imported: dict,
 
 def test_stale_or_unknown_references_fail_clearly(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
     index = imported["index"]
-    load = LoadAHId("image", index=index, client=ahi.client())
+    load = LoadAHId("image", index=index, source=ahi.client())
     uri = index.to_monai_data()[0]["image"]
     with pytest.raises(ConfigError, match="names version 7, the index holds version 1"):
         load({"image": uri.replace("?version=1", "?version=7")})
     with pytest.raises(ConfigError, match="not a volume reference"):
         load({"image": "/data/ct.nii.gz"})
     with pytest.raises(ConfigError, match="skip"):
-        LoadAHId("image", index=index, client=ahi.client(), error_policy="skip")
+        LoadAHId("image", index=index, source=ahi.client(), error_policy="skip")
 
 
 def test_frames_become_2d_metatensors(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
@@ -208,7 +212,7 @@ def test_figure_three_planes_before_and_after_spacing(ahi, imported: dict) -> No
 
     index = imported["index"]
     entry = next(d for d in index.to_monai_data() if SPECS["oblique"].series_uid in d["image"])
-    load = LoadAHId("image", index=index, client=ahi.client())
+    load = LoadAHId("image", index=index, source=ahi.client())
     before = Orientationd("image", axcodes="RAS", labels=None)(load(dict(entry)))["image"]
     after = Spacingd("image", pixdim=(0.5, 0.5, 0.5))({"image": before})["image"]
     figure, axes = plt.subplots(2, 3, figsize=(9, 6))
@@ -240,8 +244,8 @@ def test_load_ahid_reads_reduced_resolutions(ahi, imported: dict) -> None:  # ty
     """LoadAHId passes reduce through: half-size volumes whose spacing doubles and whose origin stays."""
     index = imported["index"]
     uri = index.to_monai_data()[0]["image"]
-    full = LoadAHId("image", index=index, client=ahi.client())({"image": uri})["image"]
-    half = LoadAHId("image", index=index, client=ahi.client(), reduce=1)({"image": uri})["image"]
+    full = LoadAHId("image", index=index, source=ahi.client())({"image": uri})["image"]
+    half = LoadAHId("image", index=index, source=FrameFetcher(ahi.client(), reduce=1))({"image": uri})["image"]
     # MONAI's axes: (channel, column, row, slice)
     assert tuple(half.shape[1:3]) == tuple(-(-s // 2) for s in full.shape[1:3])
     assert half.shape[3] == full.shape[3], "slices are not reduced"

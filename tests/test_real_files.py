@@ -23,6 +23,7 @@ from pydicom.pixels import apply_modality_lut
 
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.errors import ModalityLUTWarning
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
 
@@ -182,7 +183,7 @@ def test_every_shipped_file_reads_as_pydicom_reads_it_or_fails_loudly(tmp_path: 
                 continue
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                dataset = FrameDataset(index.take(rows), client, rescale=True, dtype=None, max_workers=2)
+                dataset = FrameDataset(index.take(rows), FrameFetcher(client, max_workers=2), rescale=True, dtype=None)
             about_values = [str(w.message) for w in caught if issubclass(w.category, ModalityLUTWarning)]
             verdicts.append((name, *verdict(dataset, candidate.ds, about_values)))
     width = max(len(name) for name, _, _ in verdicts)

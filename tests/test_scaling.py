@@ -24,6 +24,7 @@ from ahi_torch.client.ratelimit import RateLimiter
 from ahi_torch.client.store_budget import StoreBudget
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.errors import ConfigError
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import build_index
 from ahi_torch.index.build import within_quota
 from ahi_torch.local import LocalAHI
@@ -221,7 +222,9 @@ def test_sharded_warming_fills_each_node_with_what_it_trains_on(ahi, synthetic_i
     dataset = build_dataset(load(config), progress=False)
     assert not set(warmed[0]) & set(warmed[1]) and len(warmed[0]) + len(warmed[1]) == len(dataset)
     for node in range(2):
-        node_dataset = FrameDataset(dataset.index, ahi.client(), cache=FrameCache(tmp_path / f"node{node}"))
+        node_dataset = FrameDataset(
+            dataset.index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path / f"node{node}"))
+        )
         sampler = NodePinnedSampler(
             node_dataset, groups=node_dataset.group_keys(), seed=5, num_replicas=2, rank=node, ranks_per_node=1
         )

@@ -13,6 +13,7 @@ from pydicom.pixels import apply_modality_lut
 
 from ahi_torch.datasets import ErrorPolicy, FrameDataset, VolumeDataset
 from ahi_torch.errors import IrregularSeriesWarning, SampleError
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import SeriesSpec, oblique, write_series
@@ -155,11 +156,11 @@ def test_reduce_scales_the_in_plane_geometry(ahi, series: dict) -> None:  # type
     spec = series["specs"]["regular"]
     index = _only(series["index"], spec)
     full = VolumeDataset(index, ahi.client())[0]
-    half = VolumeDataset(index, ahi.client(), reduce=1)[0]
+    half = VolumeDataset(index, FrameFetcher(ahi.client(), reduce=1))[0]
     assert half["image"].shape == (1, 8, 16, 12)
     np.testing.assert_allclose(half["meta"]["spacing"].numpy(), [2.5, 1.6, 1.6], atol=1e-4)
     np.testing.assert_allclose(half["meta"]["affine"][:, 3].numpy(), full["meta"]["affine"][:, 3].numpy())
-    frame = FrameDataset(index, ahi.client(), reduce=1)[0]
+    frame = FrameDataset(index, FrameFetcher(ahi.client(), reduce=1))[0]
     np.testing.assert_allclose(frame["meta"]["spacing"].numpy(), [1.6, 1.6], atol=1e-4)
 
 

@@ -222,6 +222,8 @@ BACKENDS: tuple[Backend, ...] = (
     Backend("imagecodecs", "jpeg", "imagecodecs", _imagecodecs_jpeg),
     Backend("numpy", "raw", None, _raw),
 )
+#: The backend names a caller may prefer (``decode_frame(prefer=...)``, ``FrameFetcher(decoder=...)``).
+PREFERENCES = tuple(dict.fromkeys(backend.name for backend in BACKENDS if backend.kind == "htj2k"))
 
 
 def backends_for(kind: str, prefer: str | None = None) -> list[Backend]:

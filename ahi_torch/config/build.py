@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -26,7 +27,7 @@ from ..client import AHIClient
 from ..datasets import AHIDataset, ColumnLabels, ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
 from ..datasets.labels import LabelSpec
 from ..errors import ConfigError, IndexFormatError, ResourceNotFound
-from ..fetch import RetryPolicy
+from ..fetch import FrameFetcher
 from ..index import FrameIndex, Search, build_index, refresh_index, search
 from ..samplers import NodePinnedSampler, ShuffleSampler, WeightedSampler, class_balanced_weights, patient_splits
 from ..transforms import Compose, create
@@ -166,6 +167,15 @@ def build_cache(cfg: Config) -> FrameCache | None:
     return FrameCache(cfg.cache.dir, size_limit_gb=cfg.cache.size_gb, mode=cfg.cache.mode)
 
 
+def build_fetcher(cfg: Config, client: AHIClient | None = None) -> FrameFetcher:
+    """The frame source a config describes: ``fetch:`` field for field, the ``cache:`` section, the client.
+
+    Datasets, the CLI, Lightning and MONAI (``LoadAHId(source=build_fetcher(cfg))``) all take it.
+    """
+    settings = {field.name: getattr(cfg.fetch, field.name) for field in dataclasses.fields(cfg.fetch)}
+    return FrameFetcher(client or build_client(cfg), cache=build_cache(cfg), **settings)
+
+
 def build_dataset(cfg: Config, client: AHIClient | None = None, *, progress: bool = True) -> AHIDataset:
     """The dataset a config describes (index built or refreshed as needed)."""
     client = client or build_client(cfg)
@@ -182,18 +192,13 @@ def build_dataset(cfg: Config, client: AHIClient | None = None, *, progress: boo
     kind = VolumeDataset if cfg.view == "volumes" else FrameDataset
     return kind(
         index,
-        client,
-        cache=build_cache(cfg),
+        build_fetcher(cfg, client),
         labels=_labels(cfg.labels),
         unlabeled=cfg.labels.unlabeled if cfg.labels else "error",
         transform=Compose(transforms) if transforms else None,
         rescale=cfg.intensity.rescale,
         window=window,
-        verify=cfg.intensity.verify,
-        reduce=cfg.intensity.reduce,
-        max_workers=cfg.loader.fetch_threads,
         error_policy=ErrorPolicy(cfg.loader.error_policy, failure_log=cfg.loader.failure_log),
-        fetch_retry=RetryPolicy(max_attempts=cfg.loader.fetch_attempts),
     )
 
 

@@ -15,7 +15,8 @@ from ..datasets import GROUP_COLUMNS, UNLABELED
 from ..datasets.labels import JOIN_KEYS, VALUE_TYPES, LabelTypes
 from ..datasets.policy import MODES as ERROR_POLICIES
 from ..errors import ConfigError
-from ..index.rows import MAX_REDUCE
+from ..fetch import RetryPolicy
+from ..fetch.fetcher import check_fetch_options
 from ..index.search import FILTERS, named_filter
 from ..samplers.splits import GROUP_KEYS as SPLIT_KEYS
 from ..transforms import create
@@ -169,19 +170,31 @@ class IntensityConfig:
     rescale: bool = True
     window: list[float] | None = None
     dicom_window: bool = False
-    verify: bool = True
-    reduce: int = 0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.reduce <= MAX_REDUCE:
-            raise ConfigError(
-                f"reduce must be between 0 (full resolution) and {MAX_REDUCE} (the levels AHI lists checksums for),"
-                f" not {self.reduce}"
-            )
         if self.window is not None and (len(self.window) != 2 or not self.window[1] > 0):
             raise ConfigError(f"window must be [center, width] with a positive width, not {self.window}")
         if self.window is not None and self.dicom_window:
             raise ConfigError("give window or dicom_window, not both")
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """How frames are fetched: :class:`~ahi_torch.fetch.FrameFetcher`'s fields under the same names.
+
+    The fetcher's client comes from ``connection:`` and its cache from ``cache:``; everything
+    else about getting a frame is here (``retry`` is a :class:`~ahi_torch.fetch.RetryPolicy`).
+    """
+
+    verify: bool = True
+    reduce: int = 0
+    max_workers: int = 8
+    decoder: str | None = None
+    progressive: bool = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    def __post_init__(self) -> None:
+        check_fetch_options(self.reduce, self.max_workers, self.decoder)
 
 
 @dataclass(frozen=True)
@@ -207,14 +220,11 @@ class LoaderConfig:
     drop_last: bool = False
     persistent_workers: bool = True
     multiprocessing_context: Literal["fork", "spawn", "forkserver"] | None = None
-    fetch_threads: int = 8
-    #: GetImageFrame requests per frame at most (the fetch layer's :class:`~ahi_torch.fetch.RetryPolicy`).
-    fetch_attempts: int = 4
     error_policy: str = "raise"
     failure_log: str | None = None
 
     def __post_init__(self) -> None:
-        _at_least(self, 1, "batch_size", "fetch_threads", "fetch_attempts")
+        _at_least(self, 1, "batch_size")
         _at_least(self, 0, "num_workers")
         _one_of(self, "pin_by", GROUP_COLUMNS)
         _one_of(self, "error_policy", ERROR_POLICIES)
@@ -234,6 +244,7 @@ class Config:
     split: SplitConfig | None = None
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     transforms: list[TransformConfig] = field(default_factory=list)
+    fetch: FetchConfig = field(default_factory=FetchConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     output_dir: str = "runs"

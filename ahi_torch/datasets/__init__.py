@@ -2,7 +2,7 @@
 
 >>> from torch.utils.data import DataLoader
 >>> from ahi_torch.datasets import FrameDataset
->>> loader = DataLoader(FrameDataset(index, client, cache=cache), batch_size=16, num_workers=4)
+>>> loader = DataLoader(FrameDataset(index, FrameFetcher(client, cache=cache)), batch_size=16, num_workers=4)
 """
 
 from ._base import GROUP_COLUMNS, UNLABELED, AHIDataset

@@ -24,7 +24,7 @@ from ..errors import (
     ModalityLUTWarning,
     SampleError,
 )
-from ..fetch import FrameFetcher, FrameRef, RetryPolicy, attempts_of
+from ..fetch import FrameFetcher, FrameRef, attempts_of
 from ..fetch.retry import ENDPOINT_FAILURES
 from ..index import FrameIndex
 from ._convert import Intensity
@@ -150,21 +150,15 @@ class AHIDataset(Dataset[Any]):
     def __init__(
         self,
         index: FrameIndex,
-        client: AHIClient,
+        source: AHIClient | FrameFetcher,
         *,
-        cache: FrameCache | None = None,
         labels: LabelSpec = None,
         unlabeled: str = "error",
         transform: Transform | None = None,
         rescale: bool = True,
         window: tuple[float, float] | str | None = None,
         dtype: torch.dtype | None = torch.float32,
-        verify: bool = True,
-        reduce: int = 0,
-        max_workers: int = 8,
-        decoder: str | None = None,
         error_policy: ErrorPolicy | str = "raise",
-        fetch_retry: RetryPolicy | None = None,
         table_dir: str | Path | None = None,
     ) -> None:
         if len(index) == 0:
@@ -175,23 +169,15 @@ class AHIDataset(Dataset[Any]):
         warn_missing_geometry(index)
         if rescale:
             warn_lookup_tables(index)
-        if cache is not None:
-            warn_cache_too_small(index, cache, reduce)
+        self.fetcher: FrameFetcher = source if isinstance(source, FrameFetcher) else FrameFetcher(source)
+        if self.fetcher.cache is not None:
+            warn_cache_too_small(index, self.fetcher.cache, self.fetcher.reduce)
         self.table = FrameTable(index, table_dir, labels=resolved.values if resolved is not None else None)
         self.labels = resolved
         self.transform = transform
         self.intensity = Intensity(rescale=rescale, window=window, dtype=dtype)
         self.policy = ErrorPolicy.of(error_policy)
         self.failures = FailureLog(self.policy.failure_log)
-        self.fetcher = FrameFetcher(
-            client,
-            cache=cache,
-            verify=verify,
-            reduce=reduce,
-            max_workers=max_workers,
-            decoder=decoder,
-            retry=fetch_retry or RetryPolicy(),
-        )
         self.stats = EpochStats()
         self.outcomes = {"items_served": 0, "frames_served": 0, "replaced": 0, "retried": 0, "failed": 0}
 

@@ -16,7 +16,8 @@ from ._geometry import frame_affine, spacing_of
 class FrameDataset(AHIDataset):
     """Every frame of an index as a 2D image, fetched lazily from AHI through the cache.
 
-    >>> dataset = FrameDataset(index, client, cache=FrameCache(), labels="modality", window=(40, 400))
+    >>> frames = FrameFetcher(client, cache=FrameCache())   # how frames are fetched, cached, checked
+    >>> dataset = FrameDataset(index, frames, labels="modality", window=(40, 400))
     >>> item = dataset[0]
     >>> item["image"].shape, item["label"], item["meta"]["sop_instance_uid"]
     (torch.Size([1, 512, 512]), tensor(0), '1.2.826...')
@@ -31,20 +32,17 @@ class FrameDataset(AHIDataset):
 
     Args:
         index: the frames to serve (see :func:`ahi_torch.index.build_index`).
-        client: an :class:`~ahi_torch.client.AHIClient`; it travels into workers as configuration.
-        cache: a :class:`~ahi_torch.cache.FrameCache` shared by all workers, or None.
+        source: where frames come from: a :class:`~ahi_torch.fetch.FrameFetcher` (client, cache,
+            verification, resolution, decoder, threads, retries in one object), or an
+            :class:`~ahi_torch.client.AHIClient` for a fetcher with its defaults and no cache.
+            It travels into workers as configuration.
         labels: an index column, :class:`TableLabels`, a ``{series UID: label}`` mapping or a
             callable on index rows; ``unlabeled`` says what to do with frames without one.
         transform: applied to each item dict.
-        verify: check each decoded frame against AHI's CRC32.
-        reduce: HTJ2K resolution levels to skip (previews, low-resolution training).
-        max_workers: threads per process fetching a batch's frames concurrently.
         error_policy: ``"raise"``, ``"skip"``, ``"retry"`` or an :class:`ErrorPolicy`: what happens
-            to an item that fails. Its ``retry`` retries only what the fetch layer does not: a
-            frame that failed after its own attempts fails the item at once.
-        fetch_retry: the fetch layer's :class:`~ahi_torch.fetch.RetryPolicy` for transient
-            failures (throttling, 5xx, cut transfers, checksum mismatches): 4 requests per frame at
-            most by default.
+            to an item that fails. Its ``retry`` retries only what the fetch layer does not
+            (the fetcher's :class:`~ahi_torch.fetch.RetryPolicy`): a frame that failed after its
+            own attempts fails the item at once.
         table_dir: where the per-frame columns workers read are written once and memory-mapped
             by every process of the node (:class:`~ahi_torch.index.shared_table.SharedTable`);
             default ``$AHI_TORCH_TABLE_DIR``, else a folder under the system's temporary directory.

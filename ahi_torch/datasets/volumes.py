@@ -60,7 +60,7 @@ class VolumeRows(Sequence[np.ndarray]):
 class VolumeDataset(AHIDataset):
     """Every series of an index as a volume ``(C, D, H, W)``, its frames fetched concurrently.
 
-    >>> volumes = VolumeDataset(index, client, cache=FrameCache(), window=(40, 400))
+    >>> volumes = VolumeDataset(index, FrameFetcher(client, cache=FrameCache()), window=(40, 400))
     >>> item = volumes[0]
     >>> item["image"].shape, item["meta"]["spacing"], item["meta"]["space"], item["meta"]["regular"]
     (torch.Size([1, 64, 512, 512]), tensor([2.5, 0.7, 0.7]), 'LPS', True)

@@ -35,6 +35,7 @@ from ..cache import FrameCache
 from ..client import AHIClient, ImageFrame
 from ..codecs import decode_frame, pixel_crc32
 from ..codecs import transfer_syntax as ts
+from ..codecs.decoders import PREFERENCES
 from ..codecs.jph import level_end
 from ..errors import ChecksumMismatch, ConfigError, DecodeError, EndpointUnreachable, InternalServerError, Throttled
 from ..index.rows import MAX_REDUCE
@@ -69,6 +70,19 @@ _FAILURE_COUNTER = (
 )
 
 
+def check_fetch_options(reduce: int, max_workers: int, decoder: str | None) -> None:
+    """Refuse settings no fetcher can use (a fetcher and the config's ``fetch:`` section both ask here)."""
+    if not 0 <= reduce <= MAX_REDUCE:
+        raise ConfigError(
+            f"reduce must be between 0 (full resolution) and {MAX_REDUCE} (the levels AHI lists checksums for), "
+            f"not {reduce}"
+        )
+    if max_workers < 1:
+        raise ConfigError(f"max_workers must be at least 1, not {max_workers}")
+    if decoder is not None and decoder not in PREFERENCES:
+        raise ConfigError(f"decoder: {decoder!r} is not one of {', '.join(PREFERENCES)}")
+
+
 @dataclass
 class FrameFetcher:
     """Fetch frames through a cache with verification; safe to pickle into DataLoader workers.
@@ -97,8 +111,7 @@ class FrameFetcher:
     counters: FetchCounters = field(default_factory=FetchCounters)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.reduce <= MAX_REDUCE:
-            raise ConfigError(f"reduce must be between 0 and {MAX_REDUCE}, not {self.reduce}")
+        check_fetch_options(self.reduce, self.max_workers, self.decoder)
         self._pool = PerProcess(self._make_pool)
 
     def _make_pool(self) -> ThreadPoolExecutor:

@@ -45,6 +45,7 @@ from ..config import (
 )
 from ..datasets import AHIDataset, FrameDataset, VolumeDataset
 from ..errors import ConfigError
+from ..fetch import FrameFetcher
 from ..index import FrameIndex
 from ..samplers import ShuffleSampler, patient_splits
 from .stateful_loader import ResumableDataLoader, saved_sampler_state
@@ -144,7 +145,7 @@ class AHIDataModule(pl.LightningDataModule):
     def from_index(
         cls,
         index: FrameIndex,
-        client: AHIClient,
+        source: AHIClient | FrameFetcher,
         *,
         fractions: dict[str, float] | None = None,
         split_seed: int = 0,
@@ -154,17 +155,19 @@ class AHIDataModule(pl.LightningDataModule):
     ) -> AHIDataModule:
         """Train and validation datasets from an index, split by patient (``{"train": 0.8, "val": 0.2}``).
 
-        ``dataset_options`` go to every :class:`FrameDataset` (or :class:`VolumeDataset` with
-        ``volumes=True``); ``loader_options`` to this class (batch size, workers, seed...).
+        ``source`` (a :class:`~ahi_torch.fetch.FrameFetcher`, or a client) and ``dataset_options``
+        go to every :class:`FrameDataset` (or :class:`VolumeDataset` with ``volumes=True``);
+        ``loader_options`` to this class (batch size, workers, seed...).
 
-        >>> data = AHIDataModule.from_index(index, client, dataset_options={"window": (40, 400)}, batch_size=32)
+        >>> frames = FrameFetcher(client, cache=FrameCache())
+        >>> data = AHIDataModule.from_index(index, frames, dataset_options={"window": (40, 400)}, batch_size=32)
         """
         splits = patient_splits(index, fractions or {"train": 0.8, "val": 0.2}, seed=split_seed)
         kind = VolumeDataset if volumes else FrameDataset
 
         def made(role: str) -> FrameDataset | VolumeDataset | None:
             rows = splits.get(role)
-            return kind(index.take(rows), client, **(dataset_options or {})) if rows is not None and len(rows) else None
+            return kind(index.take(rows), source, **(dataset_options or {})) if rows is not None and len(rows) else None
 
         return cls(made("train"), made("val"), made("test"), **loader_options)
 

@@ -11,7 +11,7 @@ MONAI's readers give ``(C, x, y, z)`` tensors, x the column, y the row and z the
 >>> from ahi_torch.integrations.monai import LoadAHId
 >>> data = index.to_monai_data(label="patient_id")     # [{"image": "ahi://...?version=1", ...}]
 >>> transform = Compose([
-...     LoadAHId("image", index=index, client=client, cache=FrameCache()),
+...     LoadAHId("image", index=index, source=FrameFetcher(client, cache=FrameCache())),
 ...     Orientationd("image", axcodes="RAS"),
 ...     Spacingd("image", pixdim=(1.0, 1.0, 2.0)),
 ... ])
@@ -34,10 +34,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from ..cache import FrameCache
 from ..client import AHIClient
 from ..datasets import ErrorPolicy, VolumeDataset
 from ..errors import ConfigError
+from ..fetch import FrameFetcher
 from ..index import FrameIndex
 from ..index.references import VolumeReference, parse_volume_uri, volume_uri
 from ..metadata.geometry import SPACE
@@ -109,11 +109,12 @@ class LoadAHId(MapTransform):
     Args:
         keys: the data keys holding references (usually ``"image"``).
         index: the :class:`~ahi_torch.index.FrameIndex` the references come from.
-        client: an :class:`~ahi_torch.client.AHIClient` (it travels into workers as configuration).
-        cache: the ahi_torch frame cache underneath (shared by every worker), or None.
-        rescale, window, dtype, verify, reduce, irregular, error_policy, max_workers: as for
-            :class:`~ahi_torch.datasets.VolumeDataset` (``reduce=1`` loads half-size volumes, their
-            affine and spacing kept true). ``error_policy="skip"`` is refused: a
+        source: where frames come from, as for :class:`~ahi_torch.datasets.VolumeDataset`: a
+            :class:`~ahi_torch.fetch.FrameFetcher` (its cache is shared by every worker;
+            ``reduce=1`` loads half-size volumes, their affine and spacing kept true) or an
+            :class:`~ahi_torch.client.AHIClient` for the defaults without a cache.
+        rescale, window, dtype, irregular, error_policy: as for
+            :class:`~ahi_torch.datasets.VolumeDataset`. ``error_policy="skip"`` is refused: a
             replacement volume would not match the item's other keys (its label).
         allow_missing_keys: as for every MONAI ``MapTransform``.
 
@@ -126,16 +127,12 @@ class LoadAHId(MapTransform):
         keys: KeysCollection = "image",
         *,
         index: FrameIndex,
-        client: AHIClient,
-        cache: FrameCache | None = None,
+        source: AHIClient | FrameFetcher,
         rescale: bool = True,
         window: tuple[float, float] | str | None = None,
         dtype: torch.dtype = torch.float32,
-        verify: bool = True,
-        reduce: int = 0,
         irregular: str = "warn",
         error_policy: ErrorPolicy | str = "raise",
-        max_workers: int = 8,
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -145,16 +142,12 @@ class LoadAHId(MapTransform):
             )
         self.volumes = VolumeDataset(
             index,
-            client,
-            cache=cache,
+            source,
             rescale=rescale,
             window=window,
             dtype=dtype,
-            verify=verify,
-            reduce=reduce,
             irregular=irregular,
             error_policy=error_policy,
-            max_workers=max_workers,
         )
         table = self.volumes.table
         self._units: dict[tuple[str, str], tuple[int, int]] = {}

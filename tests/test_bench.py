@@ -40,6 +40,14 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "local service GetImageFrame",
         "index resident per frame, whole node",
         "worker private memory growth over an epoch of the index",
+        "cold client CPU per frame, no cache / decode-only",
+        "warm client CPU per frame, decoded cache / numpy memmap read as a dataset",
+        "warm client CPU per frame, encoded cache / decode-only",
+        "signing CPU per request, ahi_torch / botocore SigV4Auth",
+        "decoded cache bytes on disk / payload bytes it holds",
+        "| stage: SigV4 signature by ahi_torch's FrameSigner (the same bytes) |",
+        "| stage: unsigned urllib3 POST, body read, no decode |",
+        "| stage: FrameCache.get_frame, warm |",
     ):
         assert row in table, row
     assert results["index"]["frames"] == 12 and results["volumes"]["count"] == 2
@@ -67,6 +75,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "cold epoch (LAN) / decode-only bound": median_ratio(cold["lan"]["ahi_torch"], cold["decode_only"]),
         "OpenJPH / pylibjpeg-openjpeg HTJ2K decode, 1 thread": round(decode["imagecodecs_1"] / decode["openjpeg_1"], 2),
     }
+    cpu = results["cpu"]["runs"]
+    expected["warm client CPU per frame, decoded cache / numpy memmap read as a dataset"] = median_ratio(
+        cpu["ahi_torch_decoded_warm"], cpu["memmap_dataset"]
+    )
+    expected["signing CPU per request, ahi_torch / botocore SigV4Auth"] = median_ratio(
+        cpu["sign_ahi_torch"], cpu["sign_botocore"]
+    )
     scale = results["index_scale"]
     node_row = next(name for name in measured if name.startswith("index resident per frame"))
     expected[node_row] = round(scale["node_bytes"] / scale["frames"], 2)

@@ -220,6 +220,10 @@ class FrameFetcher:
         if cached is not None:
             self.counters.cache_hits += 1
             return cached
+        return self._fetch(ref)
+
+    def _fetch(self, ref: FrameRef) -> np.ndarray:
+        """Download, decode, verify and store a frame the cache did not hold."""
         frame, pixels, crc = self.download(ref)
         if self.cache is not None:
             self.cache.put_frame(ref.key(self.reduce), pixels, frame.data, frame.content_type, crc)
@@ -228,9 +232,23 @@ class FrameFetcher:
     # --- many frames ------------------------------------------------------------------------------
 
     def submit_many(self, refs: Sequence[FrameRef]) -> list[Future[np.ndarray]]:
-        """Start fetching ``refs`` on this process's threads; one future per frame, in order."""
+        """Start fetching ``refs`` on this process's threads; one future per frame, in order.
+
+        Frames the cache holds are read here and now: a cache read is a lookup and a copy, and
+        handing it to a thread would cost more CPU than the read itself.
+        """
         executor = self._pool.get()
-        return [executor.submit(self.get, ref) for ref in refs]
+        futures: list[Future[np.ndarray]] = []
+        for ref in refs:
+            cached = self.cached(ref)
+            if cached is None:
+                futures.append(executor.submit(self._fetch, ref))
+                continue
+            self.counters.cache_hits += 1
+            done: Future[np.ndarray] = Future()
+            done.set_result(cached)
+            futures.append(done)
+        return futures
 
     def get_many(self, refs: Sequence[FrameRef]) -> list[np.ndarray]:
         """Several frames at once, fetched concurrently; order follows ``refs``."""

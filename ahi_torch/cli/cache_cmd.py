@@ -108,8 +108,9 @@ def warm_command(args: argparse.Namespace) -> int:
         ):
             pass
     counters = fetcher.counters
+    hits = fetcher.cache.counters.hits if fetcher.cache is not None else 0
     print(
-        f"{len(refs)} frames{where}: {counters.cache_hits} already cached, "
+        f"{len(refs)} frames{where}: {hits} already cached, "
         f"{counters.requests} fetched ({counters.bytes_fetched / 1e6:.1f} MB)"
     )
     return EXIT_OK

@@ -46,10 +46,12 @@ from .retry import RetryPolicy
 
 @dataclass
 class FetchCounters:
-    """Per-process counters of a :class:`FrameFetcher` (each DataLoader worker keeps its own)."""
+    """Per-process counters of a :class:`FrameFetcher` (each DataLoader worker keeps its own).
+
+    Cache hits are the cache's to count (:class:`~ahi_torch.cache.CacheCounters`): a hit is counted once.
+    """
 
     requests: int = 0
-    cache_hits: int = 0
     bytes_fetched: int = 0
     retries: int = 0
     throttled: int = 0
@@ -218,7 +220,6 @@ class FrameFetcher:
         """The frame's pixels (from the cache when present), verified against AHI's checksum."""
         cached = self.cached(ref)
         if cached is not None:
-            self.counters.cache_hits += 1
             return cached
         return self._fetch(ref)
 
@@ -244,7 +245,6 @@ class FrameFetcher:
             if cached is None:
                 futures.append(executor.submit(self._fetch, ref))
                 continue
-            self.counters.cache_hits += 1
             done: Future[np.ndarray] = Future()
             done.set_result(cached)
             futures.append(done)

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from ahi_torch.cache import FrameCache
 from ahi_torch.datasets import AHIDataset, FrameDataset, VolumeDataset
+from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import demo_cohort
@@ -44,7 +45,9 @@ def _marked(item: dict[str, Any]) -> dict[str, Any]:
 def test_dataset_contract(
     ahi: LocalAHI, contract_index: FrameIndex, tmp_path: Path, kind: type[AHIDataset], dims: int, meta_keys: set[str]
 ) -> None:
-    dataset = kind(contract_index, ahi.client(), cache=FrameCache(tmp_path), labels="patient_id", transform=_marked)
+    dataset = kind(
+        contract_index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)), labels="patient_id", transform=_marked
+    )
     expected_length = len(contract_index) if kind is FrameDataset else contract_index.image_set_count
     assert len(dataset) == expected_length > 0
     item = dataset[0]

@@ -607,6 +607,43 @@ def test_copy_to_new_and_existing_image_sets(mi, loaded) -> None:  # type: ignor
         )
 
 
+def test_a_copy_naming_what_the_source_lacks_fails_as_an_update_does(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+    """Issue 25.5: accepted, then COPY_FAILED with the reason (as UPDATE_FAILED); malformed JSON is refused at once."""
+    datastore_id = loaded["datastore_id"]
+    source_id, destination_id = loaded["image_sets"]["series-5"], loaded["image_sets"]["series-2"]
+    absent = json.dumps({"SchemaVersion": "1.1", "Study": {"Series": {"1.2.3.999": {}}}})
+
+    def information(copiable: str) -> dict:
+        _wait_active(mi, datastore_id, source_id)
+        version = mi.get_image_set(datastoreId=datastore_id, imageSetId=source_id)["versionId"]
+        return {"sourceImageSet": {"latestVersionId": version, "DICOMCopies": {"copiableAttributes": copiable}}}
+
+    new_id = mi.copy_image_set(
+        datastoreId=datastore_id, sourceImageSetId=source_id, copyImageSetInformation=information(absent)
+    )["destinationImageSetProperties"]["imageSetId"]
+    _wait_active(mi, datastore_id, new_id)
+    created = mi.get_image_set(datastoreId=datastore_id, imageSetId=new_id)
+    assert created["imageSetWorkflowStatus"] == "COPY_FAILED" and "1.2.3.999" in created["message"]
+    assert _metadata(mi, datastore_id, new_id)["Study"]["Series"] == {}, "the answered image set exists, empty"
+
+    _wait_active(mi, datastore_id, destination_id)
+    before = mi.get_image_set(datastoreId=datastore_id, imageSetId=destination_id)["versionId"]
+    document = _metadata(mi, datastore_id, destination_id)
+    into = {**information(absent), "destinationImageSet": {"imageSetId": destination_id, "latestVersionId": before}}
+    answered = mi.copy_image_set(datastoreId=datastore_id, sourceImageSetId=source_id, copyImageSetInformation=into)
+    assert answered["destinationImageSetProperties"]["latestVersionId"] == str(int(before) + 1), "accepted"
+    _wait_active(mi, datastore_id, destination_id)
+    failed = mi.get_image_set(datastoreId=datastore_id, imageSetId=destination_id)
+    assert failed["imageSetWorkflowStatus"] == "COPY_FAILED"
+    assert failed["message"] == "INVALID_REQUEST: Series 1.2.3.999 does not exist in the SourceImageSet"
+    assert _metadata(mi, datastore_id, destination_id) == document, "the destination's metadata as it was"
+
+    with pytest.raises(mi.exceptions.ValidationException, match="not valid JSON"):
+        mi.copy_image_set(
+            datastoreId=datastore_id, sourceImageSetId=source_id, copyImageSetInformation=information("{not json")
+        )
+
+
 def test_copy_frame_quota_is_402(mi, loaded, service: LocalAHI, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     spec = SeriesSpec(patient_id="BIG", study_key="big", series_key="big", slices=5, rows=8, columns=8)
     write_series(tmp_path / "big", spec)

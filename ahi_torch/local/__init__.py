@@ -20,9 +20,11 @@ Where AHI's documentation leaves behaviour open, this emulator chooses as follow
   reports ``LOCKED`` with ``UPDATING``/``COPYING``/``DELETING`` for ``transition_seconds``
   (default 0.2 s); writes meanwhile are a ConflictException, as on AHI. A stale
   ``latestVersionId`` is a ConflictException. As on AHI, constraint violations in update payloads
-  and copy selections are accepted and recorded on a new version as ``UPDATE_FAILED``/``COPY_FAILED``
-  with the reason as its message (previous metadata unchanged); what the service model itself
-  rejects stays a ValidationException. Copies from a source locked read-only by another copy are
+  and copy selections (a series or instance the source lacks included) are accepted and recorded
+  on a new version as ``UPDATE_FAILED``/``COPY_FAILED`` with the reason as its message (previous
+  metadata unchanged; a failed copy into a new image set leaves it with no series); what the
+  service model itself rejects, and a selection that is not JSON in AHI's schema, stays a
+  ValidationException. Copies from a source locked read-only by another copy are
   allowed.
 * **Deleted image sets**: GetImageSet and ListImageSetVersions still answer with state
   ``DELETED`` and ``deletedAt``; metadata and frames then give ResourceNotFoundException.

@@ -198,7 +198,12 @@ def _apply_series(result: dict[str, Any], series_uid: str, change: Any, force: b
 
 
 def select_instances(document: dict[str, Any], copiable: str | None) -> dict[str, Any]:
-    """The part of ``document`` a CopyImageSet ``copiableAttributes`` selection names (all if None)."""
+    """The part of ``document`` a CopyImageSet ``copiableAttributes`` selection names (all if None).
+
+    A selection that is not JSON or not shaped as AHI's schema is a ValidationException at call
+    time; one that names a series or instance the source lacks is a :class:`ConstraintViolation`,
+    which the copy records as ``COPY_FAILED`` (as an update records ``UPDATE_FAILED``).
+    """
     if copiable is None:
         return copy.deepcopy(document)
     try:
@@ -213,12 +218,14 @@ def select_instances(document: dict[str, Any], copiable: str | None) -> dict[str
     for series_uid, series_pick in series_selection.items():
         series = result["Study"]["Series"].get(series_uid)
         if series is None:
-            raise ValidationException(f"Series {series_uid} does not exist in the source image set")
+            raise ConstraintViolation(f"INVALID_REQUEST: Series {series_uid} does not exist in the SourceImageSet")
         instances_pick = (series_pick or {}).get("Instances") if isinstance(series_pick, dict) else None
         if instances_pick:
             missing = [uid for uid in instances_pick if uid not in series["Instances"]]
             if missing:
-                raise ValidationException(f"Instance {missing[0]} does not exist in series {series_uid}")
+                raise ConstraintViolation(
+                    f"INVALID_REQUEST: Instance {missing[0]} does not exist in series {series_uid}"
+                )
             series["Instances"] = {uid: series["Instances"][uid] for uid in instances_pick}
         chosen[series_uid] = series
     result["Study"]["Series"] = chosen

@@ -184,14 +184,15 @@ def _copy_into(
     datastore_id: str,
     source_id: str,
     destination_info: dict[str, Any],
-    selection: dict[str, Any],
+    selection: dict[str, Any] | None,
     force: bool,
     now: float,
 ) -> tuple[str, int, bool, dict[str, Any], str | None]:
     """(destination ID, its new version, primary, the version's document, failure) of a copy into an image set.
 
     A selection that breaks a constraint is accepted and becomes a COPY_FAILED version holding
-    the destination's metadata as it was, as AHI records it.
+    the destination's metadata as it was, as AHI records it; ``selection`` is None when the
+    selection itself already failed (see :func:`_select`).
     """
     if destination_info["imageSetId"] == source_id:
         raise ValidationException("The source and destination image sets must differ")
@@ -199,6 +200,8 @@ def _copy_into(
     require_version(destination, destination_info["latestVersionId"])
     current = load_document(ctx, destination["id"], destination["latest_version"])
     failure: str | None = None
+    if selection is None:
+        return destination["id"], destination["latest_version"] + 1, bool(destination["is_primary"]), current, None
     try:
         document = _merge_into(current, selection, force)
     except ConstraintViolation as error:
@@ -206,16 +209,33 @@ def _copy_into(
     return destination["id"], destination["latest_version"] + 1, bool(destination["is_primary"]), document, failure
 
 
+def _select(ctx: Context, source: sqlite3.Row, copies: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
+    """The part of the source a copy takes, or (its patient and study without series, why the copy fails).
+
+    A selection naming a series or instance the source lacks is accepted and fails the copy
+    (COPY_FAILED), as a constraint broken by an update fails it (UPDATE_FAILED). A copy into a new
+    image set then leaves that image set with no series: its ID was already answered.
+    """
+    document = load_document(ctx, source["id"], source["latest_version"])
+    try:
+        selection = select_instances(document, copies["copiableAttributes"] if copies else None)
+    except ConstraintViolation as error:
+        return {**document, "Study": {**document["Study"], "Series": {}}}, failure_message(error)
+    limit = ctx.settings.quotas.max_frames_per_copy
+    if frame_count(selection) > limit:
+        raise ServiceQuotaExceededException(f"A copy may hold at most {limit} image frames")
+    return selection, None
+
+
 def _require_no_primary(db: sqlite3.Connection, datastore_id: str, selection: dict[str, Any], primary: bool) -> None:
     """A copy promoted to primary needs a series without a primary image set."""
+    if not primary:
+        return
     series_uid = next(iter(selection["Study"]["Series"]))
-    if (
-        primary
-        and db.execute(
-            "SELECT 1 FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1 AND deleted = 0",
-            (datastore_id, series_uid),
-        ).fetchone()
-    ):
+    if db.execute(
+        "SELECT 1 FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1 AND deleted = 0",
+        (datastore_id, series_uid),
+    ).fetchone():
         raise ConflictException(f"Series {series_uid} already has a primary image set")
 
 
@@ -241,20 +261,15 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
         if now < source["lock_until"] and source["lock_status"] != "COPYING_WITH_READ_ONLY_ACCESS":
             require_writable(source, now)
         require_version(source, info["sourceImageSet"]["latestVersionId"])
-        copies = info["sourceImageSet"].get("DICOMCopies")
-        selection = select_instances(
-            load_document(ctx, source_id, source["latest_version"]), copies["copiableAttributes"] if copies else None
-        )
-        limit = ctx.settings.quotas.max_frames_per_copy
-        if frame_count(selection) > limit:
-            raise ServiceQuotaExceededException(f"A copy may hold at most {limit} image frames")
+        selection, failure = _select(ctx, source, info["sourceImageSet"].get("DICOMCopies"))
         destination_info = info.get("destinationImageSet")
         if destination_info:
-            destination_id, version, primary, document, failure = _copy_into(
-                ctx, datastore_id, source_id, destination_info, selection, force, now
+            destination_id, version, primary, document, merge_failure = _copy_into(
+                ctx, datastore_id, source_id, destination_info, None if failure else selection, force, now
             )
+            failure = failure or merge_failure
         else:
-            primary = bool(p.get("promoteToPrimary"))
+            primary = bool(p.get("promoteToPrimary")) and failure is None
             _require_no_primary(db, datastore_id, selection, primary)
             document, destination_id, version = selection, ctx.new_id(), 1
         save_version(

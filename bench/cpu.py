@@ -180,6 +180,7 @@ def measure_cpu(
         "urllib3_and_decode": _raw_requests(endpoint_url, datastore_id, frames),
         "naive_boto3_pylibjpeg": lambda: _epoch(NaiveDataset(endpoint_url, datastore_id, frames)),
         "ahi_torch_no_cache": lambda: _epoch(FrameDataset(index, client)),
+        "ahi_torch_no_cache_1_thread": lambda: _epoch(FrameDataset(index, FrameFetcher(client, max_workers=1))),
         "ahi_torch_decoded_cold": cold("decoded"),
         "ahi_torch_encoded_cold": cold("encoded"),
         "ahi_torch_decoded_warm": lambda: _epoch(warm_decoded),

@@ -48,6 +48,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "| stage: SigV4 signature by ahi_torch's FrameSigner (the same bytes) |",
         "| stage: unsigned urllib3 POST, body read, no decode |",
         "| stage: FrameCache.get_frame, warm |",
+        "Where the time goes",
+        "| cold, no cache, 1 fetch thread |",
+        "| warm, decoded cache |",
     ):
         assert row in table, row
     assert results["index"]["frames"] == 12 and results["volumes"]["count"] == 2

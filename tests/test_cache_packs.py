@@ -55,8 +55,10 @@ def test_a_pack_read_recently_outlives_packs_written_after_it(tmp_path: Path, mo
         cache.put_array(f"decoded/k{k}", _frame(k))
     cache.flush()
     oldest = pack_files(tmp_path / "packs")[0][2]
-    os.utime(tmp_path / "packs" / f"{oldest}.pack", (1, 1))  # written long ago...
-    assert cache.get_array("decoded/k0") is not None  # ...and read just now
+    assert cache.get_array("decoded/k0") is not None  # the reader opens the pack (and marks it used)
+    os.utime(tmp_path / "packs" / f"{oldest}.pack", (1, 1))  # as if that was long ago...
+    assert cache.get_array("decoded/k0") is not None  # ...and read again just now, from the open pack
+    assert pack_files(tmp_path / "packs")[-1][2] == oldest, "a read marks an open pack as used again"
     for k in range(30, 60):
         cache.put_array(f"decoded/k{k}", _frame(k))
     cache.close()
@@ -88,6 +90,7 @@ def test_an_old_one_file_per_frame_cache_is_emptied_once_with_one_line(tmp_path:
         cache = FrameCache(tmp_path)
         assert cache.get_array("decoded/old") is None
     assert not value_files[0].exists() and not (tmp_path / "cache.db").exists()
+    assert not [path for path in tmp_path.iterdir() if len(path.name) == 2], "its emptied folders are gone too"
     assert (tmp_path / "notes.txt").read_text() == "a user's file", "only the old cache's own files go"
     cache.put_array("decoded/new", _frame(1))
     cache.close()
@@ -143,3 +146,48 @@ def test_any_sequence_of_operations_reads_the_last_frame_stored(operations: list
             getattr(cache, operation)()
     cache.close()
     assert sorted(FrameCache(directory).keys()) == sorted(f"decoded/k{key}" for key in stored)
+
+
+def test_a_write_the_disk_takes_in_pieces_is_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``writev`` may write part of what it is given; the rest follows, and entries read back whole."""
+    real = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, views: real(fd, [memoryview(views[0])[:1000]]))
+    cache = FrameCache(tmp_path)
+    for k in range(5):
+        cache.put_array(f"decoded/k{k}", _frame(k))
+    cache.close()
+    monkeypatch.setattr(os, "writev", real)
+    for k in range(5):
+        np.testing.assert_array_equal(FrameCache(tmp_path).get_array(f"decoded/k{k}"), _frame(k))
+    assert packs._advance([b"abc", b"defg"], 5) == [memoryview(b"defg")[2:]]
+    assert packs._advance([b"abc", b"defg"], 3) == [b"defg"]
+
+
+def test_clear_removes_every_entry_and_pack_and_nothing_else(tmp_path: Path) -> None:
+    cache = FrameCache(tmp_path)
+    for k in range(6):
+        cache.put_array(f"decoded/k{k}", _frame(k))
+    (tmp_path / "notes.txt").write_text("a user's file")
+    assert cache.clear() == 6
+    assert not list((tmp_path / "packs").glob("*.pack")) and cache.stats()["entries"] == 0
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
+
+
+def test_repair_indexes_a_pack_up_to_its_first_damaged_entry(tmp_path: Path) -> None:
+    from ahi_torch.cache.repair import repair_cache
+
+    cache = FrameCache(tmp_path)
+    for k in range(3):
+        cache.put_array(f"decoded/k{k}", _frame(k))
+    cache.close()
+    pack = next((tmp_path / "packs").glob("*.pack"))
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the second entry's pixels
+    pack.write_bytes(bytes(data))
+    (tmp_path / "index" / "cache.db-wal").write_bytes(b"")  # a sidecar goes aside with its database
+    report = repair_cache(FrameCache(tmp_path))
+    assert (report.kept, report.dropped) == (1, 1)
+    assert report.backup is not None and report.backup.with_name(report.backup.name + "-wal").exists()
+    repaired = FrameCache(tmp_path)
+    assert repaired.keys() == ["decoded/k0"]
+    np.testing.assert_array_equal(repaired.get_array("decoded/k0"), _frame(0))

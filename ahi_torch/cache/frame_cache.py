@@ -538,11 +538,8 @@ def _empty_one_file_layout(directory: Path) -> None:
     except Exception as error:  # a damaged old database: leave it, it is never read
         log.warning("frame cache at %s holds an older layout that could not be emptied (%s)", directory, error)
         return
-    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):
+    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):  # diskcache's clear removed its files and folders
         (directory / name).unlink(missing_ok=True)
-    for folder in directory.iterdir():
-        if folder.is_dir() and len(folder.name) == 2 and not any(folder.iterdir()):
-            folder.rmdir()
     message = (
         f"frame cache at {directory} used the one-file-per-frame layout of earlier ahi_torch versions: "
         f"its {count} entries were removed, and it fills again as packs"

@@ -94,6 +94,27 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert measured[name] == ratio, name
     assert warm["hit_rate"] == 1.0, "the warm epochs are served by the cache alone (the bench checks it too)"
     assert results["start_method"] in ("fork", "spawn", "forkserver") and results["commit"] != "unknown"
+    # A saved run renders to the same tables without running again.
+    again = tmp_path / "again"
+    rendered = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--render",
+            str(tmp_path / "benchmarks.json"),
+            "--out",
+            str(again),
+            "--no-readme",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    assert (again / "benchmarks.md").read_text() == table
 
 
 def test_verdicts_need_every_run_to_agree() -> None:

@@ -513,6 +513,7 @@ def markdown(results: dict[str, Any]) -> str:
         *(
             f"| {label} | {cpu_ms[name]:.2f} | {cpu_ms[name] / cpu_ms['decode_only']:.2f} |"
             for name, label in cpu_names.items()
+            if name in cpu_ms  # a run from before the row existed lacks it
         ),
     ]
     monai = results.get("monai")

@@ -695,10 +695,11 @@ def where_the_time_goes(ms: dict[str, float]) -> list[str]:
         )
     lines += [
         "",
-        "The cold paths overlap a batch's downloads and decodes on 8 fetch threads while the main thread assembles "
-        "items; on 2 cores that costs CPU (the 1-thread row does the same work one frame after another) and buys "
-        "wall time: the cold epochs above. Targets below their floor (the fourth column over the target) cannot be "
-        "met by ahi_torch's code; the last column is what is its own.",
+        "A target below its floor (the fourth column) cannot be met by ahi_torch's code alone. The last column is "
+        "ahi_torch's own and not yet split by stage: per-item assembly (geometry, meta, labels), handing frames to "
+        "and from the fetch threads, the transport's bookkeeping (http.client's header parsing, the health and "
+        "rate counters) and the page faults of fresh frame buffers; the 1-fetch-thread row, where present, "
+        "separates the threads' share.",
     ]
     return lines
 

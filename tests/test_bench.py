@@ -11,9 +11,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_smoke(tmp_path: Path) -> None:
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bench ARGS --no-readme``, which must succeed."""
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path), "--no-readme"],
+        [sys.executable, "-m", "bench", *args, "--no-readme"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -21,6 +22,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def test_bench_smoke(tmp_path: Path) -> None:
+    completed = _bench("--smoke", "--out", str(tmp_path))
     table = (tmp_path / "benchmarks.md").read_text()
     results = json.loads((tmp_path / "benchmarks.json").read_text())
     for row in (
@@ -96,24 +102,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert results["start_method"] in ("fork", "spawn", "forkserver") and results["commit"] != "unknown"
     # A saved run renders to the same tables without running again.
     again = tmp_path / "again"
-    rendered = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--render",
-            str(tmp_path / "benchmarks.json"),
-            "--out",
-            str(again),
-            "--no-readme",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    _bench("--render", str(tmp_path / "benchmarks.json"), "--out", str(again))
     assert (again / "benchmarks.md").read_text() == table
 
 

@@ -123,3 +123,25 @@ def test_reduced_reads_are_verified_where_ahi_lists_a_checksum(ahi, ct_index: Fr
     with pytest.raises(ChecksumMismatch, match="at reduce=2"):
         fetcher.get(bad)
     assert FrameFetcher(ahi.client(), reduce=3).get(bad).shape == (12, 10), "no checksum listed: not checked"
+
+
+def test_fetch_settings_out_of_range_are_refused() -> None:
+    """The edges of every fetch setting: the last value allowed works, the first one past it is refused."""
+    from ahi_torch.client import AHIClient
+    from ahi_torch.errors import ConfigError
+
+    client = AHIClient(region="us-east-1")
+    for reduce in (0, 4):
+        assert FrameFetcher(client, reduce=reduce).reduce == reduce
+    for reduce in (-1, 5):
+        with pytest.raises(ConfigError, match="reduce must be between 0"):
+            FrameFetcher(client, reduce=reduce)
+    with pytest.raises(ConfigError, match="max_workers must be at least 1"):
+        FrameFetcher(client, max_workers=0)
+    with pytest.raises(ConfigError, match="decoder"):
+        FrameFetcher(client, decoder="pillow")
+    assert RetryPolicy(max_attempts=1).max_attempts == 1
+    with pytest.raises(ConfigError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+    with pytest.raises(ConfigError, match="max_throttled_seconds"):
+        RetryPolicy(max_throttled_seconds=0)

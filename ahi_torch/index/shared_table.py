@@ -69,7 +69,7 @@ def default_directory() -> Path:
 
 
 @dataclass(frozen=True)
-class _Part:
+class _StoredArray:
     """One stored array of a column: ``values`` per frame (n,) or (n, k), codes into ``dictionary``."""
 
     values: np.ndarray
@@ -88,7 +88,7 @@ def _narrow(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def _text_part(array: pa.Array) -> _Part:
+def _text_part(array: pa.Array) -> _StoredArray:
     if pa.types.is_dictionary(array.type) and len(pc.unique(array.indices.drop_null())) < len(array.dictionary):
         array = array.dictionary_decode()  # a filtered index keeps every value; store only those used
     coded = array if pa.types.is_dictionary(array.type) else array.cast(pa.string()).dictionary_encode()
@@ -97,20 +97,20 @@ def _text_part(array: pa.Array) -> _Part:
     if coded.null_count:  # a null code reads as ""
         dictionary = pa.concat_arrays([dictionary, pa.array([""], pa.string())])
         codes = coded.indices.fill_null(len(dictionary) - 1).to_numpy(zero_copy_only=False)
-    return _Part(_narrow(np.asarray(codes)), dictionary)
+    return _StoredArray(_narrow(np.asarray(codes)), dictionary)
 
 
-def _hex_part(array: pa.Array) -> _Part | None:
+def _hex_part(array: pa.Array) -> _StoredArray | None:
     """32 lowercase hex digits → 16 bytes per value (AHI's frame and image set IDs)."""
     if len(array) == 0 or array.null_count or not pc.all(pc.match_substring_regex(array, _HEX_PATTERN)).as_py():
         return None
     digits = np.frombuffer(array.buffers()[2], dtype=np.uint8)
     start = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset]
     nibbles = _NIBBLE[digits[start : start + 32 * len(array)]].reshape(-1, 16, 2)
-    return _Part((nibbles[:, :, 0] << 4) | nibbles[:, :, 1])
+    return _StoredArray((nibbles[:, :, 0] << 4) | nibbles[:, :, 1])
 
 
-def _uid_parts(array: pa.Array) -> tuple[_Part, _Part, _Part] | None:
+def _uid_parts(array: pa.Array) -> tuple[_StoredArray, _StoredArray, _StoredArray] | None:
     """A UID as its coded stem, and its last component's digits two to a byte, with their count.
 
     The stem (everything before the last dot) is usually one per series; the last component is
@@ -130,13 +130,13 @@ def _uid_parts(array: pa.Array) -> tuple[_Part, _Part, _Part] | None:
     inside = np.arange(width) < lengths[:, None]
     digits = np.where(inside, data[np.minimum(position, len(data) - 1)] - ord("0"), 0).astype(np.uint8)
     packed = (digits[:, 0::2] << 4) | digits[:, 1::2]
-    return _text_part(split.field("stem")), _Part(packed), _Part(_narrow(lengths))
+    return _text_part(split.field("stem")), _StoredArray(packed), _StoredArray(_narrow(lengths))
 
 
-def _crc_parts(values: np.ndarray) -> tuple[_Part, _Part]:
+def _crc_parts(values: np.ndarray) -> tuple[_StoredArray, _StoredArray]:
     """CRC32s with -1 for none: 4 bytes of value plus a present flag."""
     present = values >= 0
-    return _Part(np.where(present, values, 0).astype(np.uint32)), _Part(present.astype(np.uint8))
+    return _StoredArray(np.where(present, values, 0).astype(np.uint32)), _StoredArray(present.astype(np.uint8))
 
 
 def _numbers(array: pa.Array) -> np.ndarray:
@@ -159,7 +159,7 @@ def _numbers(array: pa.Array) -> np.ndarray:
     raise ConfigError(f"a shared table cannot hold a column of type {array.type}")
 
 
-def _encode(name: str, array: pa.Array) -> tuple[str, dict[str, _Part]]:
+def _encode(name: str, array: pa.Array) -> tuple[str, dict[str, _StoredArray]]:
     """How a column is stored and its parts (``name``, ``name.digits``, ``name.present``...)."""
     if pa.types.is_dictionary(array.type):
         return "text", {name: _text_part(array)}
@@ -178,7 +178,7 @@ def _encode(name: str, array: pa.Array) -> tuple[str, dict[str, _Part]]:
         return "crc", {name: value, f"{name}.present": present}
     if values.ndim == 1 and values.dtype.kind == "i":
         values = _narrow(values)
-    return "number", {name: _Part(values)}
+    return "number", {name: _StoredArray(values)}
 
 
 def _constant_within(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> bool:
@@ -188,7 +188,7 @@ def _constant_within(values: np.ndarray, order: np.ndarray, starts: np.ndarray) 
     return bool(np.isin(changes, starts).all())
 
 
-def _arrow(part: _Part) -> pa.Array:
+def _arrow(part: _StoredArray) -> pa.Array:
     values = part.values
     if part.dictionary is not None:
         return pa.DictionaryArray.from_arrays(pa.array(values), part.dictionary)
@@ -197,12 +197,12 @@ def _arrow(part: _Part) -> pa.Array:
     return pa.array(values)
 
 
-def _logical(array: pa.Array) -> list[np.ndarray]:
+def _content_buffers(array: pa.Array) -> list[np.ndarray]:
     """The bytes a stored array stands for, independent of buffer padding and offsets."""
     if pa.types.is_dictionary(array.type):
         text = _Text(array.dictionary)
         used = text.data[text.offsets[0] : text.offsets[-1]]
-        return [*_logical(array.indices), text.offsets - text.offsets[0], used]
+        return [*_content_buffers(array.indices), text.offsets - text.offsets[0], used]
     return [SharedTable._numpy(array)]
 
 
@@ -214,7 +214,7 @@ def _digest(tables: dict[str, pa.Table], encodings: dict[str, str]) -> str:
             column = table.column(name)
             array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
             digest.update(f"\n{name}:{array.type}".encode())
-            for part in _logical(array):
+            for part in _content_buffers(array):
                 digest.update(len(part).to_bytes(8, "little"))
                 digest.update(np.ascontiguousarray(part).data)
     return digest.hexdigest()
@@ -389,7 +389,7 @@ class SharedTable:
             encodings[name] = encoding
             for part_name, part in parts.items():
                 if size and _constant_within(part.values, order, starts):
-                    per_series[part_name] = _arrow(_Part(part.values[firsts], part.dictionary))
+                    per_series[part_name] = _arrow(_StoredArray(part.values[firsts], part.dictionary))
                 else:
                     per_frame[part_name] = _arrow(part)
         if not per_series:  # a table needs a column to know its length

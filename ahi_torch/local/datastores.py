@@ -46,10 +46,10 @@ def _summary(ctx: Context, row: sqlite3.Row, now: float) -> dict[str, Any]:
 
 
 @handles("CreateDatastore")
-def create_datastore(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+def create_datastore(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     now = ctx.now()
     with ctx.store.transaction() as db:
-        token = p.get("clientToken")
+        token = params.get("clientToken")
         existing = db.execute("SELECT * FROM datastores WHERE client_token = ?", (token,)).fetchone()
         if existing is not None:
             return {"datastoreId": existing["id"], "datastoreStatus": datastore_status(existing, now)}
@@ -64,17 +64,17 @@ def create_datastore(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             " storage_format, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 datastore_id,
-                p.get("datastoreName") or datastore_id,
+                params.get("datastoreName") or datastore_id,
                 now + ctx.settings.transition_seconds,
                 token,
-                p.get("kmsKeyArn"),
-                p.get("lambdaAuthorizerArn"),
-                p.get("losslessStorageFormat", "HTJ2K"),
+                params.get("kmsKeyArn"),
+                params.get("lambdaAuthorizerArn"),
+                params.get("losslessStorageFormat", "HTJ2K"),
                 now,
                 now,
             ),
         )
-        for key, value in (p.get("tags") or {}).items():
+        for key, value in (params.get("tags") or {}).items():
             db.execute(
                 "INSERT INTO tags (arn, key, value) VALUES (?, ?, ?)", (ctx.datastore_arn(datastore_id), key, value)
             )
@@ -83,8 +83,8 @@ def create_datastore(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @handles("GetDatastore")
-def get_datastore(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    row = get_row(ctx, p["datastoreId"])
+def get_datastore(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    row = get_row(ctx, params["datastoreId"])
     properties = _summary(ctx, row, ctx.now())
     properties.update(
         kmsKeyArn=row["kms_key_arn"],
@@ -95,20 +95,22 @@ def get_datastore(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @handles("ListDatastores")
-def list_datastores(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
+def list_datastores(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     now = ctx.now()
     rows = ctx.store.connection().execute("SELECT * FROM datastores ORDER BY created_at, id").fetchall()
     summaries = [_summary(ctx, row, now) for row in rows]
-    wanted = p.get("datastoreStatus")
+    wanted = params.get("datastoreStatus")
     if wanted:
         summaries = [s for s in summaries if s["datastoreStatus"] == wanted]
-    items, token = page(summaries, p.get("nextToken"), p.get("maxResults"), fingerprint("ListDatastores", wanted))
+    items, token = page(
+        summaries, params.get("nextToken"), params.get("maxResults"), fingerprint("ListDatastores", wanted)
+    )
     return {"datastoreSummaries": items, "nextToken": token}
 
 
 @handles("DeleteDatastore")
-def delete_datastore(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id = p["datastoreId"]
+def delete_datastore(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id = params["datastoreId"]
     now = ctx.now()
     with ctx.store.transaction() as db:
         row = get_row(ctx, datastore_id)

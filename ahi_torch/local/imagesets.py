@@ -102,10 +102,10 @@ def _summary(row: sqlite3.Row, counts: dict[str, tuple[int, int]]) -> dict[str, 
 
 
 @handles("SearchImageSets")
-def search_image_sets(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id = p["datastoreId"]
+def search_image_sets(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id = params["datastoreId"]
     require_active(ctx, datastore_id)
-    criteria = p.get("searchCriteria") or {}
+    criteria = params.get("searchCriteria") or {}
     filters = [_compile_filter(f) for f in criteria.get("filters") or []]
     sort = criteria.get("sort")
     column = _SORT_COLUMNS[sort["sortField"]] if sort else "updated_at"
@@ -122,7 +122,7 @@ def search_image_sets(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     present.sort(key=lambda r: r[column], reverse=descending)
     ordered = present + [r for r in matching if r[column] is None]
     query = fingerprint("SearchImageSets", datastore_id, criteria)
-    chunk, token = page(ordered, p.get("nextToken"), p.get("maxResults"), query)
+    chunk, token = page(ordered, params.get("nextToken"), params.get("maxResults"), query)
     counts = _study_counts(ctx, datastore_id) if chunk else {}
     return {
         "imageSetsMetadataSummaries": [_summary(row, counts) for row in chunk],
@@ -131,16 +131,16 @@ def search_image_sets(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _version_number(p: dict[str, Any], row: sqlite3.Row) -> int:
-    return int(p["versionId"]) if p.get("versionId") else int(row["latest_version"])
+def _version_number(params: dict[str, Any], row: sqlite3.Row) -> int:
+    return int(params["versionId"]) if params.get("versionId") else int(row["latest_version"])
 
 
 @handles("GetImageSet")
-def get_image_set_handler(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id, image_set_id = p["datastoreId"], p["imageSetId"]
+def get_image_set_handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
     require_active(ctx, datastore_id)
     row = get_image_set(ctx, datastore_id, image_set_id, allow_deleted=True)
-    version = _version_number(p, row)
+    version = _version_number(params, row)
     version_row = get_version(ctx, image_set_id, version)
     if version == row["latest_version"]:
         state, workflow = state_of(row, ctx.now())
@@ -165,11 +165,11 @@ def get_image_set_handler(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @handles("GetImageSetMetadata")
-def get_image_set_metadata(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id, image_set_id = p["datastoreId"], p["imageSetId"]
+def get_image_set_metadata(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
     require_active(ctx, datastore_id)
     row = get_image_set(ctx, datastore_id, image_set_id)
-    version = _version_number(p, row)
+    version = _version_number(params, row)
     get_version(ctx, image_set_id, version)
     return {
         "imageSetMetadataBlob": ctx.store.read_metadata(image_set_id, version),
@@ -179,9 +179,9 @@ def get_image_set_metadata(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @handles("GetImageFrame")
-def get_image_frame(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id, image_set_id = p["datastoreId"], p["imageSetId"]
-    frame_id = p["imageFrameInformation"]["imageFrameId"]
+def get_image_frame(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
+    frame_id = params["imageFrameInformation"]["imageFrameId"]
     db = ctx.store.connection()
     found = db.execute(
         "SELECT f.transfer_syntax FROM frame_refs r JOIN image_sets s ON s.id = r.image_set_id"
@@ -197,8 +197,8 @@ def get_image_frame(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @handles("ListImageSetVersions")
-def list_image_set_versions(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id, image_set_id = p["datastoreId"], p["imageSetId"]
+def list_image_set_versions(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
     require_active(ctx, datastore_id)
     row = get_image_set(ctx, datastore_id, image_set_id, allow_deleted=True)
     versions = (
@@ -229,13 +229,13 @@ def list_image_set_versions(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             }
         )
     query = fingerprint("ListImageSetVersions", image_set_id)
-    chunk, token = page(items, p.get("nextToken"), p.get("maxResults"), query)
+    chunk, token = page(items, params.get("nextToken"), params.get("maxResults"), query)
     return {"imageSetPropertiesList": chunk, "nextToken": token}
 
 
 @handles("DeleteImageSet")
-def delete_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id, image_set_id = p["datastoreId"], p["imageSetId"]
+def delete_image_set(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
     require_active(ctx, datastore_id)
     now = ctx.now()
     with ctx.store.transaction() as db:

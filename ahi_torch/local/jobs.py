@@ -47,15 +47,16 @@ def _check_s3_uri(name: str, uri: str) -> None:
 
 
 @handles("StartDICOMImportJob")
-def start_dicom_import_job(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id = p["datastoreId"]
-    _check_s3_uri("inputS3Uri", p["inputS3Uri"])
-    _check_s3_uri("outputS3Uri", p["outputS3Uri"])
+def start_dicom_import_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id = params["datastoreId"]
+    _check_s3_uri("inputS3Uri", params["inputS3Uri"])
+    _check_s3_uri("outputS3Uri", params["outputS3Uri"])
     require_active(ctx, datastore_id)
     now = ctx.now()
     with ctx.store.transaction() as db:
         existing = db.execute(
-            "SELECT * FROM import_jobs WHERE datastore_id = ? AND client_token = ?", (datastore_id, p["clientToken"])
+            "SELECT * FROM import_jobs WHERE datastore_id = ? AND client_token = ?",
+            (datastore_id, params["clientToken"]),
         ).fetchone()
         if existing is not None:
             return {
@@ -72,20 +73,20 @@ def start_dicom_import_job(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
         if running >= limit:
             raise ServiceQuotaExceededException(f"At most {limit} import jobs may run at once per data store")
         job_id = ctx.new_id()
-        configuration = p.get("importConfiguration")
+        configuration = params.get("importConfiguration")
         db.execute(
             "INSERT INTO import_jobs (id, datastore_id, name, status, role_arn, input_uri, output_uri, input_owner,"
             " import_configuration, client_token, submitted_at) VALUES (?, ?, ?, 'SUBMITTED', ?, ?, ?, ?, ?, ?, ?)",
             (
                 job_id,
                 datastore_id,
-                p.get("jobName") or f"DicomImport-{job_id}",
-                p["dataAccessRoleArn"],
-                p["inputS3Uri"],
-                output_prefix(p["outputS3Uri"], datastore_id, job_id),
-                p.get("inputOwnerAccountId"),
+                params.get("jobName") or f"DicomImport-{job_id}",
+                params["dataAccessRoleArn"],
+                params["inputS3Uri"],
+                output_prefix(params["outputS3Uri"], datastore_id, job_id),
+                params.get("inputOwnerAccountId"),
                 json.dumps(configuration) if configuration else None,
-                p["clientToken"],
+                params["clientToken"],
                 now,
             ),
         )
@@ -94,28 +95,30 @@ def start_dicom_import_job(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
 
 
 @handles("GetDICOMImportJob")
-def get_dicom_import_job(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    get_row(ctx, p["datastoreId"])
+def get_dicom_import_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    get_row(ctx, params["datastoreId"])
     row = (
         ctx.store.connection()
-        .execute("SELECT * FROM import_jobs WHERE id = ? AND datastore_id = ?", (p["jobId"], p["datastoreId"]))
+        .execute(
+            "SELECT * FROM import_jobs WHERE id = ? AND datastore_id = ?", (params["jobId"], params["datastoreId"])
+        )
         .fetchone()
     )
     if row is None:
-        raise ResourceNotFoundException(f"Import job {p['jobId']} not found in datastore {p['datastoreId']}")
+        raise ResourceNotFoundException(f"Import job {params['jobId']} not found in datastore {params['datastoreId']}")
     return {"jobProperties": _properties(row)}
 
 
 @handles("ListDICOMImportJobs")
-def list_dicom_import_jobs(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id = p["datastoreId"]
+def list_dicom_import_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id = params["datastoreId"]
     get_row(ctx, datastore_id)
     rows = (
         ctx.store.connection()
         .execute("SELECT * FROM import_jobs WHERE datastore_id = ? ORDER BY submitted_at DESC, id", (datastore_id,))
         .fetchall()
     )
-    wanted = p.get("jobStatus")
+    wanted = params.get("jobStatus")
     summaries = []
     for row in rows:
         if wanted and row["status"] != wanted:
@@ -137,5 +140,5 @@ def list_dicom_import_jobs(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             }
         )
     query = fingerprint("ListDICOMImportJobs", datastore_id, wanted)
-    items, token = page(summaries, p.get("nextToken"), p.get("maxResults"), query)
+    items, token = page(summaries, params.get("nextToken"), params.get("maxResults"), query)
     return {"jobSummaries": items, "nextToken": token}

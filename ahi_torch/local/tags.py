@@ -22,31 +22,31 @@ def _require_resource(ctx: Context, arn: str) -> None:
 
 
 @handles("TagResource")
-def tag_resource(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    arn = p["resourceArn"]
+def tag_resource(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    arn = params["resourceArn"]
     _require_resource(ctx, arn)
     with ctx.store.transaction() as db:
         existing = {row[0] for row in db.execute("SELECT key FROM tags WHERE arn = ?", (arn,))}
         limit = ctx.settings.quotas.max_tags_per_resource
-        if len(existing | set(p["tags"])) > limit:
+        if len(existing | set(params["tags"])) > limit:
             raise ValidationException(f"A resource can have at most {limit} tags")
-        for key, value in p["tags"].items():
+        for key, value in params["tags"].items():
             db.execute("INSERT OR REPLACE INTO tags (arn, key, value) VALUES (?, ?, ?)", (arn, key, value))
     return {}
 
 
 @handles("UntagResource")
-def untag_resource(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    arn = p["resourceArn"]
+def untag_resource(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    arn = params["resourceArn"]
     _require_resource(ctx, arn)
     with ctx.store.transaction() as db:
-        db.executemany("DELETE FROM tags WHERE arn = ? AND key = ?", [(arn, key) for key in p["tagKeys"]])
+        db.executemany("DELETE FROM tags WHERE arn = ? AND key = ?", [(arn, key) for key in params["tagKeys"]])
     return {}
 
 
 @handles("ListTagsForResource")
-def list_tags_for_resource(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    arn = p["resourceArn"]
+def list_tags_for_resource(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    arn = params["resourceArn"]
     _require_resource(ctx, arn)
     rows = ctx.store.connection().execute("SELECT key, value FROM tags WHERE arn = ? ORDER BY key", (arn,))
     return {"tags": {row["key"]: row["value"] for row in rows}}

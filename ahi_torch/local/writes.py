@@ -93,22 +93,22 @@ def _study_level_only(updates: dict[str, Any]) -> dict[str, Any]:
 
 
 @handles("UpdateImageSetMetadata")
-def update_image_set_metadata(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id, image_set_id = p["datastoreId"], p["imageSetId"]
-    force = bool(p.get("force"))
-    updates = p["updateImageSetMetadataUpdates"]
+def update_image_set_metadata(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
+    force = bool(params.get("force"))
+    updates = params["updateImageSetMetadataUpdates"]
     require_active(ctx, datastore_id)
     now = ctx.now()
     with ctx.store.transaction() as db:
         row = get_writable(ctx, datastore_id, image_set_id, now)
-        require_version(row, p["latestVersionId"])
+        require_version(row, params["latestVersionId"])
         failure: str | None = None
         try:
             document = _updated_document(ctx, row, updates, force)
         except ConstraintViolation as error:
             failure, document = failure_message(error), load_document(ctx, row["id"], row["latest_version"])
         targets = [(row, document)]
-        if failure is None and p.get("includeStudyImageSets") and "DICOMUpdates" in updates:
+        if failure is None and params.get("includeStudyImageSets") and "DICOMUpdates" in updates:
             targets += _study_targets(ctx, row, _study_level_only(updates), force, now)
         for target_row, target_document in targets:
             save_version(
@@ -249,10 +249,10 @@ def _lock_source(ctx: Context, db: sqlite3.Connection, source_id: str, now: floa
 
 
 @handles("CopyImageSet")
-def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
-    datastore_id, source_id = p["datastoreId"], p["sourceImageSetId"]
-    info = p["copyImageSetInformation"]
-    force = bool(p.get("force"))
+def copy_image_set(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
+    datastore_id, source_id = params["datastoreId"], params["sourceImageSetId"]
+    info = params["copyImageSetInformation"]
+    force = bool(params.get("force"))
     require_active(ctx, datastore_id)
     now = ctx.now()
     failure: str | None = None
@@ -269,7 +269,7 @@ def copy_image_set(ctx: Context, p: dict[str, Any]) -> dict[str, Any]:
             )
             failure = failure or merge_failure
         else:
-            primary = bool(p.get("promoteToPrimary")) and failure is None
+            primary = bool(params.get("promoteToPrimary")) and failure is None
             _require_no_primary(db, datastore_id, selection, primary)
             document, destination_id, version = selection, ctx.new_id(), 1
         save_version(

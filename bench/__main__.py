@@ -305,13 +305,13 @@ def measure_monai(index: FrameIndex, client: Any, work: Path, workers: int, repe
     try:
         from monai.data import PersistentDataset
 
-        from ahi_torch.integrations.monai import LoadAHId
+        from ahi_torch.integrations.monai import LoadAHId, references
     except ImportError:
         return None
     load = LoadAHId("image", index=index, source=FrameFetcher(client, cache=FrameCache(work / "cache-monai-frames")))
     # track_meta keeps MetaTensors on disk; weights_only=False lets torch.load read them back (else: recomputed).
     cache_dir = work / "monai-persistent"
-    dataset = PersistentDataset(index.to_monai_data(), load, cache_dir=cache_dir, track_meta=True, weights_only=False)
+    dataset = PersistentDataset(references(index), load, cache_dir=cache_dir, track_meta=True, weights_only=False)
     first = _epoch(dataset, 1, workers)  # fetches, then writes MONAI's own cache
     return {"first": _rate(*first), "warm": _runs(lambda: dataset, 1, workers, repeats)}
 

@@ -59,16 +59,6 @@ def test_every_series_of_an_image_set_is_its_own_volume(index: FrameIndex) -> No
     assert index.filter(np.zeros(len(index), dtype=bool)).volumes() == []
 
 
-def test_monai_data_carries_the_label_and_every_other_column(index: FrameIndex) -> None:
-    data = index.to_monai_data(label="patient_id", columns=("patient_id", "modality"))
-    assert len(data) == 6
-    assert all(set(entry) == {"image", "label", "modality"} for entry in data), "the label column once, as label"
-    assert {entry["modality"] for entry in data} == {"CT"}
-    assert [entry["label"] for entry in data] == [index.texts("patient_id")[int(v.rows[0])] for v in index.volumes()]
-    by_modality = index.to_monai_data(label="modality")  # a column that sorts after the label is kept too
-    assert all(set(entry) == {"image", "label", "patient_id"} for entry in by_modality)
-
-
 def test_version_digests_every_frame_id(index: FrameIndex) -> None:
     frame_ids = index.texts("frame_id")
     assert _replaced(index, "frame_id", frame_ids).version == index.version

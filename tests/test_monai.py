@@ -87,9 +87,28 @@ def series_dir(imported: dict, index: FrameIndex, uri: str) -> Path:
     return imported["root"] / name
 
 
+def test_references_carry_the_label_and_every_other_column(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
+    index = imported["index"]
+    volumes = index.volumes()
+    data = references(index, label="patient_id", columns=("patient_id", "modality"))
+    assert len(data) == len(volumes) == 3
+    assert all(set(entry) == {"image", "label", "modality"} for entry in data), "the label column once, as label"
+    assert [entry["label"] for entry in data] == [index.texts("patient_id")[int(v.rows[0])] for v in volumes]
+    assert [entry["modality"] for entry in data] == [index.texts("modality")[int(v.rows[0])] for v in volumes]
+    by_modality = references(index, label="modality")  # a column that sorts after the label is kept too
+    assert all(set(entry) == {"image", "label", "patient_id"} for entry in by_modality)
+    with pytest.raises(ConfigError, match="no column 'scanner'"):
+        references(index, columns=("scanner",))
+    with pytest.raises(ConfigError, match="brings its own labels"):
+        references(VolumeDataset(index, ahi.client(), labels="patient_id"), label="patient_id")
+    from_dataset = references(VolumeDataset(index, ahi.client()), columns=("patient_id",))
+    assert [entry["image"] for entry in from_dataset] == [entry["image"] for entry in data], "the same volumes"
+    assert all(set(entry) == {"image", "patient_id"} for entry in from_dataset), "no labels, no label key"
+
+
 def test_load_ahid_matches_monai_pydicom_reader(ahi, imported: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     index = imported["index"]
-    data = index.to_monai_data(label="patient_id")
+    data = references(index, label="patient_id")
     assert len(data) == 3 and all(d["image"].startswith("ahi://") and "?version=1" in d["image"] for d in data)
     ours = Compose(
         [
@@ -184,7 +203,7 @@ def test_caching_datasets_hash_references_and_never_refetch(ahi, imported: dict,
 def test_stale_or_unknown_references_fail_clearly(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
     index = imported["index"]
     load = LoadAHId("image", index=index, source=ahi.client())
-    uri = index.to_monai_data()[0]["image"]
+    uri = references(index)[0]["image"]
     with pytest.raises(ConfigError, match="names version 7, the index holds version 1"):
         load({"image": uri.replace("?version=1", "?version=7")})
     with pytest.raises(ConfigError, match="not a volume reference"):
@@ -211,7 +230,7 @@ def test_figure_three_planes_before_and_after_spacing(ahi, imported: dict) -> No
     import matplotlib.pyplot as plt
 
     index = imported["index"]
-    entry = next(d for d in index.to_monai_data() if SPECS["oblique"].series_uid in d["image"])
+    entry = next(d for d in references(index) if SPECS["oblique"].series_uid in d["image"])
     load = LoadAHId("image", index=index, source=ahi.client())
     before = Orientationd("image", axcodes="RAS", labels=None)(load(dict(entry)))["image"]
     after = Spacingd("image", pixdim=(0.5, 0.5, 0.5))({"image": before})["image"]
@@ -243,7 +262,7 @@ def test_figure_three_planes_before_and_after_spacing(ahi, imported: dict) -> No
 def test_load_ahid_reads_reduced_resolutions(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
     """LoadAHId passes reduce through: half-size volumes whose spacing doubles and whose origin stays."""
     index = imported["index"]
-    uri = index.to_monai_data()[0]["image"]
+    uri = references(index)[0]["image"]
     full = LoadAHId("image", index=index, source=ahi.client())({"image": uri})["image"]
     half = LoadAHId("image", index=index, source=FrameFetcher(ahi.client(), reduce=1))({"image": uri})["image"]
     # MONAI's axes: (channel, column, row, slice)

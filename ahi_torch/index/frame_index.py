@@ -28,7 +28,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, IndexFormatError
-from .references import volume_uri
 from .rows import FORMAT_VERSION, UPGRADABLE_FORMATS, schema
 
 _META_KEY = b"ahi_torch"
@@ -238,38 +237,6 @@ class FrameIndex:
             head = int(rows[0])
             volumes.append(Volume(image_sets[image_set_codes[head]], series[series_codes[head]], rows))
         return volumes
-
-    def to_monai_data(
-        self, label: str | None = None, columns: tuple[str, ...] = ("patient_id",)
-    ) -> list[dict[str, Any]]:
-        """One small dict per volume, for MONAI datasets: ``{"image": "ahi://...", ...}``.
-
-        The ``ahi://`` URI names the image set version, so MONAI's ``PersistentDataset`` hashes a
-        few bytes instead of pixels and never serves an older version;
-        :class:`ahi_torch.integrations.monai.LoadAHId` turns it into a ``MetaTensor``.
-        ``label`` and ``columns`` copy index columns (from each volume's first frame) into the dicts.
-
-        >>> index.to_monai_data(label="modality")[0]
-        {'image': 'ahi://.../1.2.826...?version=1', 'label': 'CT', 'patient_id': 'SYN-0001'}
-        """
-        wanted = ([label] if label else []) + [c for c in columns if c != label]
-        missing = [name for name in wanted if name not in self.table.column_names]
-        if missing:
-            raise ConfigError(f"the index has no column {missing[0]!r}")
-        firsts = [int(volume.rows[0]) for volume in self.volumes()]
-        rows = self.table.take(pa.array(firsts, type=pa.int64()))
-        keys = ["datastore_id", "image_set_id", "series_instance_uid", "image_set_version", *wanted]
-        data = []
-        for row in rows.select(keys).to_pylist():
-            uri = volume_uri(
-                row["datastore_id"], row["image_set_id"], row["series_instance_uid"], row["image_set_version"]
-            )
-            entry: dict[str, Any] = {"image": uri}
-            if label:
-                entry["label"] = row[label]
-            entry.update({name: row[name] for name in wanted if name != label})
-            data.append(entry)
-        return data
 
     def image_sets(self) -> dict[str, tuple[int, float]]:
         """image set ID → (version, updatedAt) for every image set in the index."""

@@ -8,8 +8,8 @@ MONAI's readers give ``(C, x, y, z)`` tensors, x the column, y the row and z the
 
 >>> from monai.data import PersistentDataset
 >>> from monai.transforms import Compose, Orientationd, Spacingd
->>> from ahi_torch.integrations.monai import LoadAHId
->>> data = index.to_monai_data(label="patient_id")     # [{"image": "ahi://...?version=1", ...}]
+>>> from ahi_torch.integrations.monai import LoadAHId, references
+>>> data = references(index, label="patient_id")     # [{"image": "ahi://...?version=1", ...}]
 >>> transform = Compose([
 ...     LoadAHId("image", index=index, source=FrameFetcher(client, cache=FrameCache())),
 ...     Orientationd("image", axcodes="RAS"),
@@ -29,6 +29,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
@@ -177,12 +178,51 @@ class LoadAHId(MapTransform):
         return result
 
 
-def references(dataset: VolumeDataset, keys: Sequence[str] = ("patient_id",)) -> list[dict[str, Any]]:
-    """``{"image": "ahi://...", "label": ...}`` for every volume of a dataset, labels resolved.
+def references(
+    data: FrameIndex | VolumeDataset, label: str | None = None, columns: Sequence[str] = ("patient_id",)
+) -> list[dict[str, Any]]:
+    """One small dict per volume for MONAI datasets: ``{"image": "ahi://...?version=N", "label": ..., ...}``.
 
-    The dataset's labels (a column, a table, a callable) come along as plain values, so MONAI
-    datasets built on these references train on the same labels as the ahi_torch dataset.
+    The ``ahi://`` URI names the image set version, so MONAI's ``PersistentDataset`` hashes a few
+    bytes instead of pixels and never serves an older version; :class:`LoadAHId` turns it into a
+    ``MetaTensor``. ``columns`` copy index columns (from each volume's first frame) into the dicts.
+    From an index, ``label`` names the column that becomes ``"label"``; a
+    :class:`~ahi_torch.datasets.VolumeDataset` brings its own labels (a column, a table, a
+    callable), so MONAI pipelines train on the same labels as the ahi_torch dataset.
+
+    >>> references(index, label="modality")[0]
+    {'image': 'ahi://.../1.2.826...?version=1', 'label': 'CT', 'patient_id': 'SYN-0001'}
     """
+    if isinstance(data, VolumeDataset):
+        if label is not None:
+            raise ConfigError("a VolumeDataset brings its own labels: leave label out")
+        return _dataset_references(data, columns)
+    return _index_references(data, label, columns)
+
+
+def _entry(uri: str, label: Any, extras: dict[str, Any]) -> dict[str, Any]:
+    return {"image": uri, **({"label": label} if label is not None else {}), **extras}
+
+
+def _index_references(index: FrameIndex, label: str | None, columns: Sequence[str]) -> list[dict[str, Any]]:
+    wanted = ([label] if label else []) + [c for c in columns if c != label]
+    missing = [name for name in wanted if name not in index.table.column_names]
+    if missing:
+        raise ConfigError(f"the index has no column {missing[0]!r}")
+    firsts = [int(volume.rows[0]) for volume in index.volumes()]
+    keys = ["datastore_id", "image_set_id", "series_instance_uid", "image_set_version", *wanted]
+    rows = index.table.take(pa.array(firsts, type=pa.int64())).select(keys).to_pylist()
+    return [
+        _entry(
+            volume_uri(row["datastore_id"], row["image_set_id"], row["series_instance_uid"], row["image_set_version"]),
+            row[label] if label else None,
+            {name: row[name] for name in wanted if name != label},
+        )
+        for row in rows
+    ]
+
+
+def _dataset_references(dataset: VolumeDataset, columns: Sequence[str]) -> list[dict[str, Any]]:
     table = dataset.table
     data = []
     for rows in dataset.volume_rows:
@@ -193,10 +233,7 @@ def references(dataset: VolumeDataset, keys: Sequence[str] = ("patient_id",)) ->
             table.text("series_instance_uid", first),
             int(table.image_set_version[first]),
         )
-        entry: dict[str, Any] = {"image": uri}
         label = dataset.label_of_row(first)
-        if label is not None:
-            entry["label"] = label.item()
-        entry.update({name: table.text(name, first) for name in keys})
-        data.append(entry)
+        extras = {name: table.text(name, first) for name in columns}
+        data.append(_entry(uri, label.item() if label is not None else None, extras))
     return data

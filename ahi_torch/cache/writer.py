@@ -7,13 +7,17 @@ queue is bounded, so a disk slower than the network slows fetching down instead 
 memory. Entries waiting here are served from memory to readers in this process.
 
 A process that exits normally (a DataLoader worker at the end of an epoch included) writes what
-is queued first: :meth:`EntryWriter.flush` runs among multiprocessing's exit finalizers.
+is queued first: :meth:`EntryWriter.flush` runs among multiprocessing's exit finalizers. A fork
+(DataLoader workers, ``multiprocessing``) waits for the batch being written to finish, so no child
+starts with a copy of SQLite or of a pack in the middle of a write.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from multiprocessing.util import Finalize
 
@@ -45,6 +49,8 @@ class EntryWriter:
         self._queue: queue.Queue[tuple[str, Parts] | None] = queue.Queue(maxsize=QUEUE_ENTRIES)
         self._pending: dict[str, Parts] = {}
         self.failed = False
+        self._busy = threading.Lock()  # held while a batch is written; a fork waits for it
+        _WRITERS.add(self)
         self._thread = threading.Thread(target=self._run, name="ahi-cache-writer", daemon=True)
         self._thread.start()
         Finalize(self, self.flush, exitpriority=10)
@@ -89,8 +95,9 @@ class EntryWriter:
                     break
                 batch.append(queued)
             try:
-                if not self.failed:
-                    self._commit([(key, self.packs.append(parts), parts.size) for key, parts in batch])
+                with self._busy:
+                    if not self.failed:
+                        self._commit([(key, self.packs.append(parts), parts.size) for key, parts in batch])
             except Exception as error:  # ENOSPC, EFBIG, a locked or damaged index...
                 self.failed = True
                 self._on_error(error)
@@ -99,3 +106,21 @@ class EntryWriter:
                     if self._pending.get(key) is parts:
                         del self._pending[key]
                     self._queue.task_done()
+
+
+#: Every live writer of this process, so a fork can wait for their batches.
+_WRITERS: weakref.WeakSet[EntryWriter] = weakref.WeakSet()
+
+
+def _before_fork() -> None:
+    for writer in list(_WRITERS):
+        writer._busy.acquire()
+
+
+def _after_fork() -> None:
+    for writer in list(_WRITERS):
+        if writer._busy.locked():
+            writer._busy.release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)

@@ -17,7 +17,7 @@ KEY = FrameKey("d" * 32, "i" * 32, 1, "f" * 32)
 
 
 def _entry(pixels: np.ndarray) -> bytes:
-    return b"".join(bytes(part) for part in fmt.pack_array(pixels))
+    return b"".join(bytes(part) for part in fmt.pack_array(pixels, "decoded/k"))
 
 
 def test_every_flipped_payload_byte_and_every_truncation_is_refused() -> None:

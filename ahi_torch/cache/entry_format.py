@@ -92,8 +92,11 @@ def unpack(data: bytes | bytearray | memoryview, verify: bool = True) -> Record:
     return Record(kind, header, payload)
 
 
-def pack_array(pixels: np.ndarray, crc: int | None = None, key: str = "") -> Parts:
-    """A decoded frame; ``crc`` is its pixel CRC32 when the caller has just verified it."""
+def pack_array(pixels: np.ndarray, key: str, crc: int | None = None) -> Parts:
+    """A decoded frame stored under ``key``; ``crc`` is its pixel CRC32 when the caller has just verified it.
+
+    The key is required: a read checks that the entry it finds names the key it looked up.
+    """
     array = np.ascontiguousarray(pixels)
     little = array.astype(array.dtype.newbyteorder("<"), copy=False)
     if little is not array:
@@ -102,7 +105,7 @@ def pack_array(pixels: np.ndarray, crc: int | None = None, key: str = "") -> Par
     return pack(DECODED, header, little.data.cast("B"), crc)
 
 
-def pack_encoded(data: bytes | memoryview, content_type: str, key: str = "") -> Parts:
+def pack_encoded(data: bytes | memoryview, content_type: str, key: str) -> Parts:
     """An encoded frame: AHI's bytes and the content type they came with."""
     return pack(ENCODED, {"key": key, "content_type": content_type}, data)
 

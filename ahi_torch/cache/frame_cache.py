@@ -269,7 +269,7 @@ class FrameCache:
         state = self._process.get()
         queued = state.writer.pending(key) if state.writer is not None else None
         if queued is not None:
-            return b"".join(bytes(part) for part in queued)
+            return bytearray().join(queued)  # a copy: the caller may write to what it gets
         cache = self._handle()
         if cache is None:
             self.counters.unavailable += 1
@@ -326,7 +326,7 @@ class FrameCache:
         """This process's writer; a folder where no pack can be made stops storing here and now."""
         packs = PackWriter(self._packs, self.pack_bytes)
         try:
-            packs.append(entry_format.Parts(()))  # makes the pack file: fails at once on a read-only disk
+            packs.start()  # fails here and now on a read-only disk, not later on the writer thread
         except OSError as error:
             self._stop_storing(state, error)
             self._say_write_failure(state)
@@ -401,7 +401,7 @@ class FrameCache:
         """
         if self.mode == "decoded":
             text = key.text("decoded")
-            return self._set(text, entry_format.pack_array(pixels, crc, text))
+            return self._set(text, entry_format.pack_array(pixels, text, crc))
         text = key.text("encoded")
         return self._set(text, entry_format.pack_encoded(data, content_type, text))
 
@@ -436,7 +436,7 @@ class FrameCache:
         return array
 
     def put_array(self, key: str, pixels: np.ndarray) -> bool:
-        return self._set(key, entry_format.pack_array(pixels, key=key))
+        return self._set(key, entry_format.pack_array(pixels, key))
 
     def get_bytes(self, key: str, kind: int = entry_format.ENCODED) -> tuple[bytes, dict[str, Any]] | None:
         """An encoded frame's bytes with their header, or None on a miss."""

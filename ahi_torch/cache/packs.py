@@ -79,7 +79,7 @@ class PackWriter:
     def append(self, parts: Parts) -> Location:
         """Write one entry at the end of the open pack (raises OSError when the disk refuses)."""
         if self._fd < 0 or self._offset >= self.pack_bytes or self._gone():
-            self._start()
+            self.start()
         assert self.name is not None
         start, size = self._offset, parts.size
         views = [memoryview(part).cast("B") for part in parts]
@@ -97,7 +97,8 @@ class PackWriter:
         """Whether another process evicted the pack this one is still writing."""
         return os.fstat(self._fd).st_nlink == 0
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Open a new pack for appending (the current one, if any, is closed); raises OSError."""
         self.close()
         self.folder.mkdir(mode=0o700, exist_ok=True)
         name = os.urandom(16).hex()

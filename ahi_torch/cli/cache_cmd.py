@@ -108,7 +108,8 @@ def warm_command(args: argparse.Namespace) -> int:
         ):
             pass
     counters = fetcher.counters
-    hits = fetcher.cache.counters.hits if fetcher.cache is not None else 0
+    assert fetcher.cache is not None  # _dataset refuses configs with the cache disabled
+    hits = fetcher.cache.counters.hits
     print(
         f"{len(refs)} frames{where}: {hits} already cached, "
         f"{counters.requests} fetched ({counters.bytes_fetched / 1e6:.1f} MB)"

@@ -109,7 +109,8 @@ class FrameTransport:
         self.adaptive = AdaptiveRate()
         self.user_agent = f"ahi-torch/{__version__} botocore/{botocore.__version__}"
         self.signer = FrameSigner(self.url_template, self.region, self.signing_name, self.user_agent)
-        self.path_template = urlsplit(self.url_template).path
+        parts = urlsplit(self.url_template)
+        self.origin, self.path_template = f"{parts.scheme}://{parts.netloc}", parts.path
         self._parser = create_parser("rest-json")
         # Every frame goes to one host: its connection pool, without a PoolManager's per-call lookup.
         self._pool = urllib3.connection_from_url(
@@ -125,9 +126,7 @@ class FrameTransport:
         return f"FrameTransport({self.url_template})"
 
     def url(self, datastore_id: str, image_set_id: str) -> str:
-        return self.url_template.format(
-            datastoreId=quote(datastore_id, safe=""), imageSetId=quote(image_set_id, safe="")
-        )
+        return self.origin + self.path(datastore_id, image_set_id)
 
     def path(self, datastore_id: str, image_set_id: str) -> str:
         return self.path_template.format(

@@ -180,3 +180,14 @@ def test_a_cache_smaller_than_the_dataset_says_so_with_the_ways_out(ahi, synthet
         FrameDataset(
             index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path / "whole", size_limit_gb=needed / 2**30))
         )
+        # The same half-size limit holds the data set in encoded mode (about 2.3x smaller): no warning.
+        FrameDataset(
+            index,
+            FrameFetcher(
+                ahi.client(), cache=FrameCache(tmp_path / "enc", size_limit_gb=needed / 2 / 2**30, mode="encoded")
+            ),
+        )
+    tight = FrameCache(tmp_path / "tight", size_limit_gb=needed / 5 / 2**30, mode="encoded")
+    with pytest.warns(CacheTooSmallWarning, match="holds .* GiB encoded") as caught:
+        FrameDataset(index, FrameFetcher(ahi.client(), cache=tight))
+    assert "cache mode 'encoded'" not in str(caught[0].message), "already encoded: only a larger limit helps"

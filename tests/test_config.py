@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from ahi_torch import config
 from ahi_torch.config.build import searches_of
 from ahi_torch.errors import ConfigError
+from ahi_torch.fetch import RetryPolicy
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -49,6 +50,16 @@ def test_overrides_keep_text_too(tmp_path: Path) -> None:
     cfg = config.load(path, overrides=["search.filters=[{patient_id: 0077}]", "datastore.id=0123", "loader.seed=010"])
     assert cfg.search.filters == [{"patient_id": "0077"}]
     assert cfg.datastore.id == "0123" and cfg.loader.seed == 8  # an int key reads YAML 1.1's octal
+
+
+def test_overrides_reach_the_fetch_section_however_deep(tmp_path: Path) -> None:
+    """``-o fetch.retry.max_attempts=2`` from the CLI sets the fetcher's retry policy, as the YAML would."""
+    path = write(tmp_path, "fetch: {reduce: 1}\n")
+    cfg = config.load(path, overrides=["fetch.retry.max_attempts=2", "fetch.max_workers=3", "fetch.decoder=openjpeg"])
+    assert (cfg.fetch.reduce, cfg.fetch.retry.max_attempts, cfg.fetch.max_workers) == (1, 2, 3)
+    assert cfg.fetch.decoder == "openjpeg" and cfg.fetch.retry.base_delay == RetryPolicy().base_delay
+    with pytest.raises(ConfigError, match="max_attempts must be at least 1"):
+        config.load(path, overrides=["fetch.retry.max_attempts=0"])
 
 
 @pytest.mark.parametrize(
@@ -90,7 +101,11 @@ def test_config_error_is_a_value_error(tmp_path: Path) -> None:
         ("fetch: {retry: {max_attempts: 0}}", "fetch.retry: max_attempts must be at least 1, not 0"),
         ("fetch: {max_workers: 0}", "fetch: max_workers must be at least 1, not 0"),
         ("fetch: {decoder: pillow}", "fetch: decoder: 'pillow' is not one of imagecodecs, openjpeg"),
-        ("intensity: {reduce: 1}", "intensity"),
+        # Keys that moved to the fetch: section fail naming themselves, not silently ignored.
+        ("intensity: {reduce: 1}", r"intensity.reduce: unknown key \(allowed: rescale, window, dicom_window\)"),
+        ("intensity: {verify: false}", "intensity.verify: unknown key"),
+        ("loader: {fetch_threads: 4}", "loader.fetch_threads: unknown key"),
+        ("loader: {fetch_attempts: 2}", "loader.fetch_attempts: unknown key"),
         ("labels: {table: x.csv, value_type: integer}", "labels: value_type: 'integer' is not one of"),
         # Option lists come from the classes that use them (one definition each).
         ("labels: {table: x.csv, join_on: mrn}", "labels: join_on: 'mrn' is not one of patient_id, "),

@@ -638,6 +638,21 @@ def test_a_copy_naming_what_the_source_lacks_fails_as_an_update_does(mi, loaded)
     assert failed["message"] == "INVALID_REQUEST: Series 1.2.3.999 does not exist in the SourceImageSet"
     assert _metadata(mi, datastore_id, destination_id) == document, "the destination's metadata as it was"
 
+    # One step aside: an instance the series lacks, promoted to primary: failed the same way, never primary.
+    series_uid = next(iter(_metadata(mi, datastore_id, source_id)["Study"]["Series"]))
+    lacking = json.dumps({"SchemaVersion": "1.1", "Study": {"Series": {series_uid: {"Instances": {"9.9.9": {}}}}}})
+    promoted = mi.copy_image_set(
+        datastoreId=datastore_id,
+        sourceImageSetId=source_id,
+        copyImageSetInformation=information(lacking),
+        promoteToPrimary=True,
+    )["destinationImageSetProperties"]["imageSetId"]
+    _wait_active(mi, datastore_id, promoted)
+    failed_new = mi.get_image_set(datastoreId=datastore_id, imageSetId=promoted)
+    assert failed_new["imageSetWorkflowStatus"] == "COPY_FAILED"
+    assert failed_new["message"] == f"INVALID_REQUEST: Instance 9.9.9 does not exist in series {series_uid}"
+    assert failed_new["isPrimary"] is False, "a failed copy is never promoted"
+
     with pytest.raises(mi.exceptions.ValidationException, match="not valid JSON"):
         mi.copy_image_set(
             datastoreId=datastore_id, sourceImageSetId=source_id, copyImageSetInformation=information("{not json")

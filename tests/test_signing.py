@@ -62,6 +62,17 @@ def test_every_request_is_signed_as_botocore_signs_it(
     assert again["Authorization"] != ours["Authorization"], "the next day's key is derived again"
 
 
+def test_rotated_credentials_are_signed_with_their_own_key_the_same_day() -> None:
+    """The cached signing key belongs to one secret: a refreshed secret derives its own."""
+    when = dt.datetime(2026, 6, 1, 12, tzinfo=dt.timezone.utc)
+    signer = FrameSigner(ENDPOINTS[0], "us-east-1", "medical-imaging", "ahi-torch/test")
+    path, body = "/datastore/d/imageSet/i/getImageFrame", b'{"imageFrameId":"f"}'
+    url = ENDPOINTS[0] + path
+    for credentials in (Credentials("AKIDONE", "first-secret"), Credentials("AKIDTWO", "second-secret", "token")):
+        ours = signer.headers(credentials.get_frozen_credentials(), path, body, now=when)
+        assert ours == _botocore_headers(credentials, url, body, "us-east-1", when)
+
+
 def test_the_host_header_drops_default_ports_only() -> None:
     assert host_header("https://a.example.com:443/x") == "a.example.com"
     assert host_header("http://A.Example.com:80") == "a.example.com"

@@ -161,6 +161,11 @@ class FrameCache:
     def __repr__(self) -> str:
         return f"FrameCache({str(self.directory)!r}, mode={self.mode!r}, size_limit={self.size_limit / 1024**3:g} GiB)"
 
+    @property
+    def reads_decode(self) -> bool:
+        """Whether a hit costs a decode (encoded mode) rather than a lookup and a copy."""
+        return self.mode == "encoded"
+
     def __getstate__(self) -> dict[str, Any]:
         self.flush()  # what this process queued is on disk before another process looks
         return {**self.__dict__, "counters": CacheCounters()}  # each process counts its own

@@ -51,10 +51,10 @@ def repair_cache(cache: FrameCache) -> RepairReport:
     """Rebuild ``cache``'s index from its packs (see the module docstring)."""
     directory = cache.directory
     folder = directory / PACKS
+    cache.close()  # writes what this process queued first, so its last pack is read too
     packs = pack_files(folder)
     if not (directory / INDEX / DATABASE).exists() and not packs:
         return RepairReport(0, 0, None)
-    cache.close()
     with FileLock(str(directory / LOCK_NAME), timeout=120):
         backup = _move_aside(directory / INDEX / DATABASE)
     fresh = FrameCache(directory, size_limit_gb=cache.size_limit / 1024**3, mode=cache.mode)

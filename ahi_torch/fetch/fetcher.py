@@ -235,10 +235,14 @@ class FrameFetcher:
     def submit_many(self, refs: Sequence[FrameRef]) -> list[Future[np.ndarray]]:
         """Start fetching ``refs`` on this process's threads; one future per frame, in order.
 
-        Frames the cache holds are read here and now: a cache read is a lookup and a copy, and
-        handing it to a thread would cost more CPU than the read itself.
+        Where a cache read is a lookup and a copy (:attr:`FrameCache.reads_decode` false), frames the
+        cache holds are read here and now: handing such a read to a thread costs more CPU than the
+        read itself. Reads that decode stay on the threads, which decode in parallel, and their
+        failures reach the caller through the future, as a download's do.
         """
         executor = self._pool.get()
+        if self.cache is None or self.cache.reads_decode:
+            return [executor.submit(self.get, ref) for ref in refs]
         futures: list[Future[np.ndarray]] = []
         for ref in refs:
             cached = self.cached(ref)

@@ -43,13 +43,14 @@ from typing import Any
 
 import numpy as np
 from diskcache import Cache
+from diskcache.core import DBNAME
 from filelock import FileLock
 
 from ..errors import CacheError, ConfigError
 from ..per_process import PerProcess
 from . import entry_format
 from .disk import BytesOnlyDisk, UnsafeEntry
-from .packs import Location, PackReader, PackWriter, evict_packs, pack_files, pack_size
+from .packs import SUFFIX, Location, PackReader, PackWriter, evict_packs, pack_files, pack_size
 from .writer import EntryWriter
 
 log = logging.getLogger(__name__)
@@ -500,7 +501,7 @@ class FrameCache:
         removed = len(cache)
         cache.clear(retry=True)
         for _, _, name in pack_files(self._packs):
-            (self._packs / (name + ".pack")).unlink(missing_ok=True)
+            (self._packs / (name + SUFFIX)).unlink(missing_ok=True)
         return int(removed)
 
     def check(self, fix: bool = True) -> list[str]:
@@ -532,7 +533,7 @@ def _empty_one_file_layout(directory: Path) -> None:
     Its entries would be read as locations and refused; emptying it frees the space. Only what
     that layout's own database lists is removed (diskcache's ``clear``), then the database.
     """
-    database = directory / "cache.db"
+    database = directory / DBNAME
     if not database.exists():
         return
     try:
@@ -543,7 +544,7 @@ def _empty_one_file_layout(directory: Path) -> None:
     except Exception as error:  # a damaged old database: leave it, it is never read
         log.warning("frame cache at %s holds an older layout that could not be emptied (%s)", directory, error)
         return
-    for name in ("cache.db", "cache.db-wal", "cache.db-shm"):  # diskcache's clear removed its files and folders
+    for name in (DBNAME, f"{DBNAME}-wal", f"{DBNAME}-shm"):  # diskcache's clear removed its files and folders
         (directory / name).unlink(missing_ok=True)
     message = (
         f"frame cache at {directory} used the one-file-per-frame layout of earlier ahi_torch versions: "

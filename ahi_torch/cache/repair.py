@@ -18,12 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from diskcache.core import DBNAME
 from filelock import FileLock
 
 from .frame_cache import INDEX, LOCK_NAME, PACKS, FrameCache
 from .packs import SUFFIX, Location, pack_files, scan_pack
-
-DATABASE = "cache.db"
 
 
 @dataclass(frozen=True)
@@ -38,10 +37,10 @@ class RepairReport:
 def _move_aside(database: Path) -> Path | None:
     if not database.exists():
         return None
-    backup = database.with_name(f"{DATABASE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    backup = database.with_name(f"{DBNAME}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     database.replace(backup)
     for suffix in ("-wal", "-shm"):
-        sidecar = database.with_name(DATABASE + suffix)
+        sidecar = database.with_name(DBNAME + suffix)
         if sidecar.exists():
             sidecar.replace(backup.with_name(backup.name + suffix))
     return backup
@@ -53,10 +52,10 @@ def repair_cache(cache: FrameCache) -> RepairReport:
     folder = directory / PACKS
     cache.close()  # writes what this process queued first, so its last pack is read too
     packs = pack_files(folder)
-    if not (directory / INDEX / DATABASE).exists() and not packs:
+    if not (directory / INDEX / DBNAME).exists() and not packs:
         return RepairReport(0, 0, None)
     with FileLock(str(directory / LOCK_NAME), timeout=120):
-        backup = _move_aside(directory / INDEX / DATABASE)
+        backup = _move_aside(directory / INDEX / DBNAME)
     fresh = FrameCache(directory, size_limit_gb=cache.size_limit / 1024**3, mode=cache.mode)
     index = fresh.diskcache
     kept = dropped = 0

@@ -301,3 +301,17 @@ def test_empty_index_is_a_clear_error(ahi, index: FrameIndex) -> None:  # type: 
         FrameDataset(index.filter(np.zeros(len(index), dtype=bool)), ahi.client())
     with pytest.raises(ConfigError, match="error policy"):
         FrameDataset(index, ahi.client(), error_policy="ignore")
+
+
+def test_one_fetcher_for_two_datasets_keeps_their_counts_apart(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A train and a val dataset built from one FrameFetcher count their own requests; the cache is shared."""
+    frames = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path))
+    train, val = (FrameDataset(part, frames) for part in (index.take(np.arange(0, 12)), index.take(np.arange(12, 24))))
+    assert train.fetcher is not frames and train.fetcher.cache is val.fetcher.cache is frames.cache
+    train.stats.reset()
+    for item in range(6):
+        train[item]
+    for item in range(4):
+        val[item]
+    assert (train.stats.summary()["requests"], val.stats.summary()["requests"]) == (6, 4)
+    assert frames.counters.requests == 0, "the fetcher given is settings; each dataset fetches with its copy"

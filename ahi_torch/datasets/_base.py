@@ -24,7 +24,7 @@ from ..errors import (
     ModalityLUTWarning,
     SampleError,
 )
-from ..fetch import FrameFetcher, FrameRef, attempts_of
+from ..fetch import FetchCounters, FrameFetcher, FrameRef, attempts_of
 from ..fetch.retry import ENDPOINT_FAILURES
 from ..index import FrameIndex
 from ._convert import Intensity
@@ -169,7 +169,13 @@ class AHIDataset(Dataset[Any]):
         warn_missing_geometry(index)
         if rescale:
             warn_lookup_tables(index)
-        self.fetcher: FrameFetcher = source if isinstance(source, FrameFetcher) else FrameFetcher(source)
+        # A copy of the settings: one fetcher given to a train and a val dataset must not mix their
+        # counters (dataset.stats) or share their threads.
+        self.fetcher: FrameFetcher = (
+            dataclasses.replace(source, counters=FetchCounters())
+            if isinstance(source, FrameFetcher)
+            else FrameFetcher(source)
+        )
         if self.fetcher.cache is not None:
             warn_cache_too_small(index, self.fetcher.cache, self.fetcher.reduce)
         self.table = FrameTable(index, table_dir, labels=resolved.values if resolved is not None else None)

@@ -35,7 +35,8 @@ class FrameDataset(AHIDataset):
         source: where frames come from: a :class:`~ahi_torch.fetch.FrameFetcher` (client, cache,
             verification, resolution, decoder, threads, retries in one object), or an
             :class:`~ahi_torch.client.AHIClient` for a fetcher with its defaults and no cache.
-            It travels into workers as configuration.
+            The dataset keeps a copy (its own counters and threads; the cache is shared); it
+            travels into workers as configuration.
         labels: an index column, :class:`TableLabels`, a ``{series UID: label}`` mapping or a
             callable on index rows; ``unlabeled`` says what to do with frames without one.
         transform: applied to each item dict.

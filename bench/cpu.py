@@ -7,7 +7,8 @@ its CPU is not counted. ``time.process_time`` covers all threads of this process
 
 The stage rows split a cold frame into what it costs: signing (ahi_torch's signer and botocore's),
 the transfer alone (an unsigned POST, which the local AHI accepts on loopback), the CRC32 check,
-the cache's write and read alone, and the dataset's own work per item above a memmap read.
+the cache's write and read alone, and the dataset's own work per item (``item_assembly``: references,
+geometry, meta, labels and tensors for frames already in memory).
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def _epoch(dataset: Dataset[Any], batch_size: int = 16) -> int:
         images = batch["image"] if isinstance(batch, dict) else batch
         items += len(images)
     return items
+
+
+def _assembly(dataset: FrameDataset, pixels: list[Any], batch_size: int = 16) -> int:
+    """The dataset's own work per item above its frames, as ``__getitems__`` does it a batch at a time."""
+    for start in range(0, len(pixels), batch_size):
+        units = list(range(start, min(start + batch_size, len(pixels))))
+        dataset.table.refs(np.asarray(units))
+        dataset._build_batch(units, [[pixels[unit]] for unit in units])
+    return len(pixels)
 
 
 def _raw_requests(endpoint_url: str, datastore_id: str, frames: list[tuple[str, str]]) -> Callable[[], int]:
@@ -186,6 +196,7 @@ def measure_cpu(
         "ahi_torch_decoded_warm": lambda: _epoch(warm_decoded),
         "ahi_torch_encoded_warm": lambda: _epoch(warm_encoded),
         "memmap_dataset": lambda: _epoch(MemmapDataset(memmap, slope, intercept)),
+        "item_assembly": lambda: _assembly(warm_decoded, pixels),
         **_stages(client, datastore_id, frames, pixels, work),
     }
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import pickle
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -315,3 +316,43 @@ def test_one_fetcher_for_two_datasets_keeps_their_counts_apart(ahi, index: Frame
         val[item]
     assert (train.stats.summary()["requests"], val.stats.summary()["requests"]) == (6, 4)
     assert frames.counters.requests == 0, "the fetcher given is settings; each dataset fetches with its copy"
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+def test_a_batch_is_built_as_its_items_one_by_one(ahi, cohort: dict, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    labels = {spec.series_uid: int(spec.nodule) for spec, _ in cohort["series"]}
+    dataset = FrameDataset(index, ahi.client(), labels=labels, window="dicom")
+    units = [5, 0, 5, 17, 3, 23, 11]  # out of order, one twice, across every series
+    batch = dataset.__getitems__(units)
+    singles = [dataset[unit] for unit in units]
+    assert [item["meta"]["index"] for item in batch] == units
+    for unit, from_batch, single in zip(units, batch, singles, strict=True):
+        assert _same(from_batch, single), f"item {unit} differs when built in a batch"
+    assert batch[0] is not batch[2] and batch[0]["meta"] is not batch[2]["meta"], "a repeated unit is its own item"
+    assert {int(item["label"]) for item in batch} == {0, 1}
+
+
+def test_a_frame_that_cannot_be_built_fails_only_its_item(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+    dataset = FrameDataset(index, ahi.client(), error_policy="skip")
+    submit = dataset.fetcher.submit_many
+
+    def one_garbled(refs):  # type: ignore[no-untyped-def]
+        futures = submit(refs)
+        futures[1].result()  # the others arrive as fetched; this one is a 1-D array no image is made of
+        garbled: Future[np.ndarray] = Future()
+        garbled.set_result(np.zeros(7, dtype=np.int16))
+        return [*futures[:1], garbled, *futures[2:]]
+
+    dataset.fetcher.submit_many = one_garbled  # type: ignore[method-assign]
+    batch = dataset.__getitems__([2, 3, 4])
+    substitute = replacements(3, len(dataset), 1)[0]
+    assert [item["meta"]["index"] for item in batch] == [2, substitute, 4]
+    assert [(r.index, r.replaced_by) for r in dataset.failures.records] == [(3, substitute)]
+    assert torch.equal(batch[0]["image"], dataset[2]["image"]) and torch.equal(batch[2]["image"], dataset[4]["image"])

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from ahi_torch.datasets._geometry import frame_affines
 from ahi_torch.metadata import series_geometry
+from ahi_torch.metadata.geometry import plane_affine, slice_normal
 from ahi_torch.sample.synthetic import AXIAL, oblique
 
 
@@ -98,3 +103,54 @@ def test_single_slices_and_stacks_at_one_position() -> None:
     two[1] = Slice(two[1].position, oblique(10.0), instance_number=2)  # type: ignore[arg-type]
     mixed = series_geometry(two)
     assert not mixed.regular and mixed.irregularity.startswith("mixed ImageOrientationPatient")
+
+
+_spacing = st.one_of(st.floats(0.01, 10.0), st.sampled_from([0.0, -1.0, float("nan")]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    frames=st.lists(
+        st.tuples(
+            st.floats(-89.0, 89.0),
+            _spacing,
+            _spacing,
+            _spacing,
+            st.lists(st.floats(-500.0, 500.0), min_size=3, max_size=3),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    reduce=st.integers(0, 3),
+)
+def test_a_batch_of_frame_affines_is_each_frames_plane_affine(frames: list, reduce: int) -> None:
+    """frame_affines, computed for a whole batch, is plane_affine per frame with its columns reordered."""
+    orientations = np.array([oblique(angle) for angle, *_ in frames], dtype=np.float64)
+    positions = np.array([position for *_, position, _ in frames], dtype=np.float64)
+    placed = np.array([has_place for *_, has_place in frames])
+    orientations[~placed] = np.nan
+    table = SimpleNamespace(
+        pixel_spacing_row=np.array([f[1] for f in frames]),
+        pixel_spacing_col=np.array([f[2] for f in frames]),
+        slice_spacing=np.array([f[3] for f in frames]),
+        image_orientation=orientations,
+        image_position=positions,
+    )
+    rows = np.arange(len(frames))[::-1]  # not in table order
+    affines = frame_affines(table, rows, reduce)  # type: ignore[arg-type]
+
+    def step(value: float) -> float:
+        return value if np.isfinite(value) and value > 0 else 1.0
+
+    for affine, row in zip(affines, rows, strict=True):
+        _, spacing_row, spacing_col, thickness, *_ = frames[row]
+        in_plane = (step(spacing_row), step(spacing_col))
+        if placed[row]:
+            orientation = orientations[row]
+            expected = plane_affine(orientation, in_plane, positions[row], slice_normal(orientation) * step(thickness))
+            expected = expected[:, [1, 2, 0, 3]]
+        else:
+            expected = np.diag([*in_plane, step(thickness), 1.0])
+        expected[:3, :2] *= 2**reduce
+        np.testing.assert_allclose(affine, expected, atol=1e-9)

@@ -61,7 +61,12 @@ def _assert_same(table: FrameTable, index: FrameIndex) -> None:
     for name in TEXT_COLUMNS:
         expected_text = [value.decode() for value in index.column(name)]
         assert [table.text(name, row) for row in range(len(index))] == expected_text, name
+        shuffled = np.random.default_rng(len(name)).permutation(len(index))
+        assert table.strings(name, shuffled) == [expected_text[row] for row in shuffled], name
+        assert table.strings(name, np.zeros(0, dtype=np.int64)) == []
     _assert_same_refs(table, index)
+    assert table.refs(shuffled) == [table.ref(int(row)) for row in shuffled], "a batch's refs are its rows' refs"
+    assert table.metas(shuffled) == [table.meta(int(row)) for row in shuffled]
 
 
 def _assert_same_refs(table: FrameTable, index: FrameIndex) -> None:

@@ -128,6 +128,11 @@ def test_irregular_series_warn_by_default_and_fail_on_request(ahi, series: dict)
     with pytest.raises(SampleError, match="not an evenly spaced stack: 1 missing slice"):
         strict[by_series[specs["missing"].series_uid]]
     assert ahi.request_counts().get("GetImageFrame", 0) == before, "an irregular volume fails before fetching"
+    with pytest.raises(SampleError, match="not an evenly spaced stack"):
+        strict.__getitems__([by_series[specs["missing"].series_uid]])
+    assert ahi.request_counts().get("GetImageFrame", 0) == before, "in a batch too"
+    batch = skipping.__getitems__([by_series[specs["regular"].series_uid], by_series[specs["missing"].series_uid]])
+    assert [item["meta"]["regular"] for item in batch] == [True, True]
     replaced = skipping[by_series[specs["missing"].series_uid]]
     assert replaced["meta"]["regular"] and skipping.failures.records[0].kind == "GeometryError"
 

@@ -199,6 +199,10 @@ class AHIDataset(Dataset[Any]):
     def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
         raise NotImplementedError
 
+    def _build_batch(self, units: Sequence[int], frames: Sequence[list[np.ndarray]]) -> list[dict[str, Any]]:
+        """The items of a batch whose frames all arrived; a subclass reads the batch's columns once."""
+        return [self._build(unit, unit_frames) for unit, unit_frames in zip(units, frames, strict=True)]
+
     # --- shared machinery -------------------------------------------------------------------------
 
     @property
@@ -206,10 +210,15 @@ class AHIDataset(Dataset[Any]):
         return self.labels.classes if self.labels is not None else None
 
     def label_of_row(self, row: int) -> torch.Tensor | None:
+        labels = self.labels_of_rows(np.array([row]))
+        return None if labels is None else labels[0]
+
+    def labels_of_rows(self, rows: np.ndarray) -> torch.Tensor | None:
+        """The labels of index ``rows`` (class indices as long, values as float32), or None without labels."""
         if self.labels is None:
             return None
-        value = self.table.label[row]
-        return torch.tensor(value, dtype=torch.float32 if self.labels.values.dtype.kind == "f" else torch.long)
+        values = np.asarray(self.table.label[rows])
+        return torch.tensor(values, dtype=torch.float32 if self.labels.values.dtype.kind == "f" else torch.long)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -235,14 +244,16 @@ class AHIDataset(Dataset[Any]):
         """The index row of every item's first frame."""
         return np.fromiter((int(self._rows(u)[0]) for u in range(len(self))), dtype=np.int64, count=len(self))
 
+    def _check(self, unit: int) -> None:
+        """Raise when item ``unit`` must fail before any of its frames is fetched."""
+
     def refs(self, unit: int) -> list[FrameRef]:
-        return [self.table.ref(int(row)) for row in self._rows(unit)]
+        """What the fetcher needs for each frame of item ``unit``."""
+        self._check(unit)
+        return self.table.refs(self._rows(unit))
 
     def _finish(self, item: dict[str, Any]) -> Any:
         return self.transform(item) if self.transform is not None else item
-
-    def _submit(self, unit: int) -> list[Future[np.ndarray]]:
-        return self.fetcher.submit_many(self.refs(unit))
 
     def _load(self, unit: int) -> Any:
         frames = self.fetcher.get_many(self.refs(unit))
@@ -333,17 +344,83 @@ class AHIDataset(Dataset[Any]):
         return item
 
     def __getitems__(self, units: Sequence[int]) -> list[Any]:
-        """A whole batch, its frames fetched concurrently (PyTorch's map fetcher calls this)."""
-        pending = [(unit, self._submit(int(unit))) for unit in units]
-        items = []
+        """A whole batch, its frames fetched concurrently (PyTorch's map fetcher calls this).
+
+        References, geometry and identifiers come from the shared table a column at a time for the
+        whole batch; only items whose fetch or build failed go through the error policy one by one.
+        """
+        units = [int(unit) for unit in units]
+        submitted = self._submit_batch(units)
         try:
-            for unit, futures in pending:
+            outcomes = self._build_arrived(units, self._gather(submitted))
+            items = []
+            for unit, outcome in zip(units, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    items.append(self._recover(unit, outcome))
+                    continue
                 try:
-                    frames = [future.result() for future in futures]
-                    items.append(self._finish(self._build(int(unit), frames)))
-                except Exception as error:
-                    items.append(self._recover(int(unit), error))
+                    items.append(self._finish(outcome))
+                except Exception as error:  # the transform's
+                    items.append(self._recover(unit, error))
         finally:
             self._publish()
         self._served(items, units)
         return items
+
+    def _submit_batch(self, units: list[int]) -> list[list[Future[np.ndarray]] | Exception]:
+        """Each unit's frame futures, submitted together; or why the unit was refused before any fetch."""
+        rows: list[np.ndarray] = []
+        refusals: list[Exception | None] = []
+        for unit in units:
+            try:
+                self._check(unit)
+            except Exception as error:
+                rows.append(np.zeros(0, dtype=np.int64))
+                refusals.append(error)
+                continue
+            rows.append(self._rows(unit))
+            refusals.append(None)
+        futures = self.fetcher.submit_many(self.table.refs(np.concatenate(rows)))
+        ends = np.cumsum([len(unit_rows) for unit_rows in rows]).tolist()
+        return [
+            refusal if refusal is not None else futures[end - len(unit_rows) : end]
+            for unit_rows, end, refusal in zip(rows, ends, refusals, strict=True)
+        ]
+
+    @staticmethod
+    def _gather(submitted: list[list[Future[np.ndarray]] | Exception]) -> list[list[np.ndarray] | Exception]:
+        """Each unit's frames, or the error its refusal or its first failing frame raised."""
+        outcomes: list[list[np.ndarray] | Exception] = []
+        for unit_futures in submitted:
+            if isinstance(unit_futures, Exception):
+                outcomes.append(unit_futures)
+                continue
+            try:
+                outcomes.append([future.result() for future in unit_futures])
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
+
+    def _build_arrived(
+        self, units: list[int], outcomes: list[list[np.ndarray] | Exception]
+    ) -> list[dict[str, Any] | Exception]:
+        """Each unit's item where its frames arrived (built together; one by one if that fails), else its error."""
+        results: list[dict[str, Any] | Exception] = []
+        positions, frames = [], []
+        for position, outcome in enumerate(outcomes):
+            results.append(outcome if isinstance(outcome, Exception) else {})
+            if not isinstance(outcome, Exception):
+                positions.append(position)
+                frames.append(outcome)
+        try:
+            items = self._build_batch([units[p] for p in positions], frames)
+            for position, item in zip(positions, items, strict=True):
+                results[position] = item
+        except Exception:
+            # One unit's frames do not fit its description: build them one by one to find it.
+            for position, unit_frames in zip(positions, frames, strict=True):
+                try:
+                    results[position] = self._build(units[position], unit_frames)
+                except Exception as error:
+                    results[position] = error
+        return results

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metadata.geometry import plane_affine, slice_normal
 from ._table import FrameTable
 
 
@@ -46,15 +45,44 @@ def volume_affine(table: FrameTable, first: int, reduce: int = 0) -> np.ndarray:
     return _reduced(affine, (1, 2), reduce)
 
 
-def frame_affine(table: FrameTable, row: int, reduce: int = 0) -> np.ndarray:
-    """Pixel ``(row, column, 0, 1)`` to LPS mm for one frame; the third column steps along the normal."""
-    in_plane = (_finite(table.pixel_spacing_row[row]), _finite(table.pixel_spacing_col[row]))
-    thickness = _finite(table.slice_spacing[row])
-    orientation = np.asarray(table.image_orientation[row], dtype=np.float64)
-    position = np.asarray(table.image_position[row], dtype=np.float64)
-    if np.isfinite(orientation).all() and np.isfinite(position).all():
-        slice_first = plane_affine(orientation, in_plane, position, slice_normal(orientation) * thickness)
-        affine = slice_first[:, [1, 2, 0, 3]]
-    else:
-        affine = np.diag([in_plane[0], in_plane[1], thickness, 1.0])
-    return _reduced(affine, (0, 1), reduce)
+def frame_affines(table: FrameTable, rows: np.ndarray, reduce: int = 0) -> np.ndarray:
+    """Pixel ``(row, column, 0, 1)`` to LPS mm for each row's frame, ``(len(rows), 4, 4)``.
+
+    :func:`~ahi_torch.metadata.geometry.plane_affine`'s columns reordered for a 2D item: down a row
+    (the column direction cosine by PixelSpacing[0]), along a row (the row cosine by
+    PixelSpacing[1]), along the slice normal by the slice spacing. Frames without an orientation
+    and position get a diagonal of their spacings.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    count = len(rows)
+    steps = np.stack(
+        [_finite_steps(table.pixel_spacing_row[rows]), _finite_steps(table.pixel_spacing_col[rows])], axis=1
+    )
+    thickness = _finite_steps(table.slice_spacing[rows])
+    orientation = np.asarray(table.image_orientation[rows], dtype=np.float64).reshape(count, 6)
+    position = np.asarray(table.image_position[rows], dtype=np.float64).reshape(count, 3)
+    affines = np.zeros((count, 4, 4))
+    affines[:, 3, 3] = 1.0
+    placed = np.isfinite(orientation).all(axis=1) & np.isfinite(position).all(axis=1)
+    unplaced = ~placed
+    affines[unplaced, 0, 0], affines[unplaced, 1, 1] = steps[unplaced, 0], steps[unplaced, 1]
+    affines[unplaced, 2, 2] = thickness[unplaced]
+    along_row, along_column = orientation[placed, :3], orientation[placed, 3:]
+    # np.cross, written out: its axis handling costs more than the products for a few rows.
+    normal = along_row[:, _NEXT] * along_column[:, _AFTER] - along_row[:, _AFTER] * along_column[:, _NEXT]
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    affines[placed, :3, 0] = along_column * steps[placed, :1]
+    affines[placed, :3, 1] = along_row * steps[placed, 1:]
+    affines[placed, :3, 2] = normal * thickness[placed, None]
+    affines[placed, :3, 3] = position[placed]
+    affines[:, :3, :2] *= 2**reduce
+    return affines
+
+
+_NEXT, _AFTER = [1, 2, 0], [2, 0, 1]
+
+
+def _finite_steps(values: np.ndarray) -> np.ndarray:
+    """``values`` with non-finite or non-positive entries replaced by 1 mm (see :func:`_finite`)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(values) & (values > 0), values, 1.0)

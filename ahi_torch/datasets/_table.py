@@ -8,6 +8,7 @@ files' path, forked ones the mapping.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pyarrow as pa
 
 from ..fetch import FrameRef
 from ..index import FrameIndex
+from ..index.rows import MAX_REDUCE
 from ..index.shared_table import SharedTable
 from ..metadata import PixelDescription
 
@@ -34,6 +36,19 @@ TEXT_COLUMNS = (
 )
 #: The column holding resolved labels (class indices or values), when a dataset has them.
 LABEL = "label"
+#: What an item's ``meta`` holds, in order (text and numeric columns).
+META_COLUMNS = (
+    "datastore_id",
+    "image_set_id",
+    "image_set_version",
+    "patient_id",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "frame_id",
+    "frame_number",
+    "slice_index",
+)
 #: Numeric columns items are built from, read as ``table.<name>[row]`` or ``table.<name>[rows]``.
 NUMBER_COLUMNS = (
     "image_set_version",
@@ -101,34 +116,64 @@ class FrameTable:
     def text(self, name: str, row: int) -> str:
         return self.shared.text(name, row)
 
+    def strings(self, name: str, rows: np.ndarray) -> list[str]:
+        """Values of a text column at ``rows`` as str, the column read once."""
+        return self.shared.strings(name, rows)
+
     def texts(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Values of a text column at ``rows`` as fixed-width bytes."""
         return self.shared.texts(name, rows)
 
-    def pixel(self, row: int) -> PixelDescription:
-        return PixelDescription(
-            rows=int(self.rows[row]),
-            columns=int(self.columns[row]),
-            samples_per_pixel=max(1, int(self.samples_per_pixel[row])),
-            bits_allocated=int(self.bits_allocated[row]) if self.bits_allocated[row] > 0 else 16,
-            bits_stored=int(self.bits_stored[row]) if self.bits_stored[row] > 0 else 16,
-            pixel_representation=max(0, int(self.pixel_representation[row])),
-            photometric_interpretation=self.photometric(row) or "MONOCHROME2",
-            planar_configuration=max(0, int(self.planar_configuration[row])),
+    def pixels(self, rows: np.ndarray) -> list[PixelDescription]:
+        """The pixel description of each row; rows that describe their pixels alike share one object."""
+        rows = np.asarray(rows, dtype=np.int64)
+        fields = zip(
+            np.asarray(self.rows[rows]).tolist(),
+            np.asarray(self.columns[rows]).tolist(),
+            np.asarray(self.samples_per_pixel[rows]).tolist(),
+            np.asarray(self.bits_allocated[rows]).tolist(),
+            np.asarray(self.bits_stored[rows]).tolist(),
+            np.asarray(self.pixel_representation[rows]).tolist(),
+            self.strings("photometric_interpretation", rows),
+            np.asarray(self.planar_configuration[rows]).tolist(),
+            strict=True,
         )
+        return [_pixel_description(*values) for values in fields]
+
+    def pixel(self, row: int) -> PixelDescription:
+        return self.pixels(np.array([row]))[0]
+
+    def refs(self, rows: np.ndarray) -> list[FrameRef]:
+        """What the fetcher needs for each row's frame, each column read once for all ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        text = self.strings
+        checksums = np.asarray(self.checksum[rows]).tolist()
+        return [
+            FrameRef(
+                datastore_id=datastore_id,
+                image_set_id=image_set_id,
+                version=version,
+                frame_id=frame_id,
+                stored_transfer_syntax=syntax,
+                pixel=pixel,
+                checksum=checksum if checksum >= 0 else None,
+                reduced_checksums=tuple(reduced),
+            )
+            for datastore_id, image_set_id, version, frame_id, syntax, pixel, checksum, reduced in zip(
+                text("datastore_id", rows),
+                text("image_set_id", rows),
+                np.asarray(self.image_set_version[rows]).tolist(),
+                text("frame_id", rows),
+                text("stored_transfer_syntax", rows),
+                self.pixels(rows),
+                checksums,
+                np.asarray(self.reduced_checksums[rows]).reshape(len(rows), MAX_REDUCE).tolist(),
+                strict=True,
+            )
+        ]
 
     def ref(self, row: int) -> FrameRef:
-        checksum = int(self.checksum[row])
-        return FrameRef(
-            datastore_id=self.text("datastore_id", row),
-            image_set_id=self.text("image_set_id", row),
-            version=int(self.image_set_version[row]),
-            frame_id=self.text("frame_id", row),
-            stored_transfer_syntax=self.syntax(row),
-            pixel=self.pixel(row),
-            checksum=checksum if checksum >= 0 else None,
-            reduced_checksums=tuple(int(c) for c in self.reduced_checksums[row]),
-        )
+        return self.refs(np.array([row]))[0]
 
     def photometric(self, row: int) -> str:
         return self.text("photometric_interpretation", row)
@@ -139,17 +184,39 @@ class FrameTable:
     def syntax(self, row: int) -> str:
         return self.text("stored_transfer_syntax", row)
 
-    def meta(self, row: int) -> dict[str, Any]:
-        """Identifiers of a frame, as collatable values."""
-        return {
-            "datastore_id": self.text("datastore_id", row),
-            "image_set_id": self.text("image_set_id", row),
-            "image_set_version": int(self.image_set_version[row]),
-            "patient_id": self.text("patient_id", row),
-            "study_instance_uid": self.text("study_instance_uid", row),
-            "series_instance_uid": self.text("series_instance_uid", row),
-            "sop_instance_uid": self.text("sop_instance_uid", row),
-            "frame_id": self.text("frame_id", row),
-            "frame_number": int(self.frame_number[row]),
-            "slice_index": int(self.slice_index[row]),
+    def metas(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """Identifiers of each row's frame, as collatable values, each column read once for all ``rows``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        columns = {
+            name: self.strings(name, rows) if name in TEXT_COLUMNS else np.asarray(getattr(self, name)[rows]).tolist()
+            for name in META_COLUMNS
         }
+        return [{name: columns[name][position] for name in META_COLUMNS} for position in range(len(rows))]
+
+    def meta(self, row: int) -> dict[str, Any]:
+        """Identifiers of one frame (see :meth:`metas`)."""
+        return self.metas(np.array([row]))[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _pixel_description(
+    rows: int,
+    columns: int,
+    samples_per_pixel: int,
+    bits_allocated: int,
+    bits_stored: int,
+    pixel_representation: int,
+    photometric: str,
+    planar_configuration: int,
+) -> PixelDescription:
+    # The index's stand-ins (0, -1, "") for values an instance leaves out become DICOM's defaults.
+    return PixelDescription(
+        rows=int(rows),
+        columns=int(columns),
+        samples_per_pixel=max(1, int(samples_per_pixel)),
+        bits_allocated=int(bits_allocated) if bits_allocated > 0 else 16,
+        bits_stored=int(bits_stored) if bits_stored > 0 else 16,
+        pixel_representation=max(0, int(pixel_representation)),
+        photometric_interpretation=photometric or "MONOCHROME2",
+        planar_configuration=max(0, int(planar_configuration)),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from ..metadata.geometry import SPACE
 from ._base import AHIDataset
 from ._convert import apply_intensity, to_channels_first
-from ._geometry import frame_affine, spacing_of
+from ._geometry import frame_affines
 
 
 class FrameDataset(AHIDataset):
@@ -59,26 +60,43 @@ class FrameDataset(AHIDataset):
         return np.arange(len(self), dtype=np.int64)
 
     def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
-        table = self.table
-        chw = to_channels_first(frames[0], table.photometric(unit), table.syntax(unit))
-        window = self.intensity.window_for(float(table.window_center[unit]), float(table.window_width[unit]))
-        image = apply_intensity(
-            chw,
-            table.rescale_slope[unit : unit + 1],
-            table.rescale_intercept[unit : unit + 1],
-            [window],
-            self.intensity,
-        )
-        affine = frame_affine(table, unit, self.fetcher.reduce)
-        meta = {
-            **table.meta(unit),
-            "index": unit,
-            "spacing": torch.tensor(spacing_of(affine, 2), dtype=torch.float64),
-            "affine": torch.tensor(affine, dtype=torch.float64),
-            "space": SPACE,
-        }
-        item: dict[str, Any] = {"image": image, "meta": meta}
-        label = self.label_of_row(unit)
-        if label is not None:
-            item["label"] = label
-        return item
+        return self._build_batch([unit], [frames])[0]
+
+    def _build_batch(self, units: Sequence[int], frames: Sequence[list[np.ndarray]]) -> list[dict[str, Any]]:
+        table, rows = self.table, np.asarray(units, dtype=np.int64)
+        affines = frame_affines(table, rows, self.fetcher.reduce)
+        spacings = np.linalg.norm(affines[:, :3, :2], axis=1)
+        slopes, intercepts = table.rescale_slope[rows], table.rescale_intercept[rows]
+        windows = [
+            self.intensity.window_for(center, width)
+            for center, width in zip(
+                np.asarray(table.window_center[rows], dtype=np.float64).tolist(),
+                np.asarray(table.window_width[rows], dtype=np.float64).tolist(),
+                strict=True,
+            )
+        ]
+        labels = self.labels_of_rows(rows)
+        items = []
+        for position, (unit, meta, photometric, syntax) in enumerate(
+            zip(
+                units,
+                table.metas(rows),
+                table.strings("photometric_interpretation", rows),
+                table.strings("stored_transfer_syntax", rows),
+                strict=True,
+            )
+        ):
+            chw = to_channels_first(frames[position][0], photometric, syntax)
+            span = slice(position, position + 1)
+            image = apply_intensity(chw, slopes[span], intercepts[span], [windows[position]], self.intensity)
+            meta.update(
+                index=unit,
+                spacing=torch.from_numpy(spacings[position]),
+                affine=torch.from_numpy(affines[position]),
+                space=SPACE,
+            )
+            item: dict[str, Any] = {"image": image, "meta": meta}
+            if labels is not None:
+                item["label"] = labels[position]
+            items.append(item)
+        return items

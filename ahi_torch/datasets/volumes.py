@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, GeometryError, IrregularSeriesWarning, MetadataError
-from ..fetch import FrameRef
 from ..index import FrameIndex
 from ..metadata.geometry import SPACE
 from ._base import AHIDataset
@@ -129,12 +128,11 @@ class VolumeDataset(AHIDataset):
     def _rows(self, unit: int) -> np.ndarray:
         return self.volume_rows[unit]
 
-    def refs(self, unit: int) -> list[FrameRef]:
+    def _check(self, unit: int) -> None:
         problem = self.irregularities[unit]
-        if problem and self.irregular == "error":  # before any frame is fetched
+        if problem and self.irregular == "error":
             series = self.table.text("series_instance_uid", int(self.volume_rows[unit][0]))
             raise GeometryError(f"series {series} is not an evenly spaced stack: {problem}")
-        return super().refs(unit)
 
     def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
         table = self.table
@@ -146,8 +144,13 @@ class VolumeDataset(AHIDataset):
                 f"series {table.text('series_instance_uid', first)} mixes frame shapes {sorted(shapes)}"
             )
         slices = [
-            to_channels_first(f, table.photometric(int(r)), table.syntax(int(r)))
-            for f, r in zip(frames, rows, strict=True)
+            to_channels_first(frame, photometric, syntax)
+            for frame, photometric, syntax in zip(
+                frames,
+                table.strings("photometric_interpretation", rows),
+                table.strings("stored_transfer_syntax", rows),
+                strict=True,
+            )
         ]
         stack = np.stack(slices, axis=1)
         windows = [self.intensity.window_for(float(table.window_center[r]), float(table.window_width[r])) for r in rows]

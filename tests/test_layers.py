@@ -24,14 +24,15 @@ LAYERS: dict[str, int] = {
     "cache": 2,
     "fetch": 3,
     "local": 3,  # beside the frame path: client, metadata and codecs only, never the datasets
-    "datasets": 4,
-    "transforms": 4,
-    "samplers": 5,
-    "config": 6,
-    "integrations": 7,  # AHIDataModule.from_config builds from configs
-    "sample": 7,  # demo and synthetic data (the demo builds from configs and the local AHI)
-    "cli": 9,
-    "__main__": 10,
+    "slides": 4,  # whole-slide pyramids: metadata, and tiles through the fetcher
+    "datasets": 5,
+    "transforms": 5,
+    "samplers": 6,
+    "config": 7,
+    "integrations": 8,  # AHIDataModule.from_config builds from configs
+    "sample": 8,  # demo and synthetic data (the demo builds from configs and the local AHI)
+    "cli": 10,
+    "__main__": 11,
 }
 
 

@@ -184,3 +184,11 @@ class ModalityLUTWarning(UserWarning):
 
 class CacheTooSmallWarning(UserWarning):
     """The frame cache cannot hold the frames a node reads each epoch: later epochs fetch again."""
+
+
+class NotASlideWarning(UserWarning):
+    """Image sets of an index given to a patch dataset that hold no whole-slide image: they are left out."""
+
+
+class NoTissueWarning(UserWarning):
+    """A slide none of whose grid patches has the tissue share asked for: it serves no patch."""

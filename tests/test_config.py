@@ -113,6 +113,11 @@ def test_config_error_is_a_value_error(tmp_path: Path) -> None:
         ("cache: {mode: raw}", "cache: mode: 'raw' is not one of decoded, encoded"),
         ("loader: {error_policy: ignore}", "loader: error_policy: 'ignore' is not one of raise, skip, retry"),
         ("loader: {pin_by: scanner}", "loader: pin_by: 'scanner' is not one of image_set_id, "),
+        ("view: slides", "view: 'slides' is not one of frames, volumes, patches"),
+        ("patches: {level: 1, mpp: 0.5}", "patches: give patches either a level or an mpp"),
+        ("patches: {size: 0}", "patches: size must be a positive number"),
+        ("patches: {mpp: -1}", "patches: mpp must be positive"),
+        ("patches: {tissue: 2}", r"patches: tissue is a share of the patch in \[0, 1\]"),
     ],
 )
 def test_every_value_is_checked_when_the_config_loads(tmp_path: Path, text: str, message: str) -> None:

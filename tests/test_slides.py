@@ -1,4 +1,4 @@
-"""Whole-slide images through the local AHI: regions equal the source pixel for pixel, only covering tiles are fetched."""
+"""Whole-slide images through the local AHI: regions equal the source pixel for pixel; only covering tiles fetched."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Sampler
 from .. import __version__
 from ..cache import FrameCache
 from ..client import AHIClient
-from ..datasets import AHIDataset, ColumnLabels, ErrorPolicy, FrameDataset, TableLabels, VolumeDataset
+from ..datasets import AHIDataset, ColumnLabels, ErrorPolicy, FrameDataset, PatchDataset, TableLabels, VolumeDataset
 from ..datasets.labels import LabelSpec
 from ..errors import ConfigError, IndexFormatError, ResourceNotFound
 from ..fetch import FrameFetcher
@@ -189,17 +189,26 @@ def build_dataset(cfg: Config, client: AHIClient | None = None, *, progress: boo
     elif cfg.intensity.dicom_window:
         window = "dicom"
     transforms = [create(t.name, t.args) for t in cfg.transforms]
+    shared: dict[str, Any] = {
+        "labels": _labels(cfg.labels),
+        "unlabeled": cfg.labels.unlabeled if cfg.labels else "error",
+        "transform": Compose(transforms) if transforms else None,
+        "error_policy": ErrorPolicy(cfg.loader.error_policy, failure_log=cfg.loader.failure_log),
+    }
+    if cfg.view == "patches":
+        patches = cfg.patches
+        return PatchDataset(
+            index,
+            build_fetcher(cfg, client),
+            size=patches.size,
+            level=patches.chosen_level,
+            mpp=patches.mpp,
+            stride=patches.stride,
+            tissue=patches.tissue,
+            **shared,
+        )
     kind = VolumeDataset if cfg.view == "volumes" else FrameDataset
-    return kind(
-        index,
-        build_fetcher(cfg, client),
-        labels=_labels(cfg.labels),
-        unlabeled=cfg.labels.unlabeled if cfg.labels else "error",
-        transform=Compose(transforms) if transforms else None,
-        rescale=cfg.intensity.rescale,
-        window=window,
-        error_policy=ErrorPolicy(cfg.loader.error_policy, failure_log=cfg.loader.failure_log),
-    )
+    return kind(index, build_fetcher(cfg, client), rescale=cfg.intensity.rescale, window=window, **shared)
 
 
 def build_sampler(cfg: Config, dataset: AHIDataset) -> Sampler[int]:
@@ -213,12 +222,13 @@ def build_sampler(cfg: Config, dataset: AHIDataset) -> Sampler[int]:
             dataset, groups=dataset.group_keys(loader.pin_by), seed=loader.seed, drop_last=loader.drop_last
         )
     if loader.sampler == "locality":
-        groups = dataset.group_keys("image_set_id") if isinstance(dataset, FrameDataset) else None
+        # Frames or patches of one image set read in a row: its tiles and series stay warm in the cache.
+        groups = dataset.group_keys("image_set_id") if not isinstance(dataset, VolumeDataset) else None
         return ShuffleSampler(dataset, groups=groups, seed=loader.seed)
     if dataset.labels is None:
         raise ConfigError(f"loader.sampler: {loader.sampler!r} needs labels")
     labels, present = dataset.labels.values, dataset.labels.present
-    if isinstance(dataset, VolumeDataset):
+    if not isinstance(dataset, FrameDataset):  # a volume's or a patch's label is its first frame's
         first = dataset.first_rows()
         labels, present = labels[first], present[first]
     weights = present.astype(np.float64)  # unlabeled items (unlabeled: keep) are never drawn

@@ -13,6 +13,7 @@ from ..cache.frame_cache import MODES as CACHE_MODES
 from ..client.config import ClientConfig
 from ..datasets import GROUP_COLUMNS, UNLABELED
 from ..datasets.labels import JOIN_KEYS, VALUE_TYPES, LabelTypes
+from ..datasets.patches import check_patch_options
 from ..datasets.policy import MODES as ERROR_POLICIES
 from ..errors import ConfigError
 from ..fetch import RetryPolicy
@@ -198,6 +199,27 @@ class FetchConfig:
 
 
 @dataclass(frozen=True)
+class PatchesConfig:
+    """Patches of whole-slide images (``view: patches``): :class:`~ahi_torch.datasets.PatchDataset`'s options.
+
+    ``level`` or ``mpp`` (µm per pixel, resized from the nearest finer level); neither means level 0.
+    """
+
+    size: int = 256
+    level: int | None = None
+    mpp: float | None = None
+    stride: int | None = None
+    tissue: float | None = None
+
+    def __post_init__(self) -> None:
+        check_patch_options(self.size, self.chosen_level, self.mpp, self.stride, self.tissue)
+
+    @property
+    def chosen_level(self) -> int | None:
+        return 0 if self.level is None and self.mpp is None else self.level
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     enabled: bool = True
     dir: str | None = None
@@ -239,12 +261,13 @@ class Config:
     datastore: DatastoreConfig = field(default_factory=DatastoreConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
-    view: Literal["frames", "volumes"] = "frames"
+    view: Literal["frames", "volumes", "patches"] = "frames"
     labels: LabelsConfig | None = None
     split: SplitConfig | None = None
     intensity: IntensityConfig = field(default_factory=IntensityConfig)
     transforms: list[TransformConfig] = field(default_factory=list)
     fetch: FetchConfig = field(default_factory=FetchConfig)
+    patches: PatchesConfig = field(default_factory=PatchesConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     output_dir: str = "runs"

@@ -10,6 +10,7 @@ from ._convert import Intensity
 from .collate import list_collate, pad_collate
 from .frames import FrameDataset
 from .labels import ColumnLabels, LabelTypes, TableLabels, resolve_labels
+from .patches import PatchDataset
 from .policy import ErrorPolicy, FailureLog
 from .stats import EpochStats
 from .volumes import VolumeDataset
@@ -25,6 +26,7 @@ __all__ = [
     "FrameDataset",
     "Intensity",
     "LabelTypes",
+    "PatchDataset",
     "TableLabels",
     "VolumeDataset",
     "list_collate",

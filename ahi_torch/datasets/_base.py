@@ -145,7 +145,10 @@ def labelled_rows(index: FrameIndex, labels: LabelSpec, unlabeled: str) -> tuple
 
 
 class AHIDataset(Dataset[Any]):
-    """Base of :class:`FrameDataset` and :class:`VolumeDataset`; see their docstrings."""
+    """Base of :class:`FrameDataset`, :class:`VolumeDataset` and :class:`PatchDataset`; see their docstrings."""
+
+    #: Whether items place themselves in the patient (affine, spacing), so missing geometry is worth a warning.
+    warns_missing_geometry = True
 
     def __init__(
         self,
@@ -166,7 +169,8 @@ class AHIDataset(Dataset[Any]):
         index, resolved = labelled_rows(index, labels, unlabeled)
         self.index = index
         self.index_version = index.version
-        warn_missing_geometry(index)
+        if self.warns_missing_geometry:
+            warn_missing_geometry(index)
         if rescale:
             warn_lookup_tables(index)
         # A copy of the settings: one fetcher given to a train and a val dataset must not mix their

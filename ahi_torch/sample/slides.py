@@ -95,7 +95,7 @@ def stored_tiles(spec: SlideSpec, level: int = 0) -> np.ndarray:
     y, x = np.mgrid[0:height, 0:width] * 2**level
     tissue = np.zeros((down * spec.tile, across * spec.tile), dtype=bool)
     tissue[:height, :width] = _tissue(spec, x, y)
-    stored = tissue.reshape(down, spec.tile, across, spec.tile).any(axis=(1, 3))
+    stored = np.asarray(tissue.reshape(down, spec.tile, across, spec.tile).any(axis=(1, 3)))
     return stored if stored.any() else np.ones_like(stored)
 
 

@@ -20,15 +20,13 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
-import torch
-from torch.nn import functional
 
 from ..client import AHIClient
-from ..codecs.color import to_rgb
-from ..errors import ConfigError, MetadataError
+from ..errors import ConfigError
 from ..fetch import FrameFetcher, FrameRef
 from ..metadata import ImageSetMetadata
 from .pyramid import SlideImage, SlidePyramid, describe_slide
+from .regions import covering, paste, resize, tile_rgb
 
 
 class Slide:
@@ -125,12 +123,7 @@ class Slide:
         downsample = max(width / size[0], height / size[1])
         level = self.get_best_level_for_downsample(downsample)
         whole = self.read_region((0, 0), level, self.level_dimensions[level])
-        target = (max(1, round(height / downsample)), max(1, round(width / downsample)))
-        if target == whole.shape[:2]:
-            return whole
-        tensor = torch.from_numpy(whole).permute(2, 0, 1)[None].float()
-        resized = functional.interpolate(tensor, size=target, mode="bilinear", antialias=True, align_corners=False)
-        return resized[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+        return resize(whole, (max(1, round(width / downsample)), max(1, round(height / downsample))))
 
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """Pixels of ``level`` as (height, width, 3) uint8: ``location`` (x, y) in level-0 pixels, ``size``
@@ -141,17 +134,18 @@ class Slide:
         width, height = int(size[0]), int(size[1])
         if width <= 0 or height <= 0:
             raise ConfigError(f"a region needs a positive width and height, not {size}")
-        downsample = self.level_downsamples[level]
-        left, top = math.floor(location[0] / downsample), math.floor(location[1] / downsample)
         region = np.full((height, width, 3), self.background, dtype=np.uint8)
-        self._paint(self.pyramid.levels[level], region, left, top)
+        self._paint(self.pyramid.levels[level], region, self._corner(location, level))
         return region
 
     def tiles_covering(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> int:
         """How many stored tiles a :meth:`read_region` of these arguments fetches."""
+        image, corner = self.pyramid.levels[level], self._corner(location, level)
+        return len(covering(image.tiles, _tile_size(image), _size(image), corner, (int(size[0]), int(size[1]))))
+
+    def _corner(self, location: tuple[int, int], level: int) -> tuple[int, int]:
         downsample = self.level_downsamples[level]
-        left, top = math.floor(location[0] / downsample), math.floor(location[1] / downsample)
-        return len(_covering(self.pyramid.levels[level], left, top, int(size[0]), int(size[1])))
+        return math.floor(location[0] / downsample), math.floor(location[1] / downsample)
 
     # --- tiles ----------------------------------------------------------------------------------
 
@@ -166,31 +160,18 @@ class Slide:
             checksum=image.checksums[frame],
         )
 
-    def _paint(self, image: SlideImage, region: np.ndarray, left: int, top: int) -> None:
-        height, width = region.shape[:2]
-        wanted = _covering(image, left, top, width, height)
+    def _paint(self, image: SlideImage, region: np.ndarray, corner: tuple[int, int]) -> None:
+        size = (region.shape[1], region.shape[0])
+        wanted = covering(image.tiles, _tile_size(image), _size(image), corner, size)
         tiles = self.fetcher.get_many([self._ref(image, frame) for _, _, frame in wanted])
+        where = f"instance {image.sop_instance_uid}"
+        photometric, syntax = image.pixel.photometric_interpretation, image.stored_transfer_syntax
         for (x, y, _), pixels in zip(wanted, tiles, strict=True):
-            rgb = self._rgb(image, pixels)
-            # The part of this tile inside both the region and the image (edge tiles are padded).
-            x0, y0 = max(x, left, 0), max(y, top, 0)
-            x1 = min(x + image.tile_width, left + width, image.width)
-            y1 = min(y + image.tile_height, top + height, image.height)
-            region[y0 - top : y1 - top, x0 - left : x1 - left] = rgb[y0 - y : y1 - y, x0 - x : x1 - x]
-
-    def _rgb(self, image: SlideImage, pixels: np.ndarray) -> np.ndarray:
-        if pixels.dtype != np.uint8 or pixels.shape[:2] != (image.tile_height, image.tile_width):
-            raise MetadataError(
-                f"a tile of instance {image.sop_instance_uid} decoded to {pixels.dtype} {pixels.shape}, "
-                f"not 8-bit {image.tile_height} x {image.tile_width} samples"
-            )
-        if pixels.ndim == 2:  # monochrome (fluorescence channels): grey in all three
-            return np.repeat(pixels[..., None], 3, axis=-1)
-        return to_rgb(pixels, image.pixel.photometric_interpretation, image.stored_transfer_syntax)
+            paste(region, corner, tile_rgb(pixels, _tile_size(image), photometric, syntax, where), (x, y), _size(image))
 
     def _whole(self, image: SlideImage) -> np.ndarray:
         region = np.full((image.height, image.width, 3), self.background, dtype=np.uint8)
-        self._paint(image, region, 0, 0)
+        self._paint(image, region, (0, 0))
         return region
 
     def __repr__(self) -> str:
@@ -203,20 +184,12 @@ def _whole_if_near(ratio: float) -> float:
     return float(nearest) if nearest and abs(ratio - nearest) <= 1e-6 * ratio else ratio
 
 
-def _covering(image: SlideImage, left: int, top: int, width: int, height: int) -> list[tuple[int, int, int]]:
-    """(x, y, frame) of each stored tile that the region overlaps inside the image."""
-    x0, y0 = max(left, 0), max(top, 0)
-    x1, y1 = min(left + width, image.width), min(top + height, image.height)
-    if x0 >= x1 or y0 >= y1:
-        return []
-    columns = range(x0 // image.tile_width, (x1 - 1) // image.tile_width + 1)
-    rows = range(y0 // image.tile_height, (y1 - 1) // image.tile_height + 1)
-    return [
-        (column * image.tile_width, row * image.tile_height, int(image.tiles[row, column]))
-        for row in rows
-        for column in columns
-        if image.tiles[row, column] >= 0
-    ]
+def _tile_size(image: SlideImage) -> tuple[int, int]:
+    return image.tile_width, image.tile_height
+
+
+def _size(image: SlideImage) -> tuple[int, int]:
+    return image.width, image.height
 
 
 def open_slide(

@@ -73,4 +73,7 @@ def test_readme_runs_as_written(tmp_path: Path) -> None:
     assert "epoch 1:" in text["Use it from a training script"]
     assert "torch.Size([2, 1, 51, 51, 20]) ['RAS', 'RAS']" in text["Use it with MONAI"]
     assert "torch.Size([16, 1, 64, 64])" in text["Use it from a config"]
+    pathology = text["Use it for pathology (whole-slide images)"]
+    assert "3 ((1000, 700), (500, 350), (250, 175)) 0.25" in pathology
+    assert "torch.Size([16, 3, 128, 128]) torch.uint8" in pathology
     assert "ahi-torch-demo" in text["The local AHI"] and "stopped local service" in text["The local AHI"]

@@ -64,6 +64,12 @@ def register(commands: Any) -> None:
     synthesize.add_argument("--patients", type=int, default=8, help="patients, one CT series each (default 8)")
     synthesize.add_argument("--slices", type=int, default=16, help="slices per series (default 16)")
     synthesize.add_argument("--size", type=int, default=64, help="rows and columns (default 64)")
+    synthesize.add_argument(
+        "--slides",
+        type=int,
+        default=0,
+        help="also write this many whole-slide images (DIR/slides) and their labels (DIR/slide-labels.csv)",
+    )
     synthesize.set_defaults(handler=synthesize_command)
 
     importer = sub.add_parser("import", help="upload a folder of DICOM files to the local S3 and import them")
@@ -182,11 +188,18 @@ def synthesize_command(args: argparse.Namespace) -> int:
 
     if min(args.patients, args.slices, args.size) < 1:
         raise UsageError("--patients, --slices and --size must be positive")
+    if args.slides < 0:
+        raise UsageError("--slides must be 0 or more")
     options = DemoOptions(patients=args.patients, slices=args.slices, size=args.size, real_files=False)
     dicom = write_inputs(Path(args.directory), options)
     print(
         f"wrote {args.patients} CT series of {args.slices} slices to {dicom} and labels to {args.directory}/labels.csv"
     )
+    if args.slides:
+        from ..sample.slides import write_slides
+
+        labels = write_slides(Path(args.directory), args.slides)
+        print(f"wrote {args.slides} whole-slide images to {args.directory}/slides and labels to {labels}")
     return EXIT_OK
 
 

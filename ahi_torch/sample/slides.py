@@ -224,3 +224,25 @@ def associated_pixels(spec: SlideSpec, kind: str) -> np.ndarray:
 def _save(ds, path: Path) -> Path:  # type: ignore[no-untyped-def]
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_slides(directory: str | Path, count: int) -> Path:
+    """``count`` slides under ``directory/slides`` (one patient each, alternately TILED_FULL and TILED_SPARSE)
+    and ``directory/slide-labels.csv`` (SeriesInstanceUID, diagnosis: tumour or normal); returns the CSV's path.
+    """
+    import csv
+
+    directory = Path(directory)
+    rows = []
+    for number in range(count):
+        key = f"slide-{number}"
+        series = SeriesSpec(patient_id=f"SLIDE-{number:04d}", study_key=key, series_key=key, modality="SM")
+        spec = SlideSpec(organization=ORGANIZATIONS[number % 2], series=series)
+        write_slide(directory / "slides" / series.series_key, spec)
+        rows.append((series.series_uid, "tumour" if number % 2 else "normal"))
+    labels = directory / "slide-labels.csv"
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["SeriesInstanceUID", "diagnosis"])
+        writer.writerows(rows)
+    return labels

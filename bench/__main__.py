@@ -48,6 +48,7 @@ from .loaders import (
     rss_bytes,
     worker_pids,
 )
+from .patches import measure_patches
 from .service import ServiceProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +190,10 @@ def _cold_frames(index: FrameIndex, client: Any, work: Path, label: str) -> Call
     return make
 
 
+#: The whole-slide benchmark per size: level-0 width of the slide (height 3/4 of it) and random patches read.
+PATCH_SLIDES = {"full": (4096, 256), "quick": (2048, 128), "smoke": (512, 8)}
+
+
 def run(size: data.Size, workers: int, batch_size: int, work: Path, repeats: int) -> dict[str, Any]:
     results: dict[str, Any] = {
         "size": size.__dict__,
@@ -227,6 +232,8 @@ def run(size: data.Size, workers: int, batch_size: int, work: Path, repeats: int
             service.endpoint_url, client, dataset.datastore_id, index, encoded, work, max(repeats, 3)
         )
         results["progressive"] = measure_progressive(client, index, repeats)
+        side, count = PATCH_SLIDES[size.name]
+        results["patches"] = measure_patches(service, work, count, repeats, side)
 
         slope = float(index.column("rescale_slope")[0])
         intercept = float(index.column("rescale_intercept")[0])
@@ -604,6 +611,7 @@ def markdown(results: dict[str, Any]) -> str:
             source="both caches just written (in the page cache)",
         ),
         monai_row,
+        *patch_rows(results.get("patches")),
         *index_scale_rows(results["index_scale"]),
         "",
         *cpu_table,
@@ -708,6 +716,31 @@ def where_the_time_goes(ms: dict[str, float]) -> list[str]:
             f"of which the float tensor is part of the floor's tensor and collate."
         )
     return lines
+
+
+def patch_rows(patches: dict[str, Any] | None) -> list[str]:
+    """Issue #24's whole-slide rows: random 256² patches at level 0 against the naive boto3 loop."""
+    if patches is None:  # a run from before the rows existed
+        return []
+    rates, median = patches["patches_per_s"], patches["median"]
+    source = f"{patches['patches']} patches of a {patches['slide']}, one process"
+    return [
+        _row(
+            "whole-slide patches / naive boto3 loop, patches/s (uncached)",
+            ratios(rates["ahi_torch_cold"], rates["naive_boto3"]),
+            None,
+            f"{median['ahi_torch_cold']:.0f} vs {median['naive_boto3']:.0f} patches/s; "
+            f"{patches['tiles_per_patch']:.2f} tiles fetched per patch",
+            source=source,
+        ),
+        _row(
+            "whole-slide patches, warm frame cache / naive boto3 loop, patches/s",
+            ratios(rates["ahi_torch_warm"], rates["naive_boto3"]),
+            None,
+            f"{median['ahi_torch_warm']:.0f} vs {median['naive_boto3']:.0f} patches/s",
+            source=source + ", tiles in the decoded cache",
+        ),
+    ]
 
 
 def index_scale_rows(scale: dict[str, Any]) -> list[str]:

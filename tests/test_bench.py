@@ -57,8 +57,12 @@ def test_bench_smoke(tmp_path: Path) -> None:
         "Where the time goes",
         "| cold, no cache, 1 fetch thread |",
         "| warm, decoded cache |",
+        "| stage: per-item assembly (refs, geometry, meta, labels, tensor) a batch at a time |",
+        "whole-slide patches / naive boto3 loop, patches/s (uncached)",
+        "whole-slide patches, warm frame cache / naive boto3 loop",
     ):
         assert row in table, row
+    assert 1.0 <= results["patches"]["tiles_per_patch"] <= 4.0, "a 256² patch on 256² tiles covers one to four"
     assert results["index"]["frames"] == 12 and results["volumes"]["count"] == 2
     assert set(results["cold"]) == {"lan", "wan", "decode_only"}
     assert "| ratio | measured (range) | target | verdict |" in completed.stdout

@@ -206,7 +206,7 @@ def test_stale_or_unknown_references_fail_clearly(ahi, imported: dict) -> None: 
     uri = references(index)[0]["image"]
     with pytest.raises(ConfigError, match="names version 7, the index holds version 1"):
         load({"image": uri.replace("?version=1", "?version=7")})
-    with pytest.raises(ConfigError, match="not a volume reference"):
+    with pytest.raises(ConfigError, match="not a series reference"):
         load({"image": "/data/ct.nii.gz"})
     with pytest.raises(ConfigError, match="skip"):
         LoadAHId("image", index=index, source=ahi.client(), error_policy="skip")

@@ -33,15 +33,18 @@ import pyarrow as pa
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
+from monai.data.wsi_reader import BaseWSIReader
 from monai.transforms import MapTransform
+from monai.utils import WSIPatchKeys, ensure_tuple
 
 from ..client import AHIClient
-from ..datasets import ErrorPolicy, VolumeDataset
+from ..datasets import ErrorPolicy, PatchDataset, VolumeDataset
 from ..errors import ConfigError
 from ..fetch import FrameFetcher
 from ..index import FrameIndex
-from ..index.references import VolumeReference, parse_volume_uri, volume_uri
+from ..index.references import SeriesReference, parse_series_uri, series_uri
 from ..metadata.geometry import SPACE
+from ..slides import Slide, open_slide
 
 #: LPS (DICOM) to RAS (MONAI, NIfTI): x and y change sign.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -50,7 +53,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 def _uri_of(meta: Mapping[str, Any]) -> str | None:
     needed = ("datastore_id", "image_set_id", "series_instance_uid", "image_set_version")
     if all(meta.get(name) is not None for name in needed):
-        return volume_uri(
+        return series_uri(
             str(meta["datastore_id"]),
             str(meta["image_set_id"]),
             str(meta["series_instance_uid"]),
@@ -157,7 +160,7 @@ class LoadAHId(MapTransform):
             key = (table.text("image_set_id", first), table.text("series_instance_uid", first))
             self._units[key] = (unit, int(table.image_set_version[first]))
 
-    def unit_of(self, reference: VolumeReference) -> int:
+    def unit_of(self, reference: SeriesReference) -> int:
         """The volume number a reference names in this transform's index."""
         found = self._units.get((reference.image_set_id, reference.series_instance_uid))
         if found is None:
@@ -173,13 +176,13 @@ class LoadAHId(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         result = dict(data)
         for key in self.key_iterator(result):
-            reference = parse_volume_uri(result[key])
+            reference = parse_series_uri(result[key])
             result[key] = to_metatensor(self.volumes[self.unit_of(reference)])
         return result
 
 
 def references(
-    data: FrameIndex | VolumeDataset, label: str | None = None, columns: Sequence[str] = ("patient_id",)
+    data: FrameIndex | VolumeDataset | PatchDataset, label: str | None = None, columns: Sequence[str] = ("patient_id",)
 ) -> list[dict[str, Any]]:
     """One small dict per volume for MONAI datasets: ``{"image": "ahi://...?version=N", "label": ..., ...}``.
 
@@ -192,7 +195,16 @@ def references(
 
     >>> references(index, label="modality")[0]
     {'image': 'ahi://.../1.2.826...?version=1', 'label': 'CT', 'patient_id': 'SYN-0001'}
+
+    From a :class:`~ahi_torch.datasets.PatchDataset`, one dict per patch in the layout of MONAI's
+    ``PatchWSIDataset`` (``location`` is the top-left corner as ``[y, x]`` in level-0 pixels: pass
+    ``center_location=False``; ``size`` and ``level`` are what is read, before any resize to an
+    ``mpp``), to read with :class:`AHIWSIReader`.
     """
+    if isinstance(data, PatchDataset):
+        if label is not None:
+            raise ConfigError("a PatchDataset brings its own labels: leave label out")
+        return _patch_references(data, columns)
     if isinstance(data, VolumeDataset):
         if label is not None:
             raise ConfigError("a VolumeDataset brings its own labels: leave label out")
@@ -214,7 +226,7 @@ def _index_references(index: FrameIndex, label: str | None, columns: Sequence[st
     rows = index.table.take(pa.array(firsts, type=pa.int64())).select(keys).to_pylist()
     return [
         _entry(
-            volume_uri(row["datastore_id"], row["image_set_id"], row["series_instance_uid"], row["image_set_version"]),
+            series_uri(row["datastore_id"], row["image_set_id"], row["series_instance_uid"], row["image_set_version"]),
             row[label] if label else None,
             {name: row[name] for name in wanted if name != label},
         )
@@ -227,7 +239,7 @@ def _dataset_references(dataset: VolumeDataset, columns: Sequence[str]) -> list[
     data = []
     for rows in dataset.volume_rows:
         first = int(rows[0])
-        uri = volume_uri(
+        uri = series_uri(
             table.text("datastore_id", first),
             table.text("image_set_id", first),
             table.text("series_instance_uid", first),
@@ -237,3 +249,96 @@ def _dataset_references(dataset: VolumeDataset, columns: Sequence[str]) -> list[
         extras = {name: table.text(name, first) for name in columns}
         data.append(_entry(uri, label.item() if label is not None else None, extras))
     return data
+
+
+def _patch_references(dataset: PatchDataset, columns: Sequence[str]) -> list[dict[str, Any]]:
+    table, data = dataset.table, []
+    for unit in range(len(dataset)):
+        slide_number = int(dataset.patch_slide[unit])
+        slide, reading = dataset.slides[slide_number], dataset.readings[slide_number]
+        first = int(dataset.slide_first_row[slide_number])
+        x, y = (int(v) for v in dataset.patch_xy[unit])
+        label = dataset.label_of_row(first)
+        extras = {  # MONAI's keys (WSIPatchKeys), its (y, x) order
+            WSIPatchKeys.LOCATION.value: [y, x],
+            WSIPatchKeys.SIZE.value: [reading.read_size[1], reading.read_size[0]],
+            WSIPatchKeys.LEVEL.value: reading.level,
+            **{name: table.text(name, first) for name in columns},
+        }
+        data.append(_entry(slide.uri, label.item() if label is not None else None, extras))
+    return data
+
+
+class AHIWSIReader(BaseWSIReader):
+    """MONAI's whole-slide reader interface over AHI slides, named by ``ahi://`` series references.
+
+    MONAI's ``PatchWSIDataset``, ``SlidingPatchWSIDataset`` and ``MaskedPatchWSIDataset`` take it
+    as their ``reader``; tiles come through the given fetcher (its frame cache, its checks):
+
+    >>> from monai.data import PatchWSIDataset
+    >>> reader = AHIWSIReader(FrameFetcher(client, cache=FrameCache()))
+    >>> dataset = PatchWSIDataset(references(patches), patch_size=None, center_location=False, reader=reader)
+
+    Args:
+        source: a :class:`~ahi_torch.fetch.FrameFetcher` or an :class:`~ahi_torch.client.AHIClient`.
+        kwargs: MONAI's ``BaseWSIReader`` options (``level``, ``mpp``, ``channel_dim``, ``dtype``, ``mode``...).
+    """
+
+    backend = "ahi"
+    supported_suffixes: list[str] = []
+
+    def __init__(self, source: AHIClient | FrameFetcher, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+
+    def verify_suffix(self, filename: Any) -> bool:
+        return all(str(name).startswith("ahi://") for name in ensure_tuple(filename))
+
+    def read(self, data: Any, **kwargs: Any) -> Slide | list[Slide]:
+        """The slide each ``ahi://`` reference names, at the version it names."""
+        slides = []
+        for uri in ensure_tuple(data):
+            reference = parse_series_uri(str(uri))
+            slides.append(
+                open_slide(
+                    self.source,
+                    reference.datastore_id,
+                    reference.image_set_id,
+                    series_instance_uid=reference.series_instance_uid,
+                    version=reference.version,
+                )
+            )
+        return slides if len(slides) > 1 else slides[0]
+
+    def get_size(self, wsi: Slide, level: int) -> tuple[int, int]:
+        """(height, width) of ``level``, as MONAI's readers give it."""
+        width, height = wsi.level_dimensions[level]
+        return height, width
+
+    def get_level_count(self, wsi: Slide) -> int:
+        return wsi.level_count
+
+    def get_downsample_ratio(self, wsi: Slide, level: int) -> float:
+        return wsi.level_downsamples[level]
+
+    def get_file_path(self, wsi: Slide) -> str:
+        return wsi.uri
+
+    def get_mpp(self, wsi: Slide, level: int) -> tuple[float, float]:
+        """(y, x) µm per pixel at ``level``, as MONAI's readers give it."""
+        spacing = wsi.pyramid.levels[level].mpp
+        if spacing is None:
+            raise ValueError(f"slide {wsi.uri} gives no pixel spacing: use level instead of mpp")
+        return spacing[1], spacing[0]
+
+    def get_power(self, wsi: Slide, level: int) -> float:
+        raise ValueError("AHI slides carry no objective power here: use level or mpp instead")
+
+    def _get_patch(
+        self, wsi: Slide, location: tuple[int, int], size: tuple[int, int], level: int, dtype: Any, mode: str
+    ) -> np.ndarray:
+        """``location`` (top, left) in level-0 pixels and ``size`` (height, width), MONAI's order."""
+        patch = wsi.read_region((int(location[1]), int(location[0])), level, (int(size[1]), int(size[0])))
+        if mode == "RGBA":
+            patch = np.concatenate([patch, np.full((*patch.shape[:2], 1), 255, dtype=np.uint8)], axis=-1)
+        return np.moveaxis(patch.astype(dtype, copy=False), -1, self.channel_dim)

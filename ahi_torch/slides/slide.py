@@ -24,6 +24,7 @@ import numpy as np
 from ..client import AHIClient
 from ..errors import ConfigError
 from ..fetch import FrameFetcher, FrameRef
+from ..index.references import series_uri
 from ..metadata import ImageSetMetadata
 from .pyramid import SlideImage, SlidePyramid, describe_slide
 from .regions import covering, paste, resize, tile_rgb
@@ -64,6 +65,11 @@ class Slide:
         self.background = background
 
     # --- OpenSlide's attributes -----------------------------------------------------------------
+
+    @property
+    def uri(self) -> str:
+        """``ahi://<datastore>/<image set>/<series UID>?version=<n>``: the slide as MONAI data lists name it."""
+        return series_uri(self.datastore_id, self.image_set_id, self.pyramid.series_instance_uid, self.version)
 
     @property
     def level_count(self) -> int:
@@ -198,17 +204,19 @@ def open_slide(
     image_set_id: str,
     *,
     series_instance_uid: str | None = None,
+    version: int | None = None,
     optical_path: int | str = 0,
     focal_plane: int = 0,
     background: int = 255,
 ) -> Slide:
-    """The whole-slide image in an image set (its current version); see :class:`Slide`.
+    """The whole-slide image in an image set (its current version unless one is named); see :class:`Slide`.
 
     >>> slide = open_slide(FrameFetcher(client, cache=FrameCache()), datastore_id, image_set_id)
     """
     fetcher = source if isinstance(source, FrameFetcher) else FrameFetcher(source)
     client: Any = fetcher.client
-    version = int(client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["versionId"])
+    if version is None:
+        version = int(client.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["versionId"])
     document = client.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, versionId=str(version))
     pyramid = describe_slide(
         ImageSetMetadata.parse(document),

@@ -30,4 +30,4 @@ def test_notebook_executes(path: Path, tmp_path: Path) -> None:
     # ahi_torch now turns it into a decode error (and another backend's try), so nothing is printed.
     assert errors == []
     images = [o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 4, "frames, the real CT and MR, orthogonal planes and the batch grid were drawn"
+    assert len(images) == 6, "frames, the real CT and MR, orthogonal planes, the batch grid, a slide and patches"

@@ -150,6 +150,10 @@ class MetadataError(AHIError):
     """An image set metadata document lacks something ahi_torch needs (named in the message)."""
 
 
+class NotASlideError(MetadataError):
+    """An image set (or the series named) holds no whole-slide image."""
+
+
 class GeometryError(MetadataError):
     """A series is not one evenly spaced stack (``irregular="error"``); the message says why."""
 

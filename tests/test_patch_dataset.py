@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -230,6 +231,7 @@ def test_a_damaged_tile_goes_through_the_error_policy(ahi, cohort: Cohort) -> No
 @pytest.mark.parametrize("context", ["spawn"])
 def test_workers_serve_the_same_patches(ahi, cohort: Cohort, context: str) -> None:  # type: ignore[no-untyped-def]
     patches = PatchDataset(cohort.slide_index, FrameFetcher(ahi.client()), size=128, level=1)
+    assert pickle.loads(pickle.dumps(patches)).slides == [], "workers get arrays, not a string per tile"
     loader = DataLoader(patches, batch_size=4, num_workers=2, multiprocessing_context=context)
     images = torch.cat([batch["image"] for batch in loader])
     assert torch.equal(images, torch.stack([patches[unit]["image"] for unit in range(len(patches))]))

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ahi_torch.cache import FrameCache
-from ahi_torch.errors import ConfigError, MetadataError
+from ahi_torch.errors import ConfigError, MetadataError, NotASlideError
 from ahi_torch.fetch import FrameFetcher
 from ahi_torch.local import LocalAHI
 from ahi_torch.metadata import ImageSetMetadata
@@ -205,7 +205,7 @@ def test_bad_requests_fail_clearly(ahi, slides, index_of_ct) -> None:  # type: i
         slide.read_region((0, 0), 0, (0, 10))
     with pytest.raises(ConfigError, match="reduce=1"):
         open_slide(FrameFetcher(ahi.client(), reduce=1), slides["full"].datastore_id, slides["full"].image_set_id)
-    with pytest.raises(MetadataError, match="holds no whole-slide image"):
+    with pytest.raises(NotASlideError, match="holds no whole-slide image"):
         open_slide(ahi.client(), *index_of_ct)
     with pytest.raises(MetadataError, match="optical paths"):
         _open(ahi, slides["full"], optical_path="no-such-path")

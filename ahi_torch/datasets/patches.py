@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from ..client import AHIClient
-from ..errors import ConfigError, MetadataError, NotASlideWarning, NoTissueWarning
+from ..errors import ConfigError, MetadataError, NotASlideError, NotASlideWarning, NoTissueWarning
 from ..fetch import FrameFetcher
 from ..index import FrameIndex
 from ..metadata import ImageSetMetadata
@@ -209,6 +210,11 @@ class PatchDataset(AHIDataset):
             corners.append((int(x), int(y)))
         return np.array(owners, dtype=np.int32), np.array(corners, dtype=np.int64).reshape(-1, 2)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers need the readings (arrays) and the shared table, not the slides' pyramids: their
+        # frame IDs are a Python string per tile, which every worker would copy.
+        return {**super().__getstate__(), "slides": []}
+
     # --- what AHIDataset asks of a dataset ------------------------------------------------------
 
     def __len__(self) -> int:
@@ -236,7 +242,8 @@ class PatchDataset(AHIDataset):
         width, height = reading.read_size
         region = np.full((height, width, 3), self.background, dtype=np.uint8)
         rows = np.array([row for _, _, row in tiles], dtype=np.int64)
-        where = f"slide {self.slides[int(self.patch_slide[unit])].image_set_id}"
+        first = int(self.slide_first_row[int(self.patch_slide[unit])])
+        where = f"slide {self.table.text('image_set_id', first)}"
         for (x, y, _), pixels, photometric, syntax in zip(
             tiles,
             frames,
@@ -247,7 +254,6 @@ class PatchDataset(AHIDataset):
             rgb = tile_rgb(pixels, reading.tile_size, photometric, syntax, where)
             paste(region, corner, rgb, (x, y), reading.level_size)
         image = torch.from_numpy(resize(region, self.size)).permute(2, 0, 1).contiguous()
-        first = int(self.slide_first_row[int(self.patch_slide[unit])])
         meta = {
             "index": unit,
             "datastore_id": self.table.text("datastore_id", first),
@@ -297,28 +303,34 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def _open_slides(index: FrameIndex, fetcher: FrameFetcher) -> list[Slide]:
-    """A :class:`Slide` for each image set of ``index`` that holds one; a warning names the others."""
+    """A :class:`Slide` for each image set of ``index`` that holds one; a warning names the others.
+
+    One GetImageSetMetadata per image set, at the version the index holds, eight at a time.
+    """
     client: Any = fetcher.client
     datastores = dict(zip(index.texts("image_set_id"), index.texts("datastore_id"), strict=True))
-    slides, others = [], []
-    for image_set_id, (version, _) in sorted(index.image_sets().items()):
+
+    def describe(image_set_id: str, version: int) -> Slide | None:
         datastore_id = str(datastores[image_set_id])
         document = client.get_image_set_metadata(
             datastoreId=datastore_id, imageSetId=image_set_id, versionId=str(version)
         )
         try:
             pyramid = describe_slide(ImageSetMetadata.parse(document))
-        except MetadataError as error:
-            if "holds no whole-slide image" not in str(error):
-                raise
-            others.append(image_set_id)
-            continue
-        slides.append(Slide(fetcher, datastore_id, image_set_id, version, pyramid))
+        except NotASlideError:
+            return None
+        return Slide(fetcher, datastore_id, image_set_id, version, pyramid)
+
+    image_sets = sorted(index.image_sets().items())
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(lambda item: describe(item[0], item[1][0]), image_sets))
+    slides = [slide for slide in found if slide is not None]
+    others = [image_set_id for (image_set_id, _), slide in zip(image_sets, found, strict=True) if slide is None]
     if not slides:
         raise ConfigError(f"none of the index's {len(others)} image sets holds a whole-slide image")
     if others:
         warnings.warn(
-            f"{len(others)} of {len(others) + len(slides)} image sets hold no whole-slide image and are left out "
+            f"{len(others)} of {len(image_sets)} image sets hold no whole-slide image and are left out "
             f"of the patch dataset (e.g. {others[0]})",
             NotASlideWarning,
             stacklevel=3,

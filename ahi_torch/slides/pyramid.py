@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MetadataError
+from ..errors import MetadataError, NotASlideError
 from ..metadata import ImageSetMetadata, InstanceMetadata, PixelDescription
 from ..metadata import values as dicom_values
 
@@ -184,7 +184,7 @@ def _slide_series(image_set: ImageSetMetadata, series_instance_uid: str | None) 
     ]
     if not candidates:
         where = f"series {series_instance_uid} of " if series_instance_uid else ""
-        raise MetadataError(
+        raise NotASlideError(
             f"{where}image set {image_set.image_set_id} holds no whole-slide image (SOP class {WSI_STORAGE})"
         )
     return [instance for instance in candidates[0].instances if instance.sop_class_uid == WSI_STORAGE]

@@ -118,6 +118,14 @@ def test_mpp_picks_the_level_and_resizes_between_levels(ahi, cohort: Cohort) -> 
     np.testing.assert_array_equal(patch["image"].permute(1, 2, 0).numpy(), expected)
     assert patch["meta"]["extent"].tolist() == [96, 96]
 
+    finer = PatchDataset(cohort.slide_index, ahi.client(), size=64, mpp=spec.mpp / 2)  # finer than level 0
+    assert finer.readings[0].level == 0 and finer.readings[0].read_size == (32, 32)
+    patch = finer[9]
+    location = tuple(patch["meta"]["location"].tolist())
+    expected = resize(expected_patch(_spec_of(patch), 0, location, (32, 32)), (64, 64))
+    assert patch["image"].shape == (3, 64, 64)
+    np.testing.assert_array_equal(patch["image"].permute(1, 2, 0).numpy(), expected)
+
 
 def test_a_patch_fetches_only_its_covering_tiles(ahi, cohort: Cohort) -> None:  # type: ignore[no-untyped-def]
     full = cohort.slide_index.column("patient_id") == SPECS["full"].series.patient_id.encode()

@@ -136,6 +136,8 @@ def test_only_the_covering_tiles_are_fetched(ahi, slides) -> None:  # type: igno
         ((0, 0), 0, (1000, 700), 12),  # the whole level: 4 x 3 tiles
         ((990, 690), 0, (50, 50), 1),  # the ragged corner tile, mostly outside
         ((-500, -500), 0, (100, 100), 0),  # outside: nothing to fetch
+        ((1005, 10), 0, (50, 50), 0),  # just right of the level, inside the last tile column's padding
+        ((10, 705), 0, (50, 50), 0),  # just below it
         ((600, 400), 1, (10, 10), 1),
     ]
     for location, level, size, tiles in cases:
@@ -275,3 +277,42 @@ def test_tiled_sparse_frames_are_placed_by_their_positions() -> None:
     np.testing.assert_array_equal(far, [[-1, 2, -1], [-1, -1, -1]])
     with pytest.raises(MetadataError, match="lists 4 frame positions for 5 frames"):
         describe_slide(ImageSetMetadata.parse(_document(dicom, 5)))
+
+
+def test_associated_images_take_their_first_optical_path() -> None:
+    label = {
+        "ImageType": ["ORIGINAL", "PRIMARY", "LABEL", "NONE"],
+        "DimensionOrganizationType": "TILED_FULL",
+        "OpticalPathSequence": [{"OpticalPathIdentifier": "A"}, {"OpticalPathIdentifier": "B"}],
+    }
+    document = _document({"TotalPixelMatrixColumns": 10, "TotalPixelMatrixRows": 10}, 1)
+    document["Study"]["Series"]["1.2"]["Instances"]["1.2.4"] = {
+        "DICOM": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.77.1.6", "Rows": 10, "Columns": 10, **label},
+        "ImageFrames": [{"ID": f"{i:032x}"} for i in range(10, 12)],
+    }
+    pyramid = describe_slide(ImageSetMetadata.parse(document))
+    np.testing.assert_array_equal(pyramid.associated["label"].tiles, [[0]])
+
+
+def test_downsamples_and_mpp_without_square_pixels_or_without_spacing(ahi) -> None:  # type: ignore[no-untyped-def]
+    def level(width: int, height: int, spacing: list[str] | None) -> dict:
+        dicom: dict = {"TotalPixelMatrixColumns": width, "TotalPixelMatrixRows": height}
+        if spacing is not None:
+            dicom["SharedFunctionalGroupsSequence"] = [{"PixelMeasuresSequence": [{"PixelSpacing": spacing}]}]
+        return dicom
+
+    def slide_of(*levels: dict) -> Slide:
+        document = _document(levels[0], 1)
+        instances = document["Study"]["Series"]["1.2"]["Instances"]
+        for number, dicom in enumerate(levels[1:], start=4):
+            instances[f"1.2.{number}"] = {
+                "DICOM": {"SOPClassUID": "1.2.840.10008.5.1.4.1.1.77.1.6", "Rows": 10, "Columns": 10, **dicom},
+                "ImageFrames": [{"ID": f"{number:032x}"}],
+            }
+        return Slide(ahi.client(), "d", "i", 1, describe_slide(ImageSetMetadata.parse(document)))
+
+    oblong = slide_of(level(10, 10, ["0.0005", "0.00025"]), level(5, 5, ["0.001", "0.0005"]))
+    assert oblong.mpp == pytest.approx(0.25) and oblong.properties["openslide.mpp-y"] == repr(0.5)
+    assert oblong.level_downsamples == (1.0, 2.0)
+    unmeasured = slide_of(level(10, 10, None), level(4, 5, None))  # OpenSlide's mean of the axes' ratios
+    assert unmeasured.mpp is None and unmeasured.level_downsamples == (1.0, (10 / 4 + 10 / 5) / 2)

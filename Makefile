@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # pip on this machine prints one warning per local index without the package; keep the log readable.
 PIP_QUIET := 2>&1 | { grep -v -E "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: venv test lint typecheck unit demo bench bench-quick mutate clean
+.PHONY: venv test test-fast lint typecheck unit demo bench bench-quick mutate clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ unit: $(STAMP)
 
 test: lint typecheck unit
 
+# The tests that need no local AHI (pure functions, formats, samplers, the cache on disk): seconds, not minutes.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not service and not slow"
+
 demo: $(STAMP)
 	$(BIN)/ahi-torch demo
 
@@ -44,7 +48,7 @@ bench-quick: $(STAMP)
 # mutation/<group>.toml and runs the tests that guard them. `make mutate MUTATE=samplers` runs one
 # group; MUTATE_SAMPLE=30 runs a seeded random sample of 30 mutants per group. It edits files in
 # place while it runs: commit first and do not edit meanwhile (or run it in a copy of the tree).
-MUTATE ?= samplers geometry cache ratelimit fetch index shared_table datasets integrations local client
+MUTATE ?= samplers geometry cache ratelimit fetch index shared_table datasets integrations local client slides
 MUTATE_SAMPLE ?=
 mutate: $(STAMP)
 	@for group in $(MUTATE); do \

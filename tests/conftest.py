@@ -40,6 +40,16 @@ REAL_FILES = [
     "MR_small_implicit.dcm",  # implicit VR LE
 ]
 
+#: Fixtures that bring the local AHI: a test taking one is a ``service`` test (``make test-fast`` leaves them out).
+SERVICE_FIXTURES = frozenset({"ahi", "synthetic_import", "real_import"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.service)
+
+
 # One session-wide service serves every test module, each with its own data store: more than AHI's
 # default quota of 10 (the quota itself is tested in test_local_conformance.py).
 # Every import of the session service is parsed and transcoded in its process pool (as

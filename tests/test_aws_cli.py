@@ -13,6 +13,8 @@ import pytest
 
 from ahi_torch.local import LocalAHI
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 
 def _aws() -> list[str]:
     here = Path(sys.executable).parent / "aws"

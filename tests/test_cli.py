@@ -16,6 +16,8 @@ from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 from .conftest import serve_subprocess, stop_subprocess
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "local-demo.yaml"
 
 

@@ -12,6 +12,8 @@ from ahi_torch.config import load
 from ahi_torch.errors import ConfigError
 from ahi_torch.sample.demo import DemoOptions, prepare_output, run_demo
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 

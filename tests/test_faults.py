@@ -21,6 +21,8 @@ from ahi_torch.local import LocalAHI
 from ahi_torch.local.faults import Faults
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 FAULTS = (
     "*:throttle=0.10,error=0.05,drop=0.01;GetImageFrame:throttle=0.10,error=0.05,drop=0.01,truncate=0.005,bitflip=0.005"
 )

@@ -17,6 +17,8 @@ from ahi_torch.local import LocalAHI
 from ahi_torch.local.faults import Faults
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 DATASTORE, IMAGE_SET = "a" * 32, "b" * 32
 
 

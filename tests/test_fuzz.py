@@ -24,6 +24,8 @@ from ahi_torch.local import LocalAHI, ServiceSettings
 from ahi_torch.local.protocol import service_model
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 ROLE = "arn:aws:iam::123456789012:role/import"
 NASTY = [
     "../../etc/passwd",

@@ -15,6 +15,7 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pydicom
+import pytest
 from botocore.config import Config
 
 from ahi_torch.cache import FrameCache
@@ -110,6 +111,7 @@ def _serve(data_dir: Path, port: int, s3_endpoint_url: str) -> subprocess.Popen[
     return process
 
 
+@pytest.mark.service
 def test_sigkill_during_import_leaves_no_half_visible_image_set(tmp_path: Path) -> None:
     spec = SeriesSpec(patient_id="KILL", study_key="k", series_key="kill", slices=40, rows=256, columns=256)
     paths = write_series(tmp_path / "dicom", spec)

@@ -20,6 +20,8 @@ from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 from .conftest import wait_until
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 SETTINGS = ServiceSettings(
     check_responses=True,
     transition_seconds=0.3,

@@ -13,6 +13,8 @@ from ahi_torch.local.faults import Faults, FaultSpec
 from ahi_torch.local.pagination import decode_token, encode_token, page
 from ahi_torch.local.protocol import HttpResponse
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 
 def test_specs_parse_per_operation_with_a_default() -> None:
     faults = Faults.parse("GetImageFrame:throttle=0.5,bitflip=1; *:latency=0.01 ;ListDatastores:error=1")

@@ -17,6 +17,8 @@ from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 from .conftest import REAL_FILES, ImportedData
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 
 def _document(mi, datastore_id: str, image_set_id: str) -> dict:  # type: ignore[no-untyped-def]
     blob = mi.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetMetadataBlob"]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 

@@ -27,6 +27,8 @@ from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 #: Transfer syntaxes whose decoders may differ by rounding: JPEG baseline/extended, JPEG-LS
 #: near-lossless, JPEG 2000 and HTJ2K lossy.
 LOSSY = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91"}

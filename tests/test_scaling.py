@@ -31,6 +31,8 @@ from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 from ahi_torch.samplers import NodePinnedSampler, assign_to_nodes
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 
 def test_each_node_takes_its_share_of_the_account_quota(monkeypatch: pytest.MonkeyPatch) -> None:
     assert node_share({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "2"}) == 0.25

@@ -20,6 +20,8 @@ from ahi_torch.local import LocalAHI
 from ahi_torch.local.security import signature_required
 from ahi_torch.local.sigv4 import SignatureVerifier
 
+pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
+
 SECRET = "s3cr3t-Key-That-Must-Not-Leak"
 PATIENT = "Doe^Jane^Confidential"
 

@@ -30,7 +30,7 @@ from .context import Context
 from .dicom_json import merge_missing
 from .examine import examine, examiner_pool
 from .levels import identity_of
-from .rows import add_frame_refs, frame_ids_of, load_document, save_version
+from .rows import add_frame_refs, frame_ids_of, load_document, primary_image_set, save_version
 
 log = logging.getLogger(__name__)
 
@@ -259,11 +259,7 @@ class ImportRun:
         for instance in parsed:
             series = instance.series_uid
             if series not in primary_identity:
-                existing = db.execute(
-                    "SELECT id, identity FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1"
-                    " AND deleted = 0",
-                    (self.job["datastore_id"], series),
-                ).fetchone()
+                existing = primary_image_set(db, self.job["datastore_id"], series)
                 if existing is not None:
                     primary_identity[series] = existing["identity"]
                     groups[(series, existing["identity"])] = Group(series, existing["identity"], True, existing["id"])

@@ -34,6 +34,16 @@ def get_image_set(ctx: Context, datastore_id: str, image_set_id: str, *, allow_d
     return row
 
 
+def primary_image_set(db: sqlite3.Connection, datastore_id: str, series_uid: str) -> sqlite3.Row | None:
+    """The series' primary image set (id, identity) in the data store, if it has one: the one query for it."""
+    row: sqlite3.Row | None = db.execute(
+        "SELECT id, identity FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1"
+        " AND deleted = 0",
+        (datastore_id, series_uid),
+    ).fetchone()
+    return row
+
+
 def state_of(row: sqlite3.Row, now: float) -> tuple[str, str]:
     """(imageSetState, imageSetWorkflowStatus) of an image set row at time ``now``."""
     if now < row["lock_until"]:

@@ -26,6 +26,7 @@ from .rows import (
     get_version,
     get_writable,
     load_document,
+    primary_image_set,
     require_version,
     require_writable,
     save_version,
@@ -232,10 +233,7 @@ def _require_no_primary(db: sqlite3.Connection, datastore_id: str, selection: di
     if not primary:
         return
     series_uid = next(iter(selection["Study"]["Series"]))
-    if db.execute(
-        "SELECT 1 FROM image_sets WHERE datastore_id = ? AND series_uid = ? AND is_primary = 1 AND deleted = 0",
-        (datastore_id, series_uid),
-    ).fetchone():
+    if primary_image_set(db, datastore_id, series_uid) is not None:
         raise ConflictException(f"Series {series_uid} already has a primary image set")
 
 

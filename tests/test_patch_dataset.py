@@ -273,3 +273,23 @@ def test_a_config_with_view_patches_builds_a_balanced_patch_loader(ahi, cohort: 
     loader = config.build_dataloader(cfg, dataset)
     drawn = Counter(int(label) for batch in loader for label in batch["label"])
     assert sum(drawn.values()) == len(dataset) and min(drawn.values()) > len(dataset) / 4, drawn
+
+
+def test_cache_warm_fetches_each_tile_of_a_patch_config_once(ahi, cohort: Cohort, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from ahi_torch.cli.main import main
+
+    config = tmp_path / "patches.yaml"
+    config.write_text(
+        f"connection: {{endpoint_url: '{ahi.endpoint_url}'}}\n"
+        f"datastore: {{id: '{cohort.datastore_id}'}}\n"
+        f"index: {{path: '{tmp_path / 'index.parquet'}'}}\n"
+        "search: {modalities: [SM]}\n"
+        "view: patches\n"
+        "patches: {size: 200, level: 0, stride: 100}\n"  # overlapping: most tiles lie under several patches
+        f"cache: {{dir: '{tmp_path / 'cache'}'}}\n"
+    )
+    tiles = sum(int(stored_tiles(spec, 0).sum()) for spec in SPECS.values())
+    assert main(["cache", "warm", str(config)]) == 0
+    assert f"{tiles} frames: 0 already cached, {tiles} fetched" in capsys.readouterr().out
+    assert main(["cache", "warm", str(config)]) == 0
+    assert f"{tiles} frames: {tiles} already cached, 0 fetched" in capsys.readouterr().out

@@ -100,7 +100,9 @@ def warm_command(args: argparse.Namespace) -> int:
         owners = assign_to_nodes(dataset.group_keys(loader.pin_by), nodes, loader.seed)
         items = np.flatnonzero(owners == node)[part::parts]
         where = f" (node {node} of {nodes}" + (f", part {part} of {parts}" if parts > 1 else "") + ")"
-    refs = [table.ref(int(row)) for item in items for row in dataset._rows(int(item))]
+    # Each frame once: overlapping patches share tiles, and a tile is fetched once however many cover it.
+    rows = [dataset._rows(int(item)) for item in items]
+    refs = table.refs(np.unique(np.concatenate(rows))) if rows else []
     fetcher = dataset.fetcher
     with ThreadPoolExecutor(max_workers=max(1, args.threads)) as pool:
         for _ in tqdm(

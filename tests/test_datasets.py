@@ -292,7 +292,7 @@ def test_datasets_pickle_without_connections(ahi, index: FrameIndex, tmp_path: P
     dataset[0]
     blob = pickle.dumps(dataset)
     clone = pickle.loads(blob)
-    assert clone.index is None and not clone.fetcher.client.connected and clone.fetcher.cache._cache is None
+    assert clone.frame_index is None and not clone.fetcher.client.connected and clone.fetcher.cache._cache is None
     torch.testing.assert_close(clone[0]["image"], dataset[0]["image"])
     assert len(blob) < 200 * len(dataset) + 50_000, "workers receive flat arrays, not the Arrow table"
 
@@ -329,13 +329,13 @@ def _same(a: object, b: object) -> bool:
 def test_a_batch_is_built_as_its_items_one_by_one(ahi, cohort: dict, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
     labels = {spec.series_uid: int(spec.nodule) for spec, _ in cohort["series"]}
     dataset = FrameDataset(index, ahi.client(), labels=labels, window="dicom")
-    units = [5, 0, 5, 17, 3, 23, 11]  # out of order, one twice, across every series
-    batch = dataset.__getitems__(units)
-    singles = [dataset[unit] for unit in units]
-    assert [item["meta"]["index"] for item in batch] == units
-    for unit, from_batch, single in zip(units, batch, singles, strict=True):
-        assert _same(from_batch, single), f"item {unit} differs when built in a batch"
-    assert batch[0] is not batch[2] and batch[0]["meta"] is not batch[2]["meta"], "a repeated unit is its own item"
+    indices = [5, 0, 5, 17, 3, 23, 11]  # out of order, one twice, across every series
+    batch = dataset.__getitems__(indices)
+    singles = [dataset[position] for position in indices]
+    assert [item["meta"]["index"] for item in batch] == indices
+    for position, from_batch, single in zip(indices, batch, singles, strict=True):
+        assert _same(from_batch, single), f"item {position} differs when built in a batch"
+    assert batch[0] is not batch[2] and batch[0]["meta"] is not batch[2]["meta"], "a repeated item is its own item"
     assert {int(item["label"]) for item in batch} == {0, 1}
 
 

@@ -132,8 +132,8 @@ def test_load_ahid_matches_monai_pydicom_reader(ahi, imported: dict, tmp_path: P
 def test_to_metatensor_puts_every_voxel_where_pydicom_says(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
     index = imported["index"]
     volumes = VolumeDataset(index, ahi.client(), rescale=False, dtype=None)
-    for unit in range(len(volumes)):
-        item = volumes[unit]
+    for index in range(len(volumes)):
+        item = volumes[index]
         image = to_metatensor(item)
         d, h, w = item["image"].shape[1:]
         assert image.shape == (1, w, h, d) and tuple(image.meta["spatial_shape"]) == (w, h, d)

@@ -47,9 +47,9 @@ def test_patch_wsi_dataset_reads_what_patch_dataset_serves(ahi, slide_index: Fra
     assert len(data) == len(patches) and data[0]["image"].startswith("ahi://") and data[0]["level"] == 1
     reader = AHIWSIReader(fetcher)
     monai_patches = PatchWSIDataset(data, patch_size=None, center_location=False, reader=reader)
-    for unit in (0, 7, len(patches) - 1):
-        ours, theirs = patches[unit], monai_patches[unit]
-        assert torch.equal(torch.as_tensor(theirs["image"]), ours["image"]), f"patch {unit}"
+    for index in (0, 7, len(patches) - 1):
+        ours, theirs = patches[index], monai_patches[index]
+        assert torch.equal(torch.as_tensor(theirs["image"]), ours["image"]), f"patch {index}"
         assert int(theirs["label"]) == int(ours["label"])
         location = theirs["image"].meta["location"]
         assert list(np.asarray(location)) == ours["meta"]["location"].tolist()[::-1]  # MONAI's (y, x)

@@ -133,11 +133,11 @@ def test_a_patch_fetches_only_its_covering_tiles(ahi, cohort: Cohort) -> None:  
     locations = [(image_set_id, 10, 10), (image_set_id, 240, 240), (image_set_id, 990, 690), (image_set_id, 2000, 0)]
     patches = PatchDataset(cohort.slide_index, ahi.client(), size=64, level=0, locations=locations)
     expected_tiles = [1, 4, 1, 0]
-    for unit, tiles in enumerate(expected_tiles):
+    for index, tiles in enumerate(expected_tiles):
         before = ahi.request_counts().get("GetImageFrame", 0)
-        patch = patches[unit]
+        patch = patches[index]
         assert ahi.request_counts().get("GetImageFrame", 0) - before == tiles
-        assert patch["meta"]["location"].tolist() == list(locations[unit][1:])
+        assert patch["meta"]["location"].tolist() == list(locations[index][1:])
     before = ahi.request_counts().get("GetImageFrame", 0)
     patches.__getitems__([0, 1, 2, 3])
     assert ahi.request_counts().get("GetImageFrame", 0) - before == sum(expected_tiles)
@@ -185,8 +185,8 @@ def test_labels_per_slide_and_balanced_sampling(ahi, cohort: Cohort) -> None:  #
     labels = {cohort.series["full"]: "tumour", cohort.series["sparse"]: "normal"}
     patches = PatchDataset(cohort.slide_index, ahi.client(), size=100, level=0, labels=labels)
     assert patches.classes == ["normal", "tumour"]
-    for unit in (0, len(patches) - 1):
-        patch = patches[unit]
+    for index in (0, len(patches) - 1):
+        patch = patches[index]
         expected = "tumour" if patch["meta"]["series_instance_uid"] == cohort.series["full"] else "normal"
         assert patches.classes[int(patch["label"])] == expected
     per_slide = Counter(patches.patch_slide.tolist())
@@ -242,7 +242,7 @@ def test_workers_serve_the_same_patches(ahi, cohort: Cohort, context: str) -> No
     assert pickle.loads(pickle.dumps(patches)).slides == [], "workers get arrays, not a string per tile"
     loader = DataLoader(patches, batch_size=4, num_workers=2, multiprocessing_context=context)
     images = torch.cat([batch["image"] for batch in loader])
-    assert torch.equal(images, torch.stack([patches[unit]["image"] for unit in range(len(patches))]))
+    assert torch.equal(images, torch.stack([patches[index]["image"] for index in range(len(patches))]))
     patches.stats.reset()
     list(loader)
     summary = patches.stats.summary()

@@ -225,7 +225,7 @@ def test_sharded_warming_fills_each_node_with_what_it_trains_on(ahi, synthetic_i
     assert not set(warmed[0]) & set(warmed[1]) and len(warmed[0]) + len(warmed[1]) == len(dataset)
     for node in range(2):
         node_dataset = FrameDataset(
-            dataset.index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path / f"node{node}"))
+            dataset.frame_index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path / f"node{node}"))
         )
         sampler = NodePinnedSampler(
             node_dataset, groups=node_dataset.group_keys(), seed=5, num_replicas=2, rank=node, ranks_per_node=1

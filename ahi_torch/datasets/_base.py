@@ -167,7 +167,7 @@ class AHIDataset(Dataset[Any]):
         if len(index) == 0:
             raise ConfigError("the index is empty: nothing to load (check the search filters)")
         index, resolved = labelled_rows(index, labels, unlabeled)
-        self.index = index
+        self.frame_index = index
         self.index_version = index.version
         if self.warns_missing_geometry:
             warn_missing_geometry(index)
@@ -196,16 +196,16 @@ class AHIDataset(Dataset[Any]):
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def _rows(self, unit: int) -> np.ndarray:
-        """Index rows whose frames make item ``unit``."""
+    def _rows(self, index: int) -> np.ndarray:
+        """Index rows whose frames make item ``index``."""
         raise NotImplementedError
 
-    def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
+    def _build(self, index: int, frames: list[np.ndarray]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def _build_batch(self, units: Sequence[int], frames: Sequence[list[np.ndarray]]) -> list[dict[str, Any]]:
+    def _build_batch(self, indices: Sequence[int], frames: Sequence[list[np.ndarray]]) -> list[dict[str, Any]]:
         """The items of a batch whose frames all arrived; a subclass reads the batch's columns once."""
-        return [self._build(unit, unit_frames) for unit, unit_frames in zip(units, frames, strict=True)]
+        return [self._build(index, item_frames) for index, item_frames in zip(indices, frames, strict=True)]
 
     # --- shared machinery -------------------------------------------------------------------------
 
@@ -226,7 +226,7 @@ class AHIDataset(Dataset[Any]):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["index"] = None  # workers use the flat FrameTable; the Arrow table stays home
+        state["frame_index"] = None  # workers use the flat FrameTable; the Arrow table stays home
         if self.labels is not None:  # workers read labels from the shared table: keep only their type
             state["labels"] = dataclasses.replace(
                 self.labels, values=self.labels.values[:0], present=self.labels.present[:0]
@@ -246,36 +246,36 @@ class AHIDataset(Dataset[Any]):
 
     def first_rows(self) -> np.ndarray:
         """The index row of every item's first frame."""
-        return np.fromiter((int(self._rows(u)[0]) for u in range(len(self))), dtype=np.int64, count=len(self))
+        return np.fromiter((int(self._rows(i)[0]) for i in range(len(self))), dtype=np.int64, count=len(self))
 
-    def _check(self, unit: int) -> None:
-        """Raise when item ``unit`` must fail before any of its frames is fetched."""
+    def _check(self, index: int) -> None:
+        """Raise when item ``index`` must fail before any of its frames is fetched."""
 
-    def refs(self, unit: int) -> list[FrameRef]:
-        """What the fetcher needs for each frame of item ``unit``."""
-        self._check(unit)
-        return self.table.refs(self._rows(unit))
+    def refs(self, index: int) -> list[FrameRef]:
+        """What the fetcher needs for each frame of item ``index``."""
+        self._check(index)
+        return self.table.refs(self._rows(index))
 
     def _finish(self, item: dict[str, Any]) -> Any:
         return self.transform(item) if self.transform is not None else item
 
-    def _load(self, unit: int) -> Any:
-        frames = self.fetcher.get_many(self.refs(unit))
-        return self._finish(self._build(unit, frames))
+    def _load(self, index: int) -> Any:
+        frames = self.fetcher.get_many(self.refs(index))
+        return self._finish(self._build(index, frames))
 
-    def _describe(self, unit: int) -> str:
-        rows = self._rows(unit)
+    def _describe(self, index: int) -> str:
+        rows = self._rows(index)
         first = int(rows[0])
         return f"image set {self.table.text('image_set_id', first)} frame {self.table.text('frame_id', first)}"
 
-    def _fail(self, unit: int, error: Exception, replaced_by: int | None) -> None:
+    def _fail(self, index: int, error: Exception, replaced_by: int | None) -> None:
         self.outcomes["replaced" if replaced_by is not None else "failed"] += 1
-        self.failures.record(FailureRecord(unit, replaced_by, str(error), type(error).__name__, self._describe(unit)))
+        self.failures.record(FailureRecord(index, replaced_by, str(error), type(error).__name__, self._describe(index)))
 
-    def _served(self, items: list[Any], units: Sequence[int]) -> None:
+    def _served(self, items: list[Any], indices: Sequence[int]) -> None:
         """Count what was served and publish this process's totals to :attr:`stats`."""
         self.outcomes["items_served"] += len(items)
-        self.outcomes["frames_served"] += sum(len(self._rows(int(u))) for u in units)
+        self.outcomes["frames_served"] += sum(len(self._rows(int(i))) for i in indices)
         self._publish()
 
     def _publish(self) -> None:
@@ -290,125 +290,125 @@ class AHIDataset(Dataset[Any]):
             )
         self.stats.record(totals)
 
-    def _recover(self, unit: int, error: Exception) -> Any:
-        """Apply the error policy to a unit whose first attempt failed with ``error``."""
+    def _recover(self, index: int, error: Exception) -> Any:
+        """Apply the error policy to a index whose first attempt failed with ``error``."""
         policy = self.policy
         if isinstance(error, (*ENDPOINT_FAILURES, EndpointUnreachable)):
             # The endpoint or the account failed, not this sample: every replacement or retry
             # would fail the same way, each after its own timeouts.
-            self._fail(unit, error, None)
+            self._fail(index, error, None)
             raise error
         if policy.mode == "retry" and attempts_of(error):
             # The fetch layer already spent its attempts on this frame; more would only
             # multiply the requests to a quota-bound service.
-            self._fail(unit, error, None)
+            self._fail(index, error, None)
             raise SampleError(
-                f"sample {unit} ({self._describe(unit)}) failed after {attempts_of(error)} attempts: {error}"
+                f"sample {index} ({self._describe(index)}) failed after {attempts_of(error)} attempts: {error}"
             ) from error
         if policy.mode == "retry":
             for attempt in range(policy.retries):
                 sleep_before_retry(policy, attempt)
                 self.outcomes["retried"] += 1
                 try:
-                    return self._load(unit)
+                    return self._load(index)
                 except Exception as again:
                     error = again
-            self._fail(unit, error, None)
+            self._fail(index, error, None)
             raise SampleError(
-                f"sample {unit} ({self._describe(unit)}) failed after {policy.retries + 1} attempts: {error}"
+                f"sample {index} ({self._describe(index)}) failed after {policy.retries + 1} attempts: {error}"
             ) from error
         if policy.mode == "skip":
-            candidates = replacements(unit, len(self), policy.max_replacements)
+            candidates = replacements(index, len(self), policy.max_replacements)
             for candidate in candidates:
                 try:
                     item = self._load(candidate)
                 except Exception:
                     continue
-                self._fail(unit, error, candidate)
-                log.warning("sample %d replaced by %d after %s", unit, candidate, error)
+                self._fail(index, error, candidate)
+                log.warning("sample %d replaced by %d after %s", index, candidate, error)
                 return item
-            self._fail(unit, error, None)
+            self._fail(index, error, None)
             raise SampleError(
-                f"sample {unit} ({self._describe(unit)}) and {len(candidates)} replacements failed: {error}"
+                f"sample {index} ({self._describe(index)}) and {len(candidates)} replacements failed: {error}"
             ) from error
-        self._fail(unit, error, None)
-        raise SampleError(f"sample {unit} ({self._describe(unit)}) failed: {error}") from error
+        self._fail(index, error, None)
+        raise SampleError(f"sample {index} ({self._describe(index)}) failed: {error}") from error
 
-    def __getitem__(self, unit: int) -> Any:
-        if not 0 <= unit < len(self):
-            raise IndexError(f"index {unit} out of range for a dataset of {len(self)}")
+    def __getitem__(self, index: int) -> Any:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
         try:
-            item = self._load(unit)
+            item = self._load(index)
         except Exception as error:
             try:
-                item = self._recover(unit, error)
+                item = self._recover(index, error)
             finally:
                 self._publish()
-        self._served([item], [unit])
+        self._served([item], [index])
         return item
 
-    def __getitems__(self, units: Sequence[int]) -> list[Any]:
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
         """A whole batch, its frames fetched concurrently (PyTorch's map fetcher calls this).
 
         References, geometry and identifiers come from the shared table a column at a time for the
         whole batch; only items whose fetch or build failed go through the error policy one by one.
         """
-        units = [int(unit) for unit in units]
-        submitted = self._submit_batch(units)
+        indices = [int(index) for index in indices]
+        submitted = self._submit_batch(indices)
         try:
-            outcomes = self._build_arrived(units, self._gather(submitted))
+            outcomes = self._build_arrived(indices, self._gather(submitted))
             items = []
-            for unit, outcome in zip(units, outcomes, strict=True):
+            for index, outcome in zip(indices, outcomes, strict=True):
                 if isinstance(outcome, Exception):
-                    items.append(self._recover(unit, outcome))
+                    items.append(self._recover(index, outcome))
                     continue
                 try:
                     items.append(self._finish(outcome))
                 except Exception as error:  # the transform's
-                    items.append(self._recover(unit, error))
+                    items.append(self._recover(index, error))
         finally:
             self._publish()
-        self._served(items, units)
+        self._served(items, indices)
         return items
 
-    def _submit_batch(self, units: list[int]) -> list[list[Future[np.ndarray]] | Exception]:
-        """Each unit's frame futures, submitted together; or why the unit was refused before any fetch."""
+    def _submit_batch(self, indices: list[int]) -> list[list[Future[np.ndarray]] | Exception]:
+        """Each index's frame futures, submitted together; or why the index was refused before any fetch."""
         rows: list[np.ndarray] = []
         refusals: list[Exception | None] = []
-        for unit in units:
+        for index in indices:
             try:
-                self._check(unit)
+                self._check(index)
             except Exception as error:
                 rows.append(np.zeros(0, dtype=np.int64))
                 refusals.append(error)
                 continue
-            rows.append(self._rows(unit))
+            rows.append(self._rows(index))
             refusals.append(None)
         futures = self.fetcher.submit_many(self.table.refs(np.concatenate(rows)))
-        ends = np.cumsum([len(unit_rows) for unit_rows in rows]).tolist()
+        ends = np.cumsum([len(item_rows) for item_rows in rows]).tolist()
         return [
-            refusal if refusal is not None else futures[end - len(unit_rows) : end]
-            for unit_rows, end, refusal in zip(rows, ends, refusals, strict=True)
+            refusal if refusal is not None else futures[end - len(item_rows) : end]
+            for item_rows, end, refusal in zip(rows, ends, refusals, strict=True)
         ]
 
     @staticmethod
     def _gather(submitted: list[list[Future[np.ndarray]] | Exception]) -> list[list[np.ndarray] | Exception]:
-        """Each unit's frames, or the error its refusal or its first failing frame raised."""
+        """Each index's frames, or the error its refusal or its first failing frame raised."""
         outcomes: list[list[np.ndarray] | Exception] = []
-        for unit_futures in submitted:
-            if isinstance(unit_futures, Exception):
-                outcomes.append(unit_futures)
+        for item_futures in submitted:
+            if isinstance(item_futures, Exception):
+                outcomes.append(item_futures)
                 continue
             try:
-                outcomes.append([future.result() for future in unit_futures])
+                outcomes.append([future.result() for future in item_futures])
             except Exception as error:
                 outcomes.append(error)
         return outcomes
 
     def _build_arrived(
-        self, units: list[int], outcomes: list[list[np.ndarray] | Exception]
+        self, indices: list[int], outcomes: list[list[np.ndarray] | Exception]
     ) -> list[dict[str, Any] | Exception]:
-        """Each unit's item where its frames arrived (built together; one by one if that fails), else its error."""
+        """Each index's item where its frames arrived (built together; one by one if that fails), else its error."""
         results: list[dict[str, Any] | Exception] = []
         positions, frames = [], []
         for position, outcome in enumerate(outcomes):
@@ -417,14 +417,14 @@ class AHIDataset(Dataset[Any]):
                 positions.append(position)
                 frames.append(outcome)
         try:
-            items = self._build_batch([units[p] for p in positions], frames)
+            items = self._build_batch([indices[p] for p in positions], frames)
             for position, item in zip(positions, items, strict=True):
                 results[position] = item
         except Exception:
-            # One unit's frames do not fit its description: build them one by one to find it.
-            for position, unit_frames in zip(positions, frames, strict=True):
+            # One index's frames do not fit its description: build them one by one to find it.
+            for position, item_frames in zip(positions, frames, strict=True):
                 try:
-                    results[position] = self._build(units[position], unit_frames)
+                    results[position] = self._build(indices[position], item_frames)
                 except Exception as error:
                     results[position] = error
         return results

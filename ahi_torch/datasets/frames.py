@@ -24,8 +24,8 @@ class FrameDataset(AHIDataset):
     (torch.Size([1, 512, 512]), tensor(0), '1.2.826...')
 
     Items are dicts ``{"image": (C, H, W) tensor, "label": tensor, "meta": {...}}`` so MONAI
-    dictionary transforms and plain callables both apply. Pixels are rescaled to modality units
-    (Hounsfield units for CT) unless ``rescale=False``; ``window=(center, width)`` or
+    dictionary transforms and plain callables both apply. Pixels are rescaled to modality indices
+    (Hounsfield indices for CT) unless ``rescale=False``; ``window=(center, width)`` or
     ``"dicom"`` clips and scales to [0, 1]. ``meta`` carries the IDs, the slice index,
     ``spacing`` (row, column) in mm and ``affine``, which maps pixel ``(row, column, 0, 1)`` to
     millimetres in ``meta["space"]`` (``"LPS"``; its third column is the slice normal times the
@@ -53,17 +53,17 @@ class FrameDataset(AHIDataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def _rows(self, unit: int) -> np.ndarray:
-        return np.array([unit], dtype=np.int64)
+    def _rows(self, index: int) -> np.ndarray:
+        return np.array([index], dtype=np.int64)
 
     def first_rows(self) -> np.ndarray:
         return np.arange(len(self), dtype=np.int64)
 
-    def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
-        return self._build_batch([unit], [frames])[0]
+    def _build(self, index: int, frames: list[np.ndarray]) -> dict[str, Any]:
+        return self._build_batch([index], [frames])[0]
 
-    def _build_batch(self, units: Sequence[int], frames: Sequence[list[np.ndarray]]) -> list[dict[str, Any]]:
-        table, rows = self.table, np.asarray(units, dtype=np.int64)
+    def _build_batch(self, indices: Sequence[int], frames: Sequence[list[np.ndarray]]) -> list[dict[str, Any]]:
+        table, rows = self.table, np.asarray(indices, dtype=np.int64)
         affines = frame_affines(table, rows, self.fetcher.reduce)
         spacings = np.linalg.norm(affines[:, :3, :2], axis=1)
         slopes, intercepts = table.rescale_slope[rows], table.rescale_intercept[rows]
@@ -77,9 +77,9 @@ class FrameDataset(AHIDataset):
         ]
         labels = self.labels_of_rows(rows)
         items = []
-        for position, (unit, meta, photometric, syntax) in enumerate(
+        for position, (index, meta, photometric, syntax) in enumerate(
             zip(
-                units,
+                indices,
                 table.metas(rows),
                 table.strings("photometric_interpretation", rows),
                 table.strings("stored_transfer_syntax", rows),
@@ -90,7 +90,7 @@ class FrameDataset(AHIDataset):
             span = slice(position, position + 1)
             image = apply_intensity(chw, slopes[span], intercepts[span], [windows[position]], self.intensity)
             meta.update(
-                index=unit,
+                index=index,
                 spacing=torch.from_numpy(spacings[position]),
                 affine=torch.from_numpy(affines[position]),
                 space=SPACE,

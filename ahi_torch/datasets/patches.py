@@ -223,10 +223,10 @@ class PatchDataset(AHIDataset):
     def first_rows(self) -> np.ndarray:
         return self.slide_first_row[self.patch_slide]
 
-    def _tiles(self, unit: int) -> tuple[SlideReading, tuple[int, int], list[tuple[int, int, int]]]:
+    def _tiles(self, index: int) -> tuple[SlideReading, tuple[int, int], list[tuple[int, int, int]]]:
         """The patch's reading, its corner in level pixels, and (x, y, index row) of each covering tile."""
-        reading = self.readings[int(self.patch_slide[unit])]
-        x, y = self.patch_xy[unit]
+        reading = self.readings[int(self.patch_slide[index])]
+        x, y = self.patch_xy[index]
         corner = (math.floor(x / reading.downsample), math.floor(y / reading.downsample))
         return (
             reading,
@@ -234,15 +234,15 @@ class PatchDataset(AHIDataset):
             covering(reading.tile_rows, reading.tile_size, reading.level_size, corner, reading.read_size),
         )
 
-    def _rows(self, unit: int) -> np.ndarray:
-        return np.array([row for _, _, row in self._tiles(unit)[2]], dtype=np.int64)
+    def _rows(self, index: int) -> np.ndarray:
+        return np.array([row for _, _, row in self._tiles(index)[2]], dtype=np.int64)
 
-    def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
-        reading, corner, tiles = self._tiles(unit)
+    def _build(self, index: int, frames: list[np.ndarray]) -> dict[str, Any]:
+        reading, corner, tiles = self._tiles(index)
         width, height = reading.read_size
         region = np.full((height, width, 3), self.background, dtype=np.uint8)
         rows = np.array([row for _, _, row in tiles], dtype=np.int64)
-        first = int(self.slide_first_row[int(self.patch_slide[unit])])
+        first = int(self.slide_first_row[int(self.patch_slide[index])])
         where = f"slide {self.table.text('image_set_id', first)}"
         for (x, y, _), pixels, photometric, syntax in zip(
             tiles,
@@ -255,14 +255,14 @@ class PatchDataset(AHIDataset):
             paste(region, corner, rgb, (x, y), reading.level_size)
         image = torch.from_numpy(resize(region, self.size)).permute(2, 0, 1).contiguous()
         meta = {
-            "index": unit,
+            "index": index,
             "datastore_id": self.table.text("datastore_id", first),
             "image_set_id": self.table.text("image_set_id", first),
             "image_set_version": int(self.table.image_set_version[first]),
             "patient_id": self.table.text("patient_id", first),
             "series_instance_uid": self.table.text("series_instance_uid", first),
             "level": reading.level,
-            "location": torch.from_numpy(self.patch_xy[unit].copy()),
+            "location": torch.from_numpy(self.patch_xy[index].copy()),
             "extent": torch.tensor(self._extent(reading)),
             "mpp": float("nan") if reading.mpp is None else reading.mpp,
         }

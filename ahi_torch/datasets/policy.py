@@ -99,20 +99,20 @@ class FailureLog:
         return [json.loads(line) for line in target.read_text().splitlines() if line.strip()]
 
 
-def replacements(unit: int, size: int, count: int) -> list[int]:
-    """Up to ``count`` distinct candidates to replace sample ``unit`` of ``size``: deterministic, never ``unit``."""
-    rng = np.random.default_rng([unit, size])
+def replacements(index: int, size: int, count: int) -> list[int]:
+    """Up to ``count`` distinct candidates to replace sample ``index`` of ``size``: deterministic, never ``index``."""
+    rng = np.random.default_rng([index, size])
     others = size - 1
     if others <= count:
         order = rng.permutation(others)
-        return [int(c) + (c >= unit) for c in order]
+        return [int(c) + (c >= index) for c in order]
     chosen: list[int] = []
     seen: set[int] = set()
     while len(chosen) < count:
         candidate = int(rng.integers(0, others))
         if candidate not in seen:
             seen.add(candidate)
-            chosen.append(candidate + (candidate >= unit))
+            chosen.append(candidate + (candidate >= index))
     return chosen
 
 

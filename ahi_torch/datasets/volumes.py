@@ -44,13 +44,13 @@ class VolumeRows(Sequence[np.ndarray]):
         return len(self.starts)
 
     @overload
-    def __getitem__(self, unit: int) -> np.ndarray: ...
+    def __getitem__(self, index: int) -> np.ndarray: ...
     @overload
-    def __getitem__(self, unit: slice) -> list[np.ndarray]: ...
-    def __getitem__(self, unit: int | slice) -> np.ndarray | list[np.ndarray]:
-        if isinstance(unit, slice):
-            return [self[u] for u in range(*unit.indices(len(self)))]
-        start, stop = int(self.starts[unit]), int(self.stops[unit])
+    def __getitem__(self, index: slice) -> list[np.ndarray]: ...
+    def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
+        if isinstance(index, slice):
+            return [self[u] for u in range(*index.indices(len(self)))]
+        start, stop = int(self.starts[index]), int(self.stops[index])
         if self.rows is None:
             return np.arange(start, stop, dtype=np.int64)
         return self.rows[start:stop]
@@ -84,7 +84,7 @@ class VolumeDataset(AHIDataset):
             raise ConfigError(f"irregular must be one of {', '.join(IRREGULAR_MODES)}, not {irregular!r}")
         super().__init__(index, *args, **kwargs)
         self.irregular = irregular
-        self.volume_rows = VolumeRows([volume.rows for volume in self.index.volumes()])
+        self.volume_rows = VolumeRows([volume.rows for volume in self.frame_index.volumes()])
         self.irregularities = [self._irregularity(rows) for rows in self.volume_rows]
         self._warn_irregular()
 
@@ -103,12 +103,12 @@ class VolumeDataset(AHIDataset):
 
     def _warn_irregular(self) -> None:
         table = self.table
-        bad = [unit for unit, problem in enumerate(self.irregularities) if problem]
+        bad = [index for index, problem in enumerate(self.irregularities) if problem]
         if not bad:
             return
         named = "; ".join(
-            f"series {table.text('series_instance_uid', int(self.volume_rows[unit][0]))}: {self.irregularities[unit]}"
-            for unit in bad[:5]
+            f"series {table.text('series_instance_uid', int(self.volume_rows[index][0]))}: {self.irregularities[index]}"
+            for index in bad[:5]
         )
         more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
         consequence = (
@@ -125,18 +125,18 @@ class VolumeDataset(AHIDataset):
     def __len__(self) -> int:
         return len(self.volume_rows)
 
-    def _rows(self, unit: int) -> np.ndarray:
-        return self.volume_rows[unit]
+    def _rows(self, index: int) -> np.ndarray:
+        return self.volume_rows[index]
 
-    def _check(self, unit: int) -> None:
-        problem = self.irregularities[unit]
+    def _check(self, index: int) -> None:
+        problem = self.irregularities[index]
         if problem and self.irregular == "error":
-            series = self.table.text("series_instance_uid", int(self.volume_rows[unit][0]))
+            series = self.table.text("series_instance_uid", int(self.volume_rows[index][0]))
             raise GeometryError(f"series {series} is not an evenly spaced stack: {problem}")
 
-    def _build(self, unit: int, frames: list[np.ndarray]) -> dict[str, Any]:
+    def _build(self, index: int, frames: list[np.ndarray]) -> dict[str, Any]:
         table = self.table
-        rows = self.volume_rows[unit]
+        rows = self.volume_rows[index]
         first = int(rows[0])
         shapes = {frame.shape for frame in frames}
         if len(shapes) != 1:
@@ -157,10 +157,10 @@ class VolumeDataset(AHIDataset):
         image = apply_intensity(
             stack, table.rescale_slope[rows], table.rescale_intercept[rows], windows, self.intensity
         )
-        problem = self.irregularities[unit]
+        problem = self.irregularities[index]
         affine = volume_affine(table, first, self.fetcher.reduce)
         meta = {
-            "index": unit,
+            "index": index,
             "datastore_id": table.text("datastore_id", first),
             "image_set_id": table.text("image_set_id", first),
             "image_set_version": int(table.image_set_version[first]),

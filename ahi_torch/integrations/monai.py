@@ -154,30 +154,30 @@ class LoadAHId(MapTransform):
             error_policy=error_policy,
         )
         table = self.volumes.table
-        self._units: dict[tuple[str, str], tuple[int, int]] = {}
-        for unit, rows in enumerate(self.volumes.volume_rows):
+        self._positions: dict[tuple[str, str], tuple[int, int]] = {}
+        for position, rows in enumerate(self.volumes.volume_rows):
             first = int(rows[0])
             key = (table.text("image_set_id", first), table.text("series_instance_uid", first))
-            self._units[key] = (unit, int(table.image_set_version[first]))
+            self._positions[key] = (position, int(table.image_set_version[first]))
 
-    def unit_of(self, reference: SeriesReference) -> int:
+    def position_of(self, reference: SeriesReference) -> int:
         """The volume number a reference names in this transform's index."""
-        found = self._units.get((reference.image_set_id, reference.series_instance_uid))
+        found = self._positions.get((reference.image_set_id, reference.series_instance_uid))
         if found is None:
             raise ConfigError(f"{reference.uri} is not in the index this LoadAHId was built with")
-        unit, version = found
+        position, version = found
         if version != reference.version:
             raise ConfigError(
                 f"{reference.uri} names version {reference.version}, the index holds version {version}: "
                 "rebuild the references from the refreshed index"
             )
-        return unit
+        return position
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         result = dict(data)
         for key in self.key_iterator(result):
             reference = parse_series_uri(result[key])
-            result[key] = to_metatensor(self.volumes[self.unit_of(reference)])
+            result[key] = to_metatensor(self.volumes[self.position_of(reference)])
         return result
 
 
@@ -253,11 +253,11 @@ def _dataset_references(dataset: VolumeDataset, columns: Sequence[str]) -> list[
 
 def _patch_references(dataset: PatchDataset, columns: Sequence[str]) -> list[dict[str, Any]]:
     table, data = dataset.table, []
-    for unit in range(len(dataset)):
-        slide_number = int(dataset.patch_slide[unit])
+    for index in range(len(dataset)):
+        slide_number = int(dataset.patch_slide[index])
         slide, reading = dataset.slides[slide_number], dataset.readings[slide_number]
         first = int(dataset.slide_first_row[slide_number])
-        x, y = (int(v) for v in dataset.patch_xy[unit])
+        x, y = (int(v) for v in dataset.patch_xy[index])
         label = dataset.label_of_row(first)
         extras = {  # MONAI's keys (WSIPatchKeys), its (y, x) order
             WSIPatchKeys.LOCATION.value: [y, x],

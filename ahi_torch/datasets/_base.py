@@ -219,9 +219,10 @@ class AHIDataset(Dataset[Any]):
 
     def labels_of_rows(self, rows: np.ndarray) -> torch.Tensor | None:
         """The labels of index ``rows`` (class indices as long, values as float32), or None without labels."""
-        if self.labels is None:
+        column = self.table.label
+        if self.labels is None or column is None:
             return None
-        values = np.asarray(self.table.label[rows])
+        values = np.asarray(column[rows])
         return torch.tensor(values, dtype=torch.float32 if self.labels.values.dtype.kind == "f" else torch.long)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -36,6 +36,8 @@ TEXT_COLUMNS = (
 )
 #: The column holding resolved labels (class indices or values), when a dataset has them.
 LABEL = "label"
+#: A numeric column's values: ``[row]`` a value, ``[rows]`` an array (see :meth:`SharedTable.numbers`).
+NumberColumn = Any
 #: What an item's ``meta`` holds, in order (text and numeric columns).
 META_COLUMNS = (
     "datastore_id",
@@ -49,33 +51,6 @@ META_COLUMNS = (
     "frame_number",
     "slice_index",
 )
-#: Numeric columns items are built from, read as ``table.<name>[row]`` or ``table.<name>[rows]``.
-NUMBER_COLUMNS = (
-    "image_set_version",
-    "frame_number",
-    "slice_index",
-    "slice_count",
-    "rows",
-    "columns",
-    "samples_per_pixel",
-    "bits_allocated",
-    "bits_stored",
-    "pixel_representation",
-    "planar_configuration",
-    "checksum",
-    "reduced_checksums",
-    "rescale_slope",
-    "rescale_intercept",
-    "window_center",
-    "window_width",
-    "pixel_spacing_row",
-    "pixel_spacing_col",
-    "slice_spacing",
-    "series_affine",
-    "series_regular",
-    "image_position",
-    "image_orientation",
-)
 
 
 class FrameTable:
@@ -83,7 +58,37 @@ class FrameTable:
 
     >>> table = FrameTable(index)            # maps <tmp>/ahi_torch-<uid>/tables/t-<sha256>
     >>> table.rows[0], table.text("frame_id", 0), table.ref(0)
+
+    The numeric columns are the attributes below (:data:`NUMBER_COLUMNS` lists them), each read as
+    ``table.<name>[row]`` or ``table.<name>[rows]`` from the node's mapped files; ``label`` holds the
+    resolved labels when the dataset has them, else None.
     """
+
+    image_set_version: NumberColumn
+    frame_number: NumberColumn
+    slice_index: NumberColumn
+    slice_count: NumberColumn
+    rows: NumberColumn
+    columns: NumberColumn
+    samples_per_pixel: NumberColumn
+    bits_allocated: NumberColumn
+    bits_stored: NumberColumn
+    pixel_representation: NumberColumn
+    planar_configuration: NumberColumn
+    checksum: NumberColumn
+    reduced_checksums: NumberColumn
+    rescale_slope: NumberColumn
+    rescale_intercept: NumberColumn
+    window_center: NumberColumn
+    window_width: NumberColumn
+    pixel_spacing_row: NumberColumn
+    pixel_spacing_col: NumberColumn
+    slice_spacing: NumberColumn
+    series_affine: NumberColumn
+    series_regular: NumberColumn
+    image_position: NumberColumn
+    image_orientation: NumberColumn
+    label: NumberColumn | None
 
     def __init__(
         self, index: FrameIndex, directory: str | Path | None = None, labels: np.ndarray | None = None
@@ -93,17 +98,20 @@ class FrameTable:
             table, columns = table.append_column(LABEL, pa.array(np.asarray(labels))), [*columns, LABEL]
         self.shared = SharedTable.create(table, columns, directory)
         self.size = len(self.shared)
+        self._map_columns()
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names that are not attributes: the numeric columns.
-        if (name in NUMBER_COLUMNS or name == LABEL) and "shared" in self.__dict__:
-            column = self.shared.numbers(name)
-            self.__dict__[name] = column  # this process's view, looked up once
-            return column
-        raise AttributeError(name)
+    def _map_columns(self) -> None:
+        """This process's views of the numeric columns, looked up once."""
+        for name in NUMBER_COLUMNS:
+            setattr(self, name, self.shared.numbers(name))
+        self.label = self.shared.numbers(LABEL) if LABEL in self.shared.encodings else None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"shared": self.shared, "size": self.size}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.shared, self.size = state["shared"], state["size"]
+        self._map_columns()
 
     def __len__(self) -> int:
         return self.size
@@ -220,3 +228,7 @@ def _pixel_description(
         photometric_interpretation=photometric or "MONOCHROME2",
         planar_configuration=max(0, int(planar_configuration)),
     )
+
+
+#: Numeric columns items are built from: :class:`FrameTable`'s column attributes, in their order.
+NUMBER_COLUMNS = tuple(name for name in FrameTable.__annotations__ if name != LABEL)

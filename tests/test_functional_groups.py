@@ -67,7 +67,7 @@ def test_rescaled_frames_equal_pydicom_with_functional_groups(ahi, imported, nam
         np.testing.assert_allclose(item["image"][0].numpy(), want, rtol=0, atol=1e-3, err_msg=name)
     spacing = _group_value(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
     if spacing is not None:
-        table = dataset.index.table
+        table = dataset.frame_index.table
         assert table.column("pixel_spacing_row").to_pylist()[0] == pytest.approx(float(spacing[0]))
         assert table.column("pixel_spacing_col").to_pylist()[0] == pytest.approx(float(spacing[1]))
     print(
@@ -85,8 +85,8 @@ def test_enhanced_ct_reads_hounsfield_units_and_its_spacing(ahi, imported) -> No
     dataset = FrameDataset(index.take(rows), ahi.client(), rescale=True, dtype=None)
     values = np.concatenate([dataset[i]["image"].numpy().ravel() for i in range(len(dataset))])
     assert values.min() == -1024 and values.max() == 172
-    assert dataset.index.table.column("pixel_spacing_row").to_pylist() == [pytest.approx(0.388672)] * 2
-    assert dataset.index.table.column("window_center").to_pylist()[0] is not None, "from FrameVOILUTSequence"
+    assert dataset.frame_index.table.column("pixel_spacing_row").to_pylist() == [pytest.approx(0.388672)] * 2
+    assert dataset.frame_index.table.column("window_center").to_pylist()[0] is not None, "from FrameVOILUTSequence"
 
 
 def test_functional_value_prefers_the_frame_then_the_shared_group() -> None:

@@ -136,7 +136,7 @@ def verdict(dataset: FrameDataset, ds: pydicom.Dataset, warned: list[str]) -> tu
         difference = float(np.abs(got - want).max()) if want.size else 0.0
         worst = max(worst, difference if difference > rounding else 0.0)
     spacing = _group_value(ds, 0, "PixelMeasuresSequence", "PixelSpacing")
-    table = dataset.index.table
+    table = dataset.frame_index.table
     if spacing is not None and len(spacing) == 2:
         mine = (table.column("pixel_spacing_row")[0].as_py(), table.column("pixel_spacing_col")[0].as_py())
         if mine[0] is None or not np.allclose(mine, [float(s) for s in spacing], rtol=1e-6):

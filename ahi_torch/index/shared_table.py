@@ -10,9 +10,9 @@ columns a dataset reads and lays them out so that a CT archive costs tens of byt
   columns that do change (frame ID, SOP instance UID, slice index, position, checksums). The
   split is decided from the data, column by column, so a PET series whose rescale slope
   changes per slice keeps it per frame.
-- **Narrow values.** Text is dictionary-coded; integers take the smallest type that holds them;
-  32-hex-digit frame IDs are 16 bytes; a UID is a coded stem plus its last number; a CRC32 is 4
-  bytes plus a present flag (usually per series).
+- **Narrow values** (the column codec, :mod:`.column_codec`). Text is dictionary-coded; integers
+  take the smallest type that holds them; 32-hex-digit frame IDs are 16 bytes; a UID is a coded
+  stem plus its last number; a CRC32 is 4 bytes plus a present flag (usually per series).
 - **Mapped, not copied.** The files are Arrow IPC, uncompressed, written once per content under
   a name that is the SHA-256 of what they hold, in a node-local directory. Every process that
   opens them (each rank, each DataLoader worker, forked or spawned) maps the same pages of the
@@ -35,7 +35,6 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigError
-from .rows import CHECKSUM_COLUMNS
+from .column_codec import (
+    DIGIT_PAIRS,
+    Checksums,
+    Column,
+    StoredArray,
+    Text,
+    constant_within,
+    content_buffers,
+    encode_column,
+    narrow,
+    numpy_view,
+    to_arrow,
+)
 
 #: Bump when the layout below changes: tables of another layout get other names.
 LAYOUT = "1"
@@ -53,11 +64,6 @@ LAYOUT = "1"
 STALE_AFTER_S = 3 * 24 * 3600
 _SERIES = "__series"
 _FILES = ("frames.arrow", "series.arrow")
-_UID_PATTERN = r"^(?P<stem>.+)\.(?P<last>[0-9]+)$"
-_HEX_PATTERN = r"^[0-9a-f]{32}$"
-_DIGIT_PAIRS = [f"{high}{low}" for high in range(16) for low in range(16)]
-_NIBBLE = np.full(256, 255, dtype=np.uint8)
-_NIBBLE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
 
 
 def default_directory() -> Path:
@@ -68,144 +74,6 @@ def default_directory() -> Path:
     return Path(tempfile.gettempdir()) / f"ahi_torch-{os.getuid()}" / "tables"
 
 
-@dataclass(frozen=True)
-class _StoredArray:
-    """One stored array of a column: ``values`` per frame (n,) or (n, k), codes into ``dictionary``."""
-
-    values: np.ndarray
-    dictionary: pa.Array | None = None
-
-
-def _narrow(values: np.ndarray) -> np.ndarray:
-    """Integers in the smallest signed type that holds them (codes, slice indices, sizes)."""
-    if values.dtype.kind not in "iu" or len(values) == 0:
-        return values
-    low, high = int(values.min()), int(values.max())
-    for kind in (np.int8, np.int16, np.int32):
-        info = np.iinfo(kind)
-        if info.min <= low and high <= info.max:
-            return values.astype(kind)
-    return values.astype(np.int64)
-
-
-def _text_part(array: pa.Array) -> _StoredArray:
-    if pa.types.is_dictionary(array.type) and len(pc.unique(array.indices.drop_null())) < len(array.dictionary):
-        array = array.dictionary_decode()  # a filtered index keeps every value; store only those used
-    coded = array if pa.types.is_dictionary(array.type) else array.cast(pa.string()).dictionary_encode()
-    dictionary = coded.dictionary.cast(pa.string())
-    codes = coded.indices.to_numpy(zero_copy_only=False)
-    if coded.null_count:  # a null code reads as ""
-        dictionary = pa.concat_arrays([dictionary, pa.array([""], pa.string())])
-        codes = coded.indices.fill_null(len(dictionary) - 1).to_numpy(zero_copy_only=False)
-    return _StoredArray(_narrow(np.asarray(codes)), dictionary)
-
-
-def _hex_part(array: pa.Array) -> _StoredArray | None:
-    """32 lowercase hex digits → 16 bytes per value (AHI's frame and image set IDs)."""
-    if len(array) == 0 or array.null_count or not pc.all(pc.match_substring_regex(array, _HEX_PATTERN)).as_py():
-        return None
-    digits = np.frombuffer(array.buffers()[2], dtype=np.uint8)
-    start = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset]
-    nibbles = _NIBBLE[digits[start : start + 32 * len(array)]].reshape(-1, 16, 2)
-    return _StoredArray((nibbles[:, :, 0] << 4) | nibbles[:, :, 1])
-
-
-def _uid_parts(array: pa.Array) -> tuple[_StoredArray, _StoredArray, _StoredArray] | None:
-    """A UID as its coded stem, and its last component's digits two to a byte, with their count.
-
-    The stem (everything before the last dot) is usually one per series; the last component is
-    what changes from instance to instance, 18 to 39 digits in 9 to 20 bytes.
-    """
-    if array.null_count or len(array) == 0:
-        return None
-    split = pc.extract_regex(array, _UID_PATTERN)
-    if split.null_count:
-        return None
-    lasts = split.field("last").cast(pa.string())
-    lengths = np.asarray(pc.utf8_length(lasts).to_numpy(zero_copy_only=False), dtype=np.int64)
-    width = int(lengths.max() + 1) // 2 * 2
-    offsets = np.frombuffer(lasts.buffers()[1], dtype=np.int32)[lasts.offset : lasts.offset + len(lasts) + 1]
-    data = np.frombuffer(lasts.buffers()[2], dtype=np.uint8)
-    position = offsets[:-1, None] + np.arange(width)
-    inside = np.arange(width) < lengths[:, None]
-    digits = np.where(inside, data[np.minimum(position, len(data) - 1)] - ord("0"), 0).astype(np.uint8)
-    packed = (digits[:, 0::2] << 4) | digits[:, 1::2]
-    return _text_part(split.field("stem")), _StoredArray(packed), _StoredArray(_narrow(lengths))
-
-
-def _crc_parts(values: np.ndarray) -> tuple[_StoredArray, _StoredArray]:
-    """CRC32s with -1 for none: 4 bytes of value plus a present flag."""
-    present = values >= 0
-    return _StoredArray(np.where(present, values, 0).astype(np.uint32)), _StoredArray(present.astype(np.uint8))
-
-
-def _numbers(array: pa.Array) -> np.ndarray:
-    """Numbers as numpy with the index's fill values: -1 for missing integers, NaN for floats."""
-    if pa.types.is_fixed_size_list(array.type):
-        width = array.type.list_size
-        filled = array.fill_null(pa.scalar([None] * width, array.type)) if array.null_count else array
-        flat = np.asarray(filled.flatten().to_numpy(zero_copy_only=False), dtype=np.float64)
-        return (
-            flat.reshape(-1, width)
-            if pa.types.is_floating(array.type.value_type)
-            else flat.astype(np.int64).reshape(-1, width)
-        )
-    if pa.types.is_boolean(array.type):
-        return np.asarray(array.fill_null(False).to_numpy(zero_copy_only=False), dtype=np.uint8)
-    if pa.types.is_floating(array.type):  # float32 stays float32 (regression labels)
-        return np.asarray(array.fill_null(np.nan).to_numpy(zero_copy_only=False))
-    if pa.types.is_integer(array.type):
-        return np.asarray(array.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)
-    raise ConfigError(f"a shared table cannot hold a column of type {array.type}")
-
-
-def _encode(name: str, array: pa.Array) -> tuple[str, dict[str, _StoredArray]]:
-    """How a column is stored and its parts (``name``, ``name.digits``, ``name.present``...)."""
-    if pa.types.is_dictionary(array.type):
-        return "text", {name: _text_part(array)}
-    if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-        array = array.cast(pa.string())
-        hexed = _hex_part(array)
-        if hexed is not None:
-            return "hex", {name: hexed}
-        uid = _uid_parts(array)
-        if uid is not None:
-            return "uid", {name: uid[0], f"{name}.digits": uid[1], f"{name}.length": uid[2]}
-        return "text", {name: _text_part(array)}
-    values = _numbers(array)
-    if name in CHECKSUM_COLUMNS:
-        value, present = _crc_parts(values)
-        return "crc", {name: value, f"{name}.present": present}
-    if values.ndim == 1 and values.dtype.kind == "i":
-        values = _narrow(values)
-    return "number", {name: _StoredArray(values)}
-
-
-def _constant_within(values: np.ndarray, order: np.ndarray, starts: np.ndarray) -> bool:
-    """Whether every series (rows ``order`` split at ``starts``) has one value, compared bit for bit."""
-    rows = np.ascontiguousarray(values[order]).view(np.uint8).reshape(len(order), -1)
-    changes = np.flatnonzero((rows[1:] != rows[:-1]).any(axis=1)) + 1
-    return bool(np.isin(changes, starts).all())
-
-
-def _arrow(part: _StoredArray) -> pa.Array:
-    values = part.values
-    if part.dictionary is not None:
-        return pa.DictionaryArray.from_arrays(pa.array(values), part.dictionary)
-    if values.ndim == 2:
-        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-    return pa.array(values)
-
-
-def _content_buffers(array: pa.Array) -> list[np.ndarray]:
-    """The bytes a stored array stands for, independent of buffer padding and offsets."""
-    if pa.types.is_dictionary(array.type):
-        text = _Text(array.dictionary)
-        used = text.data[text.offsets[0] : text.offsets[-1]]
-        return [*_content_buffers(array.indices), text.offsets - text.offsets[0], used]
-    return [SharedTable._numpy(array)]
-
-
 def _digest(tables: dict[str, pa.Table], encodings: dict[str, str]) -> str:
     digest = hashlib.sha256(f"ahi_torch-shared-table-{LAYOUT}\n{json.dumps(encodings, sort_keys=True)}".encode())
     for file_name, table in sorted(tables.items()):
@@ -214,7 +82,7 @@ def _digest(tables: dict[str, pa.Table], encodings: dict[str, str]) -> str:
             column = table.column(name)
             array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
             digest.update(f"\n{name}:{array.type}".encode())
-            for part in _content_buffers(array):
+            for part in content_buffers(array):
                 digest.update(len(part).to_bytes(8, "little"))
                 digest.update(np.ascontiguousarray(part).data)
     return digest.hexdigest()
@@ -266,41 +134,6 @@ def _prune(root: Path, keep: Path) -> None:
             os.close(fd)
 
 
-class _Column:
-    """A numeric column's values for one row or an array of rows, per frame or through the series code."""
-
-    def __init__(self, values: np.ndarray, series: np.ndarray | None) -> None:
-        self.values = values
-        self.series = series
-
-    def __getitem__(self, rows: Any) -> Any:
-        if self.series is None:
-            return self.values[rows]
-        return self.values[self.series[rows]]
-
-    def __len__(self) -> int:
-        return len(self.series) if self.series is not None else len(self.values)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        whole = self.values if self.series is None else self.values[self.series]
-        return np.asarray(whole, dtype=dtype)
-
-
-class _Text:
-    """Values of a mapped string array, decoded one at a time (no Python object per value is kept)."""
-
-    def __init__(self, array: pa.Array) -> None:
-        self.offsets = np.frombuffer(array.buffers()[1], dtype=np.int32)[array.offset : array.offset + len(array) + 1]
-        data = array.buffers()[2]
-        self.data = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(0, np.uint8)
-
-    def __getitem__(self, code: int) -> str:
-        return bytes(self.data[self.offsets[code] : self.offsets[code + 1]]).decode()
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-
 class SharedTable:
     """Columns of a frame index, memory-mapped from a node-local directory; see the module docstring."""
 
@@ -318,8 +151,8 @@ class SharedTable:
         frames, series = self._tables["frames.arrow"], self._tables["series.arrow"]
         self.encodings: dict[str, str] = json.loads((frames.schema.metadata or {}).get(b"encodings", b"{}"))
         self._size = frames.num_rows
-        self._series_code = self._numpy(frames.column(_SERIES).chunk(0)) if frames.num_rows else np.zeros(0, np.int32)
-        self._parts: dict[str, tuple[np.ndarray, _Text | None, bool]] = {}
+        self._series_code = numpy_view(frames.column(_SERIES).chunk(0)) if frames.num_rows else np.zeros(0, np.int32)
+        self._parts: dict[str, tuple[np.ndarray, Text | None, bool]] = {}
         for table, per_series in ((frames, False), (series, True)):
             for name in table.column_names:
                 if name == _SERIES:
@@ -327,33 +160,18 @@ class SharedTable:
                 column = table.column(name)
                 array = column.chunk(0) if column.num_chunks else column.combine_chunks()  # empty: typed, no chunk
                 if pa.types.is_dictionary(array.type):
-                    self._parts[name] = (self._numpy(array.indices), _Text(array.dictionary), per_series)
+                    self._parts[name] = (numpy_view(array.indices), Text(array.dictionary), per_series)
                 else:
-                    self._parts[name] = (self._numpy(array), None, per_series)
+                    self._parts[name] = (numpy_view(array), None, per_series)
         # One view per part, made here: items look several up per frame.
         self._views = {
-            name: _Column(values, self._series_code if per_series else None)
+            name: Column(values, self._series_code if per_series else None)
             for name, (values, _, per_series) in self._parts.items()
         }
 
     def _map(self, file_name: str) -> pa.Table:
         source = pa.memory_map(str(self.directory / file_name), "r")
         return pa.ipc.open_file(source).read_all()
-
-    @staticmethod
-    def _numpy(array: pa.Array) -> np.ndarray:
-        """A zero-copy numpy view of a mapped primitive or fixed-size-list array."""
-        if pa.types.is_fixed_size_list(array.type):
-            width = array.type.list_size
-            flat = array.values
-            if len(array) == 0:  # an empty array may have no data buffer at all
-                return np.zeros((0, width), dtype=flat.type.to_pandas_dtype())
-            values = np.frombuffer(flat.buffers()[1], dtype=flat.type.to_pandas_dtype())
-            return values[flat.offset : flat.offset + len(array) * width].reshape(-1, width)
-        if len(array) == 0:
-            return np.zeros(0, dtype=array.type.to_pandas_dtype())
-        values = np.frombuffer(array.buffers()[1], dtype=array.type.to_pandas_dtype())
-        return values[array.offset : array.offset + len(array)]
 
     # --- building -------------------------------------------------------------------------------
 
@@ -381,17 +199,17 @@ class SharedTable:
         sorted_codes = series_code[order]
         starts = np.flatnonzero(np.diff(sorted_codes)) + 1
         firsts = order[np.concatenate([[0], starts])] if size else np.zeros(0, dtype=np.int64)
-        per_frame: dict[str, pa.Array] = {_SERIES: pa.array(_narrow(series_code.astype(np.int64)))}
+        per_frame: dict[str, pa.Array] = {_SERIES: pa.array(narrow(series_code.astype(np.int64)))}
         per_series: dict[str, pa.Array] = {}
         encodings: dict[str, str] = {}
         for name in dict.fromkeys(columns):
-            encoding, parts = _encode(name, table.column(name).combine_chunks())
+            encoding, parts = encode_column(name, table.column(name).combine_chunks())
             encodings[name] = encoding
             for part_name, part in parts.items():
-                if size and _constant_within(part.values, order, starts):
-                    per_series[part_name] = _arrow(_StoredArray(part.values[firsts], part.dictionary))
+                if size and constant_within(part.values, order, starts):
+                    per_series[part_name] = to_arrow(StoredArray(part.values[firsts], part.dictionary))
                 else:
-                    per_frame[part_name] = _arrow(part)
+                    per_frame[part_name] = to_arrow(part)
         if not per_series:  # a table needs a column to know its length
             per_series["_"] = pa.array(np.zeros(len(firsts), dtype=np.int8))
         tables = {"frames.arrow": pa.table(per_frame), "series.arrow": pa.table(per_series)}
@@ -427,7 +245,7 @@ class SharedTable:
         """Bytes of both files (all of it resident once every page has been read)."""
         return sum((self.directory / name).stat().st_size for name in _FILES)
 
-    def _view(self, part: str) -> _Column:
+    def _view(self, part: str) -> Column:
         return self._views[part]
 
     def _check(self, name: str, *encodings: str) -> None:
@@ -441,7 +259,7 @@ class SharedTable:
         """
         encoding = self.encodings.get(name)
         if encoding == "crc":
-            return _Checksums(self._view(name), self._view(f"{name}.present"))
+            return Checksums(self._view(name), self._view(f"{name}.present"))
         self._check(name, "number")
         return self._view(name)
 
@@ -452,7 +270,7 @@ class SharedTable:
             return bytes(self._view(name)[row]).hex()
         if encoding == "uid":
             packed = self._view(f"{name}.digits")[row]
-            last = "".join(_DIGIT_PAIRS[byte] for byte in packed.tolist())
+            last = "".join(DIGIT_PAIRS[byte] for byte in packed.tolist())
             return f"{self._code_text(name, row)}.{last[: int(self._view(f'{name}.length')[row])]}"
         self._check(name, "text")
         return self._code_text(name, row)
@@ -473,7 +291,7 @@ class SharedTable:
             digits = np.asarray(self._view(f"{name}.digits")[rows]).tolist()
             lengths = np.asarray(self._view(f"{name}.length")[rows]).tolist()
             return [
-                f"{stem}.{''.join(_DIGIT_PAIRS[byte] for byte in packed)[:length]}"
+                f"{stem}.{''.join(DIGIT_PAIRS[byte] for byte in packed)[:length]}"
                 for stem, packed, length in zip(stems, digits, lengths, strict=True)
             ]
         self._check(name, "text")
@@ -492,7 +310,7 @@ class SharedTable:
         assert dictionary is not None
         return dictionary[int(self._view(part)[row])]
 
-    def codes(self, name: str) -> tuple[Any, _Text]:
+    def codes(self, name: str) -> tuple[Any, Text]:
         """A coded text column's codes (``[row]``) and the values they index (``[code]`` → str)."""
         self._check(name, "text")
         _, dictionary, _ = self._parts[name]
@@ -518,20 +336,3 @@ class SharedTable:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["directory"])  # type: ignore[misc]
-
-
-class _Checksums:
-    """CRC32s per row, -1 where none is listed: the index's convention, from 4 bytes plus a flag."""
-
-    def __init__(self, values: _Column, present: _Column) -> None:
-        self.values = values
-        self.present = present
-
-    def __getitem__(self, rows: Any) -> Any:
-        return np.where(self.present[rows] != 0, self.values[rows].astype(np.int64), -1)
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        return np.asarray(self[slice(None)], dtype=dtype)

@@ -26,15 +26,15 @@ def _frame(seed: int) -> np.ndarray:
 def test_round_trip_and_counters(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path / "c")
     key = frame_key("decoded", "d" * 32, "i" * 32, 1, "f" * 32)
-    assert cache.get_array(key) is None
+    assert cache._get_array(key) is None
     frame = _frame(1)
-    assert cache.put_array(key, frame)
-    hit = cache.get_array(key)
+    assert cache._put_array(key, frame)
+    hit = cache._get_array(key)
     assert hit is not None and hit.dtype == np.int16 and hit.flags.writeable
     np.testing.assert_array_equal(hit, frame)
     cache.flush()
     assert (cache.counters.hits, cache.counters.misses, cache.counters.writes) == (1, 1, 1)
-    from_disk = FrameCache(tmp_path / "c").get_array(key)
+    from_disk = FrameCache(tmp_path / "c")._get_array(key)
     assert from_disk is not None and from_disk.flags.writeable
     np.testing.assert_array_equal(from_disk, frame)
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
@@ -44,11 +44,11 @@ def test_versions_are_separate_entries(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path)
     v1 = frame_key("decoded", "d", "i", 1, "f")
     v2 = frame_key("decoded", "d", "i", 2, "f")
-    cache.put_array(v1, _frame(1))
-    assert cache.get_array(v2) is None, "a new image set version must not see the old version's pixels"
-    cache.put_array(v2, _frame(2))
-    np.testing.assert_array_equal(cache.get_array(v1), _frame(1))
-    np.testing.assert_array_equal(cache.get_array(v2), _frame(2))
+    cache._put_array(v1, _frame(1))
+    assert cache._get_array(v2) is None, "a new image set version must not see the old version's pixels"
+    cache._put_array(v2, _frame(2))
+    np.testing.assert_array_equal(cache._get_array(v1), _frame(1))
+    np.testing.assert_array_equal(cache._get_array(v2), _frame(2))
 
 
 def test_encoded_entries_keep_their_content_type(tmp_path: Path) -> None:
@@ -57,15 +57,15 @@ def test_encoded_entries_keep_their_content_type(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path, mode="encoded")
     key = FrameKey("d", "i", 1, "f")
     cache.put_frame(key, np.zeros((1, 1), np.uint8), b"\xff\x4f\xff\x51payload", "image/jphc")
-    payload, header = cache.get_bytes(key.text("encoded"))  # type: ignore[misc]
+    payload, header = cache._get_bytes(key.text("encoded"))  # type: ignore[misc]
     assert payload == b"\xff\x4f\xff\x51payload" and header == {"content_type": "image/jphc"}
 
 
 def _writer(directory: str, seed: int, keys: int) -> None:
     cache = FrameCache(directory)
     for k in range(keys):
-        cache.put_array(f"decoded/k{k}", _frame(k))
-        got = cache.get_array(f"decoded/k{(k * 7 + seed) % keys}")
+        cache._put_array(f"decoded/k{k}", _frame(k))
+        got = cache._get_array(f"decoded/k{(k * 7 + seed) % keys}")
         if got is not None:
             np.testing.assert_array_equal(got, _frame((k * 7 + seed) % keys))
 
@@ -81,7 +81,7 @@ def test_two_processes_write_the_same_keys(tmp_path: Path, context: str) -> None
         assert process.exitcode == 0
     cache = FrameCache(tmp_path)
     for k in range(40):
-        np.testing.assert_array_equal(cache.get_array(f"decoded/k{k}"), _frame(k))
+        np.testing.assert_array_equal(cache._get_array(f"decoded/k{k}"), _frame(k))
     assert len(cache.diskcache) == 40
 
 
@@ -90,7 +90,7 @@ def test_corrupt_entry_is_evicted_and_missed(tmp_path: Path) -> None:
     keys = ["decoded/before", "decoded/corrupt-me", "decoded/after"]
     big = np.random.default_rng(5).integers(-1000, 3000, (256, 256)).astype(np.int16)
     for n, key in enumerate(keys):
-        cache.put_array(key, big + n)
+        cache._put_array(key, big + n)
     cache.close()
     packs = list((tmp_path / "packs").glob("*.pack"))
     assert len(packs) == 1, "one process writes one pack"
@@ -98,28 +98,28 @@ def test_corrupt_entry_is_evicted_and_missed(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0x40  # inside the middle entry's pixels
     packs[0].write_bytes(bytes(data))
     cache = FrameCache(tmp_path)
-    assert cache.get_array(keys[1]) is None
+    assert cache._get_array(keys[1]) is None
     assert cache.counters.corrupt_evicted == 1
     assert keys[1] not in cache.diskcache
     for n in (0, 2):
-        np.testing.assert_array_equal(cache.get_array(keys[n]), big + n)
+        np.testing.assert_array_equal(cache._get_array(keys[n]), big + n)
 
 
 def test_an_index_row_pointing_at_another_entry_is_refused(tmp_path: Path) -> None:
     """Never misread: an entry names its own key, so a location that points elsewhere is a miss."""
     cache = FrameCache(tmp_path)
-    cache.put_array("decoded/a", _frame(1))
-    cache.put_array("decoded/b", _frame(2))
+    cache._put_array("decoded/a", _frame(1))
+    cache._put_array("decoded/b", _frame(2))
     cache.flush()
     cache.diskcache.set("decoded/b", cache.diskcache.get("decoded/a"))
-    assert cache.get_array("decoded/b") is None and cache.counters.corrupt_evicted == 1
-    np.testing.assert_array_equal(cache.get_array("decoded/a"), _frame(1))
+    assert cache._get_array("decoded/b") is None and cache.counters.corrupt_evicted == 1
+    np.testing.assert_array_equal(cache._get_array("decoded/a"), _frame(1))
 
 
 def test_pickled_rows_are_refused(tmp_path: Path) -> None:
     """A row planted by someone else that asks to be unpickled is never unpickled."""
     cache = FrameCache(tmp_path)
-    cache.put_array("decoded/real", _frame(1))
+    cache._put_array("decoded/real", _frame(1))
     cache.close()
 
     class Boom:
@@ -135,7 +135,7 @@ def test_pickled_rows_are_refused(tmp_path: Path) -> None:
     db.commit()
     db.close()
     reopened = FrameCache(tmp_path)
-    assert reopened.get_array("decoded/evil") is None
+    assert reopened._get_array("decoded/evil") is None
     assert not (tmp_path / "pwned").exists()
     with pytest.raises(TypeError):
         reopened.diskcache.set("decoded/x", {"not": "bytes"})
@@ -143,10 +143,10 @@ def test_pickled_rows_are_refused(tmp_path: Path) -> None:
 
 def test_pickles_without_its_connection(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path)
-    cache.put_array("decoded/a", _frame(1))
+    cache._put_array("decoded/a", _frame(1))
     clone = pickle.loads(pickle.dumps(cache))
     assert clone._cache is None
-    np.testing.assert_array_equal(clone.get_array("decoded/a"), _frame(1))
+    np.testing.assert_array_equal(clone._get_array("decoded/a"), _frame(1))
 
 
 def test_bad_settings_are_config_errors(tmp_path: Path) -> None:

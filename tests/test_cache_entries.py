@@ -84,10 +84,10 @@ def test_a_full_size_frame_round_trips_in_either_mode(mode: str, tmp_path: Path)
     assert again is not None and cache.counters.hits == 1
     np.testing.assert_array_equal(again, pixels)
     if mode == "decoded":
-        assert seen == [] and cache.get_bytes(KEY.text("encoded")) is None
+        assert seen == [] and cache._get_bytes(KEY.text("encoded")) is None
     else:
         assert seen == [(pixels.tobytes(), "application/octet-stream")], "the stored bytes, decoded on read"
-        assert cache.get_array(KEY.text("decoded")) is None
+        assert cache._get_array(KEY.text("decoded")) is None
     assert repr(cache).endswith("size_limit=20 GiB)")
 
 

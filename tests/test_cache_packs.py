@@ -32,17 +32,17 @@ def test_the_size_limit_holds_and_whole_packs_go_oldest_first(tmp_path: Path) ->
     cache = FrameCache(tmp_path, size_limit_gb=limit / 2**30)
     assert cache.pack_bytes == pack_size(limit) == 64 * 2**10, "the smallest pack: two frames"
     for k in range(200):
-        cache.put_array(f"decoded/k{k}", _frame(k))
+        cache._put_array(f"decoded/k{k}", _frame(k))
         if k % 10 == 9:
             cache.flush()
             assert _pack_bytes(tmp_path) <= limit + 2 * cache.pack_bytes, f"over the limit after {k + 1} frames"
     cache.close()
     assert cache.counters.packs_evicted > 0
-    held = [k for k in range(200) if cache.get_array(f"decoded/k{k}") is not None]
+    held = [k for k in range(200) if cache._get_array(f"decoded/k{k}") is not None]
     assert 30 <= len(held) <= 42, f"{len(held)} frames held in a cache of 40"
     assert held == list(range(200 - len(held), 200)), "the oldest packs went first, whole"
     for k in held[::7]:
-        np.testing.assert_array_equal(cache.get_array(f"decoded/k{k}"), _frame(k))
+        np.testing.assert_array_equal(cache._get_array(f"decoded/k{k}"), _frame(k))
     assert len(cache.keys()) == len(held), "the index forgot the evicted packs' entries"
 
 
@@ -52,18 +52,18 @@ def test_a_pack_read_recently_outlives_packs_written_after_it(tmp_path: Path, mo
     limit = 40 * FRAME
     cache = FrameCache(tmp_path, size_limit_gb=limit / 2**30)
     for k in range(30):
-        cache.put_array(f"decoded/k{k}", _frame(k))
+        cache._put_array(f"decoded/k{k}", _frame(k))
     cache.flush()
     oldest = pack_files(tmp_path / "packs")[0][2]
-    assert cache.get_array("decoded/k0") is not None  # the reader opens the pack (and marks it used)
+    assert cache._get_array("decoded/k0") is not None  # the reader opens the pack (and marks it used)
     os.utime(tmp_path / "packs" / f"{oldest}.pack", (1, 1))  # as if that was long ago...
-    assert cache.get_array("decoded/k0") is not None  # ...and read again just now, from the open pack
+    assert cache._get_array("decoded/k0") is not None  # ...and read again just now, from the open pack
     assert pack_files(tmp_path / "packs")[-1][2] == oldest, "a read marks an open pack as used again"
     for k in range(30, 60):
-        cache.put_array(f"decoded/k{k}", _frame(k))
+        cache._put_array(f"decoded/k{k}", _frame(k))
     cache.close()
-    assert cache.get_array("decoded/k0") is not None and cache.get_array("decoded/k1") is not None
-    assert cache.get_array("decoded/k2") is None, "the pack after it was used less recently"
+    assert cache._get_array("decoded/k0") is not None and cache._get_array("decoded/k1") is not None
+    assert cache._get_array("decoded/k2") is None, "the pack after it was used less recently"
 
 
 def test_bytes_on_disk_are_the_payload_plus_five_percent_at_most(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_bytes_on_disk_are_the_payload_plus_five_percent_at_most(tmp_path: Path)
     for k in range(64):
         frame = _frame(k, side=512)
         payload += frame.nbytes
-        cache.put_array(f"decoded/k{k}", frame)
+        cache._put_array(f"decoded/k{k}", frame)
     stats = cache.stats()
     assert stats["entries"] == 64
     assert payload <= stats["pack_bytes"] <= 1.001 * payload
@@ -88,29 +88,29 @@ def test_an_old_one_file_per_frame_cache_is_emptied_once_with_one_line(tmp_path:
     (tmp_path / "notes.txt").write_text("a user's file")
     with pytest.warns(CacheUnavailableWarning, match="one-file-per-frame layout .* 1 entries were removed"):
         cache = FrameCache(tmp_path)
-        assert cache.get_array("decoded/old") is None
+        assert cache._get_array("decoded/old") is None
     assert not value_files[0].exists() and not (tmp_path / "cache.db").exists()
     assert not [path for path in tmp_path.iterdir() if len(path.name) == 2], "its emptied folders are gone too"
     assert (tmp_path / "notes.txt").read_text() == "a user's file", "only the old cache's own files go"
-    cache.put_array("decoded/new", _frame(1))
+    cache._put_array("decoded/new", _frame(1))
     cache.close()
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheUnavailableWarning)
-        np.testing.assert_array_equal(FrameCache(tmp_path).get_array("decoded/new"), _frame(1))
+        np.testing.assert_array_equal(FrameCache(tmp_path)._get_array("decoded/new"), _frame(1))
 
 
 def test_an_entry_queued_but_not_written_is_served_from_memory(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path)
     frames = {k: _frame(k) for k in range(50)}
     for k, frame in frames.items():
-        cache.put_array(f"decoded/k{k}", frame)
-        got = cache.get_array(f"decoded/k{k}")
+        cache._put_array(f"decoded/k{k}", frame)
+        got = cache._get_array(f"decoded/k{k}")
         assert got is not None and got is not frame
         np.testing.assert_array_equal(got, frame)
         got[0, 0] = 12345  # a reader's copy: the queued entry is unchanged
     cache.close()
     for k, frame in frames.items():
-        np.testing.assert_array_equal(cache.get_array(f"decoded/k{k}"), frame)
+        np.testing.assert_array_equal(cache._get_array(f"decoded/k{k}"), frame)
 
 
 OPERATIONS = st.lists(
@@ -131,10 +131,10 @@ def test_any_sequence_of_operations_reads_the_last_frame_stored(operations: list
     stored: dict[int, int] = {}
     for operation, key, seed in operations:
         if operation == "put":
-            assert cache.put_array(f"decoded/k{key}", _frame(seed, side=16))
+            assert cache._put_array(f"decoded/k{key}", _frame(seed, side=16))
             stored[key] = seed
         elif operation == "get":
-            got = cache.get_array(f"decoded/k{key}")
+            got = cache._get_array(f"decoded/k{key}")
             if key in stored:
                 np.testing.assert_array_equal(got, _frame(stored[key], side=16))
             else:
@@ -154,11 +154,11 @@ def test_a_write_the_disk_takes_in_pieces_is_finished(tmp_path: Path, monkeypatc
     monkeypatch.setattr(os, "writev", lambda fd, views: real(fd, [memoryview(views[0])[:1000]]))
     cache = FrameCache(tmp_path)
     for k in range(5):
-        cache.put_array(f"decoded/k{k}", _frame(k))
+        cache._put_array(f"decoded/k{k}", _frame(k))
     cache.close()
     monkeypatch.setattr(os, "writev", real)
     for k in range(5):
-        np.testing.assert_array_equal(FrameCache(tmp_path).get_array(f"decoded/k{k}"), _frame(k))
+        np.testing.assert_array_equal(FrameCache(tmp_path)._get_array(f"decoded/k{k}"), _frame(k))
     assert packs._advance([b"abc", b"defg"], 5) == [memoryview(b"defg")[2:]]
     assert packs._advance([b"abc", b"defg"], 3) == [b"defg"]
 
@@ -166,7 +166,7 @@ def test_a_write_the_disk_takes_in_pieces_is_finished(tmp_path: Path, monkeypatc
 def test_clear_removes_every_entry_and_pack_and_nothing_else(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path)
     for k in range(6):
-        cache.put_array(f"decoded/k{k}", _frame(k))
+        cache._put_array(f"decoded/k{k}", _frame(k))
     (tmp_path / "notes.txt").write_text("a user's file")
     assert cache.clear() == 6
     assert not list((tmp_path / "packs").glob("*.pack")) and cache.stats()["entries"] == 0
@@ -178,7 +178,7 @@ def test_repair_indexes_a_pack_up_to_its_first_damaged_entry(tmp_path: Path) -> 
 
     cache = FrameCache(tmp_path)
     for k in range(3):
-        cache.put_array(f"decoded/k{k}", _frame(k))
+        cache._put_array(f"decoded/k{k}", _frame(k))
     cache.close()
     pack = next((tmp_path / "packs").glob("*.pack"))
     data = bytearray(pack.read_bytes())
@@ -190,4 +190,4 @@ def test_repair_indexes_a_pack_up_to_its_first_damaged_entry(tmp_path: Path) -> 
     assert report.backup is not None and report.backup.with_name(report.backup.name + "-wal").exists()
     repaired = FrameCache(tmp_path)
     assert repaired.keys() == ["decoded/k0"]
-    np.testing.assert_array_equal(repaired.get_array("decoded/k0"), _frame(0))
+    np.testing.assert_array_equal(repaired._get_array("decoded/k0"), _frame(0))

@@ -50,7 +50,7 @@ def test_a_cache_directory_that_cannot_be_created(ahi, index: FrameIndex, tmp_pa
 def _fill(directory: Path, entries: int = 600) -> None:
     cache = FrameCache(directory)
     for k in range(entries):
-        assert cache.put_array(f"decoded/k{k}", np.full((64, 64), k, dtype=np.int16))
+        assert cache._put_array(f"decoded/k{k}", np.full((64, 64), k, dtype=np.int16))
     cache.close()
 
 
@@ -71,7 +71,7 @@ def test_a_damaged_database_degrades_and_repair_keeps_intact_entries(tmp_path: P
     cache = FrameCache(directory)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = [cache.get_array(f"decoded/k{k}") for k in range(600)]
+        results = [cache._get_array(f"decoded/k{k}") for k in range(600)]
     assert any(issubclass(w.category, CacheUnavailableWarning) for w in caught) or all(r is not None for r in results)
     for k, result in enumerate(results):
         assert result is None or int(result[0, 0]) == k, "a damaged cache never serves wrong pixels"
@@ -84,11 +84,11 @@ def test_a_damaged_database_degrades_and_repair_keeps_intact_entries(tmp_path: P
     out = capsys.readouterr().out
     assert "intact entries" in out and "cache.db.damaged-" in out
     repaired = FrameCache(directory)
-    kept = [k for k in range(600) if repaired.get_array(f"decoded/k{k}") is not None]
+    kept = [k for k in range(600) if repaired._get_array(f"decoded/k{k}") is not None]
     assert len(kept) == 600, f"kept only {len(kept)} of 600 entries: the packs hold them all"
     for k in kept:
-        np.testing.assert_array_equal(repaired.get_array(f"decoded/k{k}"), np.full((64, 64), k, dtype=np.int16))
-    assert repaired.put_array("decoded/new", np.zeros((2, 2), dtype=np.int16)), "the rebuilt cache stores again"
+        np.testing.assert_array_equal(repaired._get_array(f"decoded/k{k}"), np.full((64, 64), k, dtype=np.int16))
+    assert repaired._put_array("decoded/new", np.zeros((2, 2), dtype=np.int16)), "the rebuilt cache stores again"
     assert any(p.name.startswith("cache.db.damaged-") for p in (directory / "index").iterdir()), "damaged file kept"
 
 
@@ -112,7 +112,7 @@ def test_check_keeps_its_own_lock(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path / "cache")
     cache.check(fix=True)
     assert (tmp_path / "cache" / LOCK_NAME).exists()
-    assert cache.get_array("decoded/k2") is not None
+    assert cache._get_array("decoded/k2") is not None
 
 
 def _privileged(command: list[str]) -> None:
@@ -161,6 +161,6 @@ def test_someone_elses_cache_directory_is_never_chmodded(tmp_path: Path) -> None
     directory.chmod(0o750)
     os.chown(directory, 65534, 65534)
     cache = FrameCache(directory)
-    assert cache.get_array("decoded/k0") is not None
+    assert cache._get_array("decoded/k0") is not None
     info = directory.stat()
     assert (stat.S_IMODE(info.st_mode), info.st_uid) == (0o750, 65534)

@@ -32,7 +32,7 @@ WRITER = textwrap.dedent(
     cache = FrameCache(sys.argv[1])
     for k in range(100000):
         frame = np.random.default_rng(k).integers(-2000, 3000, (256, 256)).astype(np.int16)
-        cache.put_array(f"decoded/k{k}", frame)
+        cache._put_array(f"decoded/k{k}", frame)
         print(k, flush=True)
     """
 )
@@ -54,7 +54,7 @@ def test_sigkill_during_cache_writes_never_leaves_a_wrong_entry(tmp_path: Path) 
     cache.check(fix=True)
     found = 0
     for key in cache.keys():  # noqa: SIM118 - FrameCache.keys() lists the shared index
-        array = cache.get_array(key)
+        array = cache._get_array(key)
         if array is not None:
             np.testing.assert_array_equal(array, _expected(int(key.rsplit("k", 1)[1])))
             found += 1
@@ -69,14 +69,14 @@ DISK_FULL = textwrap.dedent(
     from ahi_torch.cache import FrameCache
     cache = FrameCache(sys.argv[1])
     first = np.arange(256 * 256, dtype=np.int16).reshape(256, 256)
-    assert cache.put_array("decoded/first", first)
+    assert cache._put_array("decoded/first", first)
     cache.flush()
     resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # the pack cannot take a second frame
-    stored = [cache.put_array(f"decoded/more{k}", first + k) for k in range(6)]
+    stored = [cache._put_array(f"decoded/more{k}", first + k) for k in range(6)]
     cache.flush()
-    assert not cache.put_array("decoded/late", first), "no longer stored once the disk refused"
+    assert not cache._put_array("decoded/late", first), "no longer stored once the disk refused"
     assert cache.counters.write_failures == 1 and not cache.stats()["storing"]
-    assert (cache.get_array("decoded/first") == first).all(), "reads still work"
+    assert (cache._get_array("decoded/first") == first).all(), "reads still work"
     print("ok")
     """
 )

@@ -391,8 +391,8 @@ class FrameCache:
         that matched AHI's checksum, or the bytes they were decoded from.
         """
         if self.mode == "decoded":
-            return self.get_array(key.text("decoded"))
-        found = self.get_bytes(key.text("encoded"), entry_format.ENCODED)
+            return self._get_array(key.text("decoded"))
+        found = self._get_bytes(key.text("encoded"), entry_format.ENCODED)
         if found is None:
             return None
         return decode(found[0], str(found[1].get("content_type") or ""))
@@ -411,7 +411,7 @@ class FrameCache:
         text = key.text("encoded")
         return self._set(text, entry_format.pack_encoded(data, content_type, text))
 
-    # --- typed entries ----------------------------------------------------------------------------
+    # --- typed entries by their text key: what get_frame/put_frame are made of (and the storage tests read) --
 
     def _record(self, key: str) -> entry_format.Record | None:
         data = self._get(key)
@@ -427,7 +427,7 @@ class FrameCache:
             return None
         return record
 
-    def get_array(self, key: str) -> np.ndarray | None:
+    def _get_array(self, key: str) -> np.ndarray | None:
         """A decoded frame, or None on a miss (a corrupt entry is evicted and counts as a miss)."""
         record = self._record(key)
         if record is None:
@@ -441,10 +441,10 @@ class FrameCache:
         self.counters.hits += 1
         return array
 
-    def put_array(self, key: str, pixels: np.ndarray) -> bool:
+    def _put_array(self, key: str, pixels: np.ndarray) -> bool:
         return self._set(key, entry_format.pack_array(pixels, key))
 
-    def get_bytes(self, key: str, kind: int = entry_format.ENCODED) -> tuple[bytes, dict[str, Any]] | None:
+    def _get_bytes(self, key: str, kind: int = entry_format.ENCODED) -> tuple[bytes, dict[str, Any]] | None:
         """An encoded frame's bytes with their header, or None on a miss."""
         record = self._record(key)
         if record is None:

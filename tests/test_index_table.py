@@ -16,7 +16,7 @@ from ahi_torch.index import FrameIndex
 from ahi_torch.index.build import SORT_KEYS
 from ahi_torch.index.rows import RowBuffer, sort_rows
 from ahi_torch.metadata import ImageSetMetadata
-from bench.index_scale import DATASTORE, metadata_document
+from ahi_torch.sample.metadata_documents import DATASTORE, metadata_document
 
 
 def _two_series(number: int, slices: int) -> dict[str, Any]:

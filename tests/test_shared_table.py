@@ -29,7 +29,7 @@ from ahi_torch.index.build import SORT_KEYS
 from ahi_torch.index.rows import CODED_TEXT, COLUMNS, RowBuffer, sort_rows
 from ahi_torch.index.shared_table import STALE_AFTER_S, SharedTable
 from ahi_torch.metadata import ImageSetMetadata
-from bench.index_scale import DATASTORE, metadata_document
+from ahi_torch.sample.metadata_documents import DATASTORE, metadata_document
 
 from .conftest import ImportedData
 

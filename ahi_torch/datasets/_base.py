@@ -292,7 +292,7 @@ class AHIDataset(Dataset[Any]):
         self.stats.record(totals)
 
     def _recover(self, index: int, error: Exception) -> Any:
-        """Apply the error policy to a index whose first attempt failed with ``error``."""
+        """Apply the error policy to item ``index``, whose first attempt failed with ``error``."""
         policy = self.policy
         if isinstance(error, (*ENDPOINT_FAILURES, EndpointUnreachable)):
             # The endpoint or the account failed, not this sample: every replacement or retry

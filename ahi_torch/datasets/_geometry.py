@@ -29,8 +29,11 @@ def _reduced(affine: np.ndarray, in_plane_columns: tuple[int, int], reduce: int)
 
 
 def spacing_of(affine: np.ndarray, axes: int) -> np.ndarray:
-    """Voxel spacing along the first ``axes`` tensor axes: the lengths of the affine's columns."""
-    return np.linalg.norm(affine[:3, :axes], axis=0)
+    """Voxel spacing along the first ``axes`` tensor axes: the lengths of the affine's columns.
+
+    ``affine`` is one 4x4 matrix or a stack of them (..., 4, 4), as :func:`frame_affines` gives.
+    """
+    return np.linalg.norm(affine[..., :3, :axes], axis=-2)
 
 
 def volume_affine(table: FrameTable, first: int, reduce: int = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 from ..metadata.geometry import SPACE
 from ._base import AHIDataset
 from ._convert import apply_intensity, to_channels_first
-from ._geometry import frame_affines
+from ._geometry import frame_affines, spacing_of
 
 
 class FrameDataset(AHIDataset):
@@ -24,8 +24,8 @@ class FrameDataset(AHIDataset):
     (torch.Size([1, 512, 512]), tensor(0), '1.2.826...')
 
     Items are dicts ``{"image": (C, H, W) tensor, "label": tensor, "meta": {...}}`` so MONAI
-    dictionary transforms and plain callables both apply. Pixels are rescaled to modality indices
-    (Hounsfield indices for CT) unless ``rescale=False``; ``window=(center, width)`` or
+    dictionary transforms and plain callables both apply. Pixels are rescaled to modality units
+    (Hounsfield units for CT) unless ``rescale=False``; ``window=(center, width)`` or
     ``"dicom"`` clips and scales to [0, 1]. ``meta`` carries the IDs, the slice index,
     ``spacing`` (row, column) in mm and ``affine``, which maps pixel ``(row, column, 0, 1)`` to
     millimetres in ``meta["space"]`` (``"LPS"``; its third column is the slice normal times the
@@ -65,7 +65,7 @@ class FrameDataset(AHIDataset):
     def _build_batch(self, indices: Sequence[int], frames: Sequence[list[np.ndarray]]) -> list[dict[str, Any]]:
         table, rows = self.table, np.asarray(indices, dtype=np.int64)
         affines = frame_affines(table, rows, self.fetcher.reduce)
-        spacings = np.linalg.norm(affines[:, :3, :2], axis=1)
+        spacings = spacing_of(affines, 2)
         slopes, intercepts = table.rescale_slope[rows], table.rescale_intercept[rows]
         windows = [
             self.intensity.window_for(center, width)

@@ -183,14 +183,8 @@ class FrameTable:
     def ref(self, row: int) -> FrameRef:
         return self.refs(np.array([row]))[0]
 
-    def photometric(self, row: int) -> str:
-        return self.text("photometric_interpretation", row)
-
     def irregularity(self, row: int) -> str:
         return self.text("series_irregularity", row)
-
-    def syntax(self, row: int) -> str:
-        return self.text("stored_transfer_syntax", row)
 
     def metas(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """Identifiers of each row's frame, as collatable values, each column read once for all ``rows``."""

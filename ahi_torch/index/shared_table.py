@@ -265,18 +265,10 @@ class SharedTable:
 
     def text(self, name: str, row: int) -> str:
         """One row's value of a text column ("" where the index has none)."""
-        encoding = self.encodings.get(name)
-        if encoding == "hex":
-            return bytes(self._view(name)[row]).hex()
-        if encoding == "uid":
-            packed = self._view(f"{name}.digits")[row]
-            last = "".join(DIGIT_PAIRS[byte] for byte in packed.tolist())
-            return f"{self._code_text(name, row)}.{last[: int(self._view(f'{name}.length')[row])]}"
-        self._check(name, "text")
-        return self._code_text(name, row)
+        return self.strings(name, np.array([row], dtype=np.int64))[0]
 
     def strings(self, name: str, rows: np.ndarray) -> list[str]:
-        """Values of a text column at ``rows`` as str: what :meth:`text` gives, one column read for all rows."""
+        """Values of a text column at ``rows`` as str ("" where the index has none), the column read once."""
         rows = np.asarray(rows, dtype=np.int64)
         encoding = self.encodings.get(name)
         if not len(rows):
@@ -305,11 +297,6 @@ class SharedTable:
         values = {code: dictionary[code] for code in set(codes)}
         return [values[code] for code in codes]
 
-    def _code_text(self, part: str, row: int) -> str:
-        _, dictionary, _ = self._parts[part]
-        assert dictionary is not None
-        return dictionary[int(self._view(part)[row])]
-
     def codes(self, name: str) -> tuple[Any, Text]:
         """A coded text column's codes (``[row]``) and the values they index (``[code]`` → str)."""
         self._check(name, "text")
@@ -323,7 +310,7 @@ class SharedTable:
             codes, dictionary = self.codes(name)
             values = np.array([dictionary[code].encode() for code in range(len(dictionary))], dtype=np.bytes_)
             return values[np.asarray(codes[np.asarray(rows, dtype=np.int64)], dtype=np.int64)]
-        return np.array([self.text(name, int(row)).encode() for row in rows], dtype=np.bytes_)
+        return np.array([value.encode() for value in self.strings(name, rows)], dtype=np.bytes_)
 
     def __del__(self) -> None:
         hold = getattr(self, "_hold", None)

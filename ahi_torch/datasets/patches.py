@@ -19,7 +19,7 @@ from ..fetch import FrameFetcher
 from ..index import FrameIndex
 from ..metadata import ImageSetMetadata
 from ..slides import Slide, describe_slide
-from ..slides.regions import covering, paste, resize, tile_rgb
+from ..slides.regions import covering, level_corner, paste, resize, tile_rgb
 from ..slides.tissue import tissue_fractions, tissue_mask
 from ._base import AHIDataset, Transform
 from .labels import LabelSpec
@@ -113,15 +113,18 @@ class PatchDataset(AHIDataset):
             table_dir=table_dir,
         )
         # Labels may have dropped rows (unlabeled="drop"): only slides with rows left stay.
-        kept = set(self.table.strings("image_set_id", np.arange(len(self.table))))
-        self.slides = [slide for slide in slides if slide.image_set_id in kept]
+        every_row = np.arange(len(self.table))
+        first_row_of: dict[str, int] = {}
+        for row, image_set_id in enumerate(self.table.strings("image_set_id", every_row)):
+            first_row_of.setdefault(image_set_id, row)
+        self.slides = [slide for slide in slides if slide.image_set_id in first_row_of]
         for slide in self.slides:
             slide.fetcher = self.fetcher
         self.background = background
-        frame_ids = self.table.strings("frame_id", np.arange(len(self.table)))
-        rows_of_frames = {frame_id: row for row, frame_id in enumerate(frame_ids)}
+        rows_of_frames = {frame_id: row for row, frame_id in enumerate(self.table.strings("frame_id", every_row))}
         self.readings = [self._reading(slide, level, mpp, rows_of_frames) for slide in self.slides]
-        self.slide_first_row = self._first_rows_of_slides()
+        #: The index row of each slide's first frame: where a patch's identifiers and label are read.
+        self.slide_first_row = np.array([first_row_of[slide.image_set_id] for slide in self.slides], dtype=np.int64)
         if locations is not None:
             self.patch_slide, self.patch_xy = self._given(locations)
         else:
@@ -158,16 +161,9 @@ class PatchDataset(AHIDataset):
             read_size=(max(1, round(self.size[0] * scale)), max(1, round(self.size[1] * scale))),
             mpp=(mpp if mpp is not None else slide.mpp * downsample if slide.mpp is not None else None),
             tile_rows=tile_rows,
-            tile_size=(image.tile_width, image.tile_height),
-            level_size=(image.width, image.height),
+            tile_size=image.tile_size,
+            level_size=image.size,
         )
-
-    def _first_rows_of_slides(self) -> np.ndarray:
-        ids = self.table.strings("image_set_id", np.arange(len(self.table)))
-        first: dict[str, int] = {}
-        for row, image_set_id in enumerate(ids):
-            first.setdefault(image_set_id, row)
-        return np.array([first[slide.image_set_id] for slide in self.slides], dtype=np.int64)
 
     def _extent(self, reading: SlideReading) -> tuple[int, int]:
         """(width, height) in level-0 pixels that one patch covers."""
@@ -227,7 +223,7 @@ class PatchDataset(AHIDataset):
         """The patch's reading, its corner in level pixels, and (x, y, index row) of each covering tile."""
         reading = self.readings[int(self.patch_slide[index])]
         x, y = self.patch_xy[index]
-        corner = (math.floor(x / reading.downsample), math.floor(y / reading.downsample))
+        corner = level_corner((int(x), int(y)), reading.downsample)
         return (
             reading,
             corner,

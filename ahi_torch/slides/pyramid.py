@@ -55,6 +55,16 @@ class SlideImage:
     pixel: PixelDescription
 
     @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the whole image."""
+        return self.width, self.height
+
+    @property
+    def tile_size(self) -> tuple[int, int]:
+        """(width, height) of a tile, edge tiles included (they are stored padded)."""
+        return self.tile_width, self.tile_height
+
+    @property
     def tile_grid(self) -> tuple[int, int]:
         """(tiles across, tiles down)."""
         return int(self.tiles.shape[1]), int(self.tiles.shape[0])

@@ -9,12 +9,19 @@ the level's size is pasted.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch.nn import functional
 
 from ..codecs.color import to_rgb
 from ..errors import MetadataError
+
+
+def level_corner(location: tuple[int, int], downsample: float) -> tuple[int, int]:
+    """A level-0 ``location`` (x, y) in the pixels of a level ``downsample`` times coarser (rounded down)."""
+    return math.floor(location[0] / downsample), math.floor(location[1] / downsample)
 
 
 def covering(

@@ -14,7 +14,6 @@ a TILED_SPARSE slide leaves out, is ``background`` (white), as OpenSlide leaves 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Any
@@ -27,7 +26,7 @@ from ..fetch import FrameFetcher, FrameRef
 from ..index.references import series_uri
 from ..metadata import ImageSetMetadata
 from .pyramid import SlideImage, SlidePyramid, describe_slide
-from .regions import covering, paste, resize, tile_rgb
+from .regions import covering, level_corner, paste, resize, tile_rgb
 
 
 class Slide:
@@ -85,7 +84,7 @@ class Slide:
         """(width, height) of level 0."""
         return self.level_dimensions[0]
 
-    @property
+    @cached_property
     def level_downsamples(self) -> tuple[float, ...]:
         """How many level-0 pixels one pixel of each level spans.
 
@@ -147,11 +146,10 @@ class Slide:
     def tiles_covering(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> int:
         """How many stored tiles a :meth:`read_region` of these arguments fetches."""
         image, corner = self.pyramid.levels[level], self._corner(location, level)
-        return len(covering(image.tiles, _tile_size(image), _size(image), corner, (int(size[0]), int(size[1]))))
+        return len(covering(image.tiles, image.tile_size, image.size, corner, (int(size[0]), int(size[1]))))
 
     def _corner(self, location: tuple[int, int], level: int) -> tuple[int, int]:
-        downsample = self.level_downsamples[level]
-        return math.floor(location[0] / downsample), math.floor(location[1] / downsample)
+        return level_corner(location, self.level_downsamples[level])
 
     # --- tiles ----------------------------------------------------------------------------------
 
@@ -168,12 +166,12 @@ class Slide:
 
     def _paint(self, image: SlideImage, region: np.ndarray, corner: tuple[int, int]) -> None:
         size = (region.shape[1], region.shape[0])
-        wanted = covering(image.tiles, _tile_size(image), _size(image), corner, size)
+        wanted = covering(image.tiles, image.tile_size, image.size, corner, size)
         tiles = self.fetcher.get_many([self._ref(image, frame) for _, _, frame in wanted])
         where = f"instance {image.sop_instance_uid}"
         photometric, syntax = image.pixel.photometric_interpretation, image.stored_transfer_syntax
         for (x, y, _), pixels in zip(wanted, tiles, strict=True):
-            paste(region, corner, tile_rgb(pixels, _tile_size(image), photometric, syntax, where), (x, y), _size(image))
+            paste(region, corner, tile_rgb(pixels, image.tile_size, photometric, syntax, where), (x, y), image.size)
 
     def _whole(self, image: SlideImage) -> np.ndarray:
         region = np.full((image.height, image.width, 3), self.background, dtype=np.uint8)
@@ -188,14 +186,6 @@ def _whole_if_near(ratio: float) -> float:
     """``ratio`` rounded to a whole number when it is one but for the digits its spacings were written with."""
     nearest = round(ratio)
     return float(nearest) if nearest and abs(ratio - nearest) <= 1e-6 * ratio else ratio
-
-
-def _tile_size(image: SlideImage) -> tuple[int, int]:
-    return image.tile_width, image.tile_height
-
-
-def _size(image: SlideImage) -> tuple[int, int]:
-    return image.width, image.height
 
 
 def open_slide(

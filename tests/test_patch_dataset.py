@@ -64,8 +64,9 @@ def _spec_of(patch: dict) -> SlideSpec:
 def expected_patch(spec: SlideSpec, level: int, location: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """(h, w, 3) of a level as stored (white where a sparse slide stores no tile, and outside it)."""
     source = slide_pixels(spec, level).copy()
+    tile_width, tile_height = spec.tile_size
     for row, column in np.argwhere(~stored_tiles(spec, level)):
-        source[row * spec.tile : (row + 1) * spec.tile, column * spec.tile : (column + 1) * spec.tile] = 255
+        source[row * tile_height : (row + 1) * tile_height, column * tile_width : (column + 1) * tile_width] = 255
     left, top = location[0] // 2**level, location[1] // 2**level
     region = np.full((size[1], size[0], 3), 255, dtype=np.uint8)
     x0, y0 = max(left, 0), max(top, 0)

@@ -38,6 +38,10 @@ SPECS = {
     "full": _spec("full"),
     "sparse": _spec("sparse", organization="TILED_SPARSE", width=900, height=650, associated=("THUMBNAIL",)),
     "jpeg": _spec("jpeg", transfer_syntax=JPEG_BASELINE, width=600, height=520, levels=2, associated=()),
+    # Tiles wider than tall, sparse: a reader that swaps rows and columns of the tile grid shows.
+    "oblong": _spec(
+        "oblong", organization="TILED_SPARSE", width=700, height=500, tile=256, tile_height=96, associated=()
+    ),
 }
 
 
@@ -67,8 +71,9 @@ def _open(ahi: LocalAHI, slide: Imported, **options: object) -> Slide:
 def expected_level(spec: SlideSpec, level: int) -> np.ndarray:
     """The level as the slide stores it: the source, white where a sparse slide stores no tile."""
     pixels = slide_pixels(spec, level).copy()
+    tile_width, tile_height = spec.tile_size
     for row, column in np.argwhere(~stored_tiles(spec, level)):
-        pixels[row * spec.tile : (row + 1) * spec.tile, column * spec.tile : (column + 1) * spec.tile] = 255
+        pixels[row * tile_height : (row + 1) * tile_height, column * tile_width : (column + 1) * tile_width] = 255
     return pixels
 
 
@@ -82,7 +87,7 @@ def expected_region(spec: SlideSpec, level: int, left: int, top: int, width: int
     return region
 
 
-@pytest.mark.parametrize("name", ["full", "sparse"])
+@pytest.mark.parametrize("name", ["full", "sparse", "oblong"])
 def test_every_level_equals_its_source_pixel_for_pixel(ahi, slides, name: str) -> None:  # type: ignore[no-untyped-def]
     slide, spec = _open(ahi, slides[name]), slides[name].spec
     assert slide.level_count == spec.levels
@@ -95,7 +100,7 @@ def test_every_level_equals_its_source_pixel_for_pixel(ahi, slides, name: str) -
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_any_region_equals_the_source_across_seams_and_edges(ahi, slides, tmp_path_factory, data) -> None:  # type: ignore[no-untyped-def]
-    name = data.draw(st.sampled_from(["full", "sparse"]))
+    name = data.draw(st.sampled_from(["full", "sparse", "oblong"]))
     spec = slides[name].spec
     level = data.draw(st.integers(0, spec.levels - 1))
     downsample = 2**level

@@ -1,9 +1,10 @@
 """Synthetic whole-slide images (DICOM VL Whole Slide Microscopy) whose every pixel says where it is.
 
-One instance per pyramid level (each half the size of the one before), tiles of ``tile`` x ``tile``
-pixels with padded edge tiles, TILED_FULL (implicit tile order) or TILED_SPARSE (each frame's
-position in its functional group; frames stored shuffled, tiles without tissue left out), and
-optional LABEL and OVERVIEW images. Install ``ahi-torch[local]`` (pydicom):
+One instance per pyramid level (each half the size of the one before), tiles of ``tile`` x
+``tile_height`` pixels (square unless a height is given) with padded edge tiles, TILED_FULL
+(implicit tile order) or TILED_SPARSE (each frame's position in its functional group; frames
+stored shuffled, tiles without tissue left out), and optional LABEL and OVERVIEW images.
+Install ``ahi-torch[local]`` (pydicom):
 
 >>> from ahi_torch.sample.slides import SlideSpec, write_slide, slide_pixels
 >>> paths = write_slide("data/slide1", SlideSpec(width=1000, height=700))
@@ -39,6 +40,8 @@ class SlideSpec:
     width: int = 1000
     height: int = 700
     tile: int = 256
+    #: Tile rows when they differ from ``tile`` (the tile's width): readers must not mix the axes up.
+    tile_height: int | None = None
     levels: int = 3
     #: µm per pixel at level 0.
     mpp: float = 0.25
@@ -59,6 +62,11 @@ class SlideSpec:
         unknown = set(self.associated) - set(ASSOCIATED)
         if unknown:
             raise ValueError(f"associated images are {', '.join(ASSOCIATED)}, not {sorted(unknown)}")
+
+    @property
+    def tile_size(self) -> tuple[int, int]:
+        """(width, height) of a tile."""
+        return self.tile, self.tile_height or self.tile
 
     def level_size(self, level: int) -> tuple[int, int]:
         """(width, height) of ``level``: level 0 halved ``level`` times, rounded up."""
@@ -89,24 +97,26 @@ def slide_pixels(spec: SlideSpec, level: int = 0) -> np.ndarray:
 def stored_tiles(spec: SlideSpec, level: int = 0) -> np.ndarray:
     """Which tiles (down, across) the slide stores: all for TILED_FULL; for TILED_SPARSE those with tissue."""
     width, height = spec.level_size(level)
-    across, down = -(-width // spec.tile), -(-height // spec.tile)
+    tile_width, tile_height = spec.tile_size
+    across, down = -(-width // tile_width), -(-height // tile_height)
     if spec.organization == "TILED_FULL":
         return np.ones((down, across), dtype=bool)
     y, x = np.mgrid[0:height, 0:width] * 2**level
-    tissue = np.zeros((down * spec.tile, across * spec.tile), dtype=bool)
+    tissue = np.zeros((down * tile_height, across * tile_width), dtype=bool)
     tissue[:height, :width] = _tissue(spec, x, y)
-    stored = np.asarray(tissue.reshape(down, spec.tile, across, spec.tile).any(axis=(1, 3)))
+    stored = np.asarray(tissue.reshape(down, tile_height, across, tile_width).any(axis=(1, 3)))
     return stored if stored.any() else np.ones_like(stored)
 
 
-def _tiles(pixels: np.ndarray, tile: int) -> list[tuple[int, int, np.ndarray]]:
+def _tiles(pixels: np.ndarray, tile: tuple[int, int]) -> list[tuple[int, int, np.ndarray]]:
     """(column, row, tile) of every tile position, row by row; edge tiles padded with white."""
     height, width = pixels.shape[:2]
+    tile_width, tile_height = tile
     tiles = []
-    for row in range(0, height, tile):
-        for column in range(0, width, tile):
-            block = np.full((tile, tile, 3), 255, dtype=np.uint8)
-            part = pixels[row : row + tile, column : column + tile]
+    for row in range(0, height, tile_height):
+        for column in range(0, width, tile_width):
+            block = np.full((tile_height, tile_width, 3), 255, dtype=np.uint8)
+            part = pixels[row : row + tile_height, column : column + tile_width]
             block[: part.shape[0], : part.shape[1]] = part
             tiles.append((column, row, block))
     return tiles
@@ -191,8 +201,10 @@ def write_slide(directory: str | Path, spec: SlideSpec = SlideSpec()) -> list[Pa
     for level in range(spec.levels):
         size = spec.level_size(level)
         stored = stored_tiles(spec, level).reshape(-1)
-        placed = [tile for tile, kept in zip(_tiles(slide_pixels(spec, level), spec.tile), stored, strict=True) if kept]
-        ds = _wsi_dataset(spec, level, "VOLUME", size, (spec.tile, spec.tile))
+        placed = [
+            tile for tile, kept in zip(_tiles(slide_pixels(spec, level), spec.tile_size), stored, strict=True) if kept
+        ]
+        ds = _wsi_dataset(spec, level, "VOLUME", size, spec.tile_size)
         _shared_spacing(ds, spec.mpp * 2**level / 1000)
         if spec.organization == "TILED_SPARSE":
             # Stored out of order, background tiles left out: readers must use the frames' positions.

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ahi_torch.cache import FrameCache, FrameKey
 from ahi_torch.codecs import decode_frame, pixel_crc32
+from ahi_torch.counters import counting
 from ahi_torch.crc32 import BACKEND as CRC_BACKEND
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.fetch import FrameFetcher
@@ -233,8 +234,9 @@ def measure_progressive(client: Any, index: FrameIndex, repeats: int) -> dict[st
         for _ in range(repeats):
             fetcher = FrameFetcher(client, verify=True, **options)  # type: ignore[arg-type]
             started = time.perf_counter()
-            fetcher.get_many(refs)
+            with counting() as counted:
+                fetcher.get_many(refs)
             rates.append(count / (time.perf_counter() - started))
-            sizes.append(fetcher.counters.bytes_fetched / count)
+            sizes.append(counted.bytes_fetched / count)
         results[name] = {"frames_per_s": rates, "bytes_per_frame": statistics.median(sizes)}
     return results

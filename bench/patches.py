@@ -86,7 +86,7 @@ def measure_patches(service: ServiceProcess, work: Path, patches: int, repeats: 
 
     uncached = dataset(None)
     rates = {"ahi_torch_cold": [_epoch(uncached, 16) for _ in range(repeats)]}
-    tiles_per_patch = uncached.fetcher.counters.requests / (repeats * patches)
+    tiles_per_patch = uncached.stats.summary()["requests"] / (repeats * patches)
     warm = dataset(FrameCache(work / "patch-cache"))
     _epoch(warm, 16)
     rates["ahi_torch_warm"] = [_epoch(warm, 16) for _ in range(repeats)]

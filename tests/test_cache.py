@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from ahi_torch.cache import FrameCache, frame_key
+from ahi_torch.counters import counting
 from ahi_torch.errors import ConfigError
 from ahi_torch.fetch import FrameFetcher
 
@@ -26,15 +27,18 @@ def _frame(seed: int) -> np.ndarray:
 def test_round_trip_and_counters(tmp_path: Path) -> None:
     cache = FrameCache(tmp_path / "c")
     key = frame_key("decoded", "d" * 32, "i" * 32, 1, "f" * 32)
-    assert cache._get_array(key) is None
     frame = _frame(1)
-    assert cache._put_array(key, frame)
-    hit = cache._get_array(key)
+    with counting() as counted:
+        assert cache._get_array(key) is None
+        assert cache._put_array(key, frame)
+        hit = cache._get_array(key)
+        cache.flush()
     assert hit is not None and hit.dtype == np.int16 and hit.flags.writeable
     np.testing.assert_array_equal(hit, frame)
-    cache.flush()
-    assert (cache.counters.hits, cache.counters.misses, cache.counters.writes) == (1, 1, 1)
-    from_disk = FrameCache(tmp_path / "c")._get_array(key)
+    assert (counted.cache_hits, counted.cache_misses, counted.cache_writes) == (1, 1, 1)
+    with counting() as read_back:
+        from_disk = FrameCache(tmp_path / "c")._get_array(key)
+    assert read_back.cache_bytes_read == counted.cache_bytes_written > frame.nbytes, "the whole entry, read once"
     assert from_disk is not None and from_disk.flags.writeable
     np.testing.assert_array_equal(from_disk, frame)
     assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
@@ -98,8 +102,9 @@ def test_corrupt_entry_is_evicted_and_missed(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0x40  # inside the middle entry's pixels
     packs[0].write_bytes(bytes(data))
     cache = FrameCache(tmp_path)
-    assert cache._get_array(keys[1]) is None
-    assert cache.counters.corrupt_evicted == 1
+    with counting() as counted:
+        assert cache._get_array(keys[1]) is None
+    assert counted.cache_corrupt_evicted == 1 and counted.cache_misses == 1
     assert keys[1] not in cache.diskcache
     for n in (0, 2):
         np.testing.assert_array_equal(cache._get_array(keys[n]), big + n)
@@ -112,7 +117,9 @@ def test_an_index_row_pointing_at_another_entry_is_refused(tmp_path: Path) -> No
     cache._put_array("decoded/b", _frame(2))
     cache.flush()
     cache.diskcache.set("decoded/b", cache.diskcache.get("decoded/a"))
-    assert cache._get_array("decoded/b") is None and cache.counters.corrupt_evicted == 1
+    with counting() as counted:
+        assert cache._get_array("decoded/b") is None
+    assert counted.cache_corrupt_evicted == 1
     np.testing.assert_array_equal(cache._get_array("decoded/a"), _frame(1))
 
 

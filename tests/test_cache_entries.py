@@ -11,7 +11,8 @@ import pytest
 
 from ahi_torch.cache import FrameCache
 from ahi_torch.cache import entry_format as fmt
-from ahi_torch.cache.frame_cache import CacheCounters, FrameKey, default_directory
+from ahi_torch.cache.frame_cache import FrameKey, default_directory
+from ahi_torch.counters import counting
 
 KEY = FrameKey("d" * 32, "i" * 32, 1, "f" * 32)
 
@@ -59,11 +60,7 @@ def test_an_entry_says_its_own_length_and_nothing_else_is_taken_for_it() -> None
         fmt.entry_size(b"AHIC\x01" + entry[5:])  # format 1 (a file per entry) is not read as format 2
 
 
-def test_counters_start_at_zero_and_hit_rate_is_hits_over_lookups() -> None:
-    counters = CacheCounters()
-    assert all(value == 0 for value in vars(counters).values()) and counters.hit_rate == 0.0
-    counters.hits, counters.misses = 3, 1
-    assert counters.hit_rate == 0.75
+def test_a_frame_key_reads_full_resolution_by_default() -> None:
     assert KEY.text("decoded") == FrameKey("d" * 32, "i" * 32, 1, "f" * 32, reduce=0).text("decoded")
 
 
@@ -78,10 +75,11 @@ def test_a_full_size_frame_round_trips_in_either_mode(mode: str, tmp_path: Path)
         seen.append((data, content_type))
         return np.frombuffer(data, dtype=np.int16).reshape(512, 512)
 
-    assert cache.get_frame(KEY, decode) is None and cache.counters.misses == 1
-    assert cache.put_frame(KEY, pixels, pixels.tobytes(), "application/octet-stream")
-    again = cache.get_frame(KEY, decode)
-    assert again is not None and cache.counters.hits == 1
+    with counting() as counted:
+        assert cache.get_frame(KEY, decode) is None
+        assert cache.put_frame(KEY, pixels, pixels.tobytes(), "application/octet-stream")
+        again = cache.get_frame(KEY, decode)
+    assert again is not None and (counted.cache_misses, counted.cache_hits) == (1, 1)
     np.testing.assert_array_equal(again, pixels)
     if mode == "decoded":
         assert seen == [] and cache._get_bytes(KEY.text("encoded")) is None

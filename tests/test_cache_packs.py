@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from ahi_torch.cache import FrameCache, packs
 from ahi_torch.cache.frame_cache import CacheUnavailableWarning
 from ahi_torch.cache.packs import pack_files, pack_size
+from ahi_torch.counters import counting
 
 FRAME = 128 * 128 * 2  # bytes of one test frame
 
@@ -31,13 +32,14 @@ def test_the_size_limit_holds_and_whole_packs_go_oldest_first(tmp_path: Path) ->
     limit = 40 * FRAME
     cache = FrameCache(tmp_path, size_limit_gb=limit / 2**30)
     assert cache.pack_bytes == pack_size(limit) == 64 * 2**10, "the smallest pack: two frames"
-    for k in range(200):
-        cache._put_array(f"decoded/k{k}", _frame(k))
-        if k % 10 == 9:
-            cache.flush()
-            assert _pack_bytes(tmp_path) <= limit + 2 * cache.pack_bytes, f"over the limit after {k + 1} frames"
-    cache.close()
-    assert cache.counters.packs_evicted > 0
+    with counting() as counted:
+        for k in range(200):
+            cache._put_array(f"decoded/k{k}", _frame(k))
+            if k % 10 == 9:
+                cache.flush()
+                assert _pack_bytes(tmp_path) <= limit + 2 * cache.pack_bytes, f"over the limit after {k + 1} frames"
+        cache.close()
+    assert counted.cache_packs_evicted > 0
     held = [k for k in range(200) if cache._get_array(f"decoded/k{k}") is not None]
     assert 30 <= len(held) <= 42, f"{len(held)} frames held in a cache of 40"
     assert held == list(range(200 - len(held), 200)), "the oldest packs went first, whole"

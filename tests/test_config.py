@@ -262,4 +262,4 @@ def test_the_fetch_section_is_the_frame_fetcher_field_for_field() -> None:
 
     section = {field.name: field.type for field in dataclasses.fields(FetchConfig)}
     fetcher = {field.name: field.type for field in dataclasses.fields(FrameFetcher)}
-    assert section == {name: kind for name, kind in fetcher.items() if name not in ("client", "cache", "counters")}
+    assert section == {name: kind for name, kind in fetcher.items() if name not in ("client", "cache")}

@@ -16,6 +16,7 @@ from pydicom.pixels import apply_modality_lut
 from torch.utils.data import DataLoader
 
 from ahi_torch.cache import FrameCache
+from ahi_torch.counters import counting
 from ahi_torch.datasets import (
     ErrorPolicy,
     FailureLog,
@@ -66,6 +67,8 @@ def test_frames_through_dataloader_are_exact(
     dataset = FrameDataset(
         index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)), labels=labels, rescale=False, dtype=None
     )
+    for item in range(3):  # counted in this process before the fork: workers start with these numbers
+        FrameDataset(index, ahi.client())[item]
     loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context=context, persistent_workers=True)
     nodule_by_series = {spec.series_uid: int(spec.nodule) for spec, _ in cohort["series"]}
     for epoch in range(2):  # the second epoch reuses the persistent workers (and hits the cache)
@@ -262,12 +265,12 @@ def test_collate_helpers_batch_mixed_sizes(ahi, index: FrameIndex, real_import) 
 def test_error_policy_retry(ahi, break_frame, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
     dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("retry", retries=2, backoff=0.01))
     break_frame(dataset, 2)
-    requests_before = dataset.fetcher.counters.requests
-    with pytest.raises(SampleError, match=f"after {RetryPolicy().max_attempts} attempts"):
+    with counting() as counted, pytest.raises(SampleError, match=f"after {RetryPolicy().max_attempts} attempts"):
         dataset[2]
     # The fetch layer spent its budget on the frame; the dataset's retry does not multiply it.
-    assert dataset.fetcher.counters.requests - requests_before == RetryPolicy().max_attempts
-    assert len(dataset.failures) == 1 and dataset.outcomes["retried"] == 0
+    assert counted.requests == RetryPolicy().max_attempts and counted.frames_failed == 1
+    assert len(dataset.failures) == 1 and counted.retried == 0 and counted.failed == 1
+    assert dataset.stats.summary()["failed"] == 1, "a batch that raised still reaches dataset.stats"
     assert dataset[1]["meta"]["index"] == 1
 
 
@@ -284,7 +287,7 @@ def test_error_policy_retry_covers_what_the_fetch_layer_does_not(ahi, index: Fra
         index, ahi.client(), transform=flaky, error_policy=ErrorPolicy("retry", retries=2, backoff=0.001)
     )
     assert dataset[4]["meta"]["index"] == 4 and calls == [4, 4]
-    assert dataset.outcomes["retried"] == 1 and len(dataset.failures) == 0
+    assert dataset.stats.summary()["retried"] == 1 and len(dataset.failures) == 0
 
 
 def test_datasets_pickle_without_connections(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -305,17 +308,21 @@ def test_empty_index_is_a_clear_error(ahi, index: FrameIndex) -> None:  # type: 
 
 
 def test_one_fetcher_for_two_datasets_keeps_their_counts_apart(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """A train and a val dataset built from one FrameFetcher count their own requests; the cache is shared."""
+    """A train and a val dataset in one process, one FrameFetcher and cache: each counts its own batches."""
     frames = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path))
     train, val = (FrameDataset(part, frames) for part in (index.take(np.arange(0, 12)), index.take(np.arange(12, 24))))
     assert train.fetcher is not frames and train.fetcher.cache is val.fetcher.cache is frames.cache
     train.stats.reset()
-    for item in range(6):
-        train[item]
-    for item in range(4):
-        val[item]
-    assert (train.stats.summary()["requests"], val.stats.summary()["requests"]) == (6, 4)
-    assert frames.counters.requests == 0, "the fetcher given is settings; each dataset fetches with its copy"
+    with counting() as counted:
+        for item in range(6):
+            train[item]
+        for item in (0, 1, 2, 3, 0):
+            val[item]
+        train.__getitems__([0, 1])
+    assert counted.requests == 10 and counted.cache_hits == 3, "the process counts everything once"
+    train_counts, val_counts = train.stats.summary(), val.stats.summary()
+    assert (train_counts["requests"], train_counts["cache_hits"], train_counts["items_served"]) == (6, 2, 8)
+    assert (val_counts["requests"], val_counts["cache_hits"], val_counts["items_served"]) == (4, 1, 5)
 
 
 def _same(a: object, b: object) -> bool:

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from ahi_torch.cache import FrameCache
 from ahi_torch.client import AHIClient, RateLimiter
+from ahi_torch.counters import counting
 from ahi_torch.datasets import ErrorPolicy, FailureLog, FrameDataset
 from ahi_torch.errors import ConfigError, EndpointUnreachable, SampleError
 from ahi_torch.fetch import FrameFetcher, RetryPolicy
@@ -99,11 +100,12 @@ def test_truncated_json_bodies_are_retried_not_swallowed() -> None:
         plain = ahi.boto3_client(retries={"max_attempts": 1})
         client = ahi.client()
         empties = 0
-        for _ in range(12):
-            empties += "datastoreSummaries" not in plain.list_datastores()
-            assert len(client.list_datastores()["datastoreSummaries"]) == 1
+        with counting() as counted:
+            for _ in range(12):
+                empties += "datastoreSummaries" not in plain.list_datastores()
+                assert len(client.list_datastores()["datastoreSummaries"]) == 1
         assert faults.injected["drop"] > 0 and empties > 0, "plain boto3 really does return nothing"
-        assert client.counters.truncated_bodies > 0
+        assert counted.truncated_bodies > 0 and counted.calls == 12
 
 
 def _record_grants(limiter: RateLimiter, count: int, start: mp.synchronize.Barrier, out: str) -> None:
@@ -330,9 +332,9 @@ def test_a_dead_endpoint_fails_fast_and_is_never_a_reason_to_replace_samples(ahi
         assert len(silent.connections) <= 5, "botocore's retries end once the endpoint is known to be down"
         before = len(silent.connections)
         dataset = FrameDataset(index, FrameFetcher(dead, max_workers=1), error_policy="skip")
-        with pytest.raises(EndpointUnreachable, match=rf"127\.0\.0\.1:{silent.port}"):
+        with counting() as counted, pytest.raises(EndpointUnreachable, match=rf"127\.0\.0\.1:{silent.port}"):
             dataset[0]
-        assert dataset.outcomes["replaced"] == 0, "no other sample was tried"
+        assert counted.replaced == 0 and counted.failed == 1, "no other sample was tried"
         assert len(silent.connections) - before <= RetryPolicy().max_attempts
     finally:
         silent.close()
@@ -354,10 +356,9 @@ def test_missing_credentials_are_one_error_never_retried(ahi, synthetic_import, 
         anonymous.list_datastores()
     before = sum(ahi.frame_request_counts().values())
     dataset = FrameDataset(index, FrameFetcher(anonymous, max_workers=1), error_policy="skip")
-    with pytest.raises(NoCredentials):
+    with counting() as counted, pytest.raises(NoCredentials):
         dataset[0]
-    counters = dataset.fetcher.counters
-    assert counters.retries == counters.transfer_errors == 0 and dataset.outcomes["replaced"] == 0
+    assert counted.frame_retries == counted.transfer_errors == counted.replaced == 0
     assert sum(ahi.frame_request_counts().values()) == before, "nothing was sent"
 
 
@@ -371,6 +372,7 @@ def test_a_refused_connection_is_never_a_reason_to_replace_samples(ahi, syntheti
         port = probe.getsockname()[1]
     closed = AHIClient(ahi.client().config, endpoint_url=f"http://127.0.0.1:{port}")
     dataset = FrameDataset(index, FrameFetcher(closed, max_workers=1), error_policy="skip")
-    with pytest.raises(EndpointUnreachable, match=rf"127\.0\.0\.1:{port}"):
+    with counting() as counted, pytest.raises(EndpointUnreachable, match=rf"127\.0\.0\.1:{port}"):
         dataset[0]
-    assert dataset.outcomes["replaced"] == 0 and dataset.fetcher.counters.requests == RetryPolicy().max_attempts
+    assert counted.replaced == 0 and counted.requests == RetryPolicy().max_attempts
+    assert counted.transfer_errors == RetryPolicy().max_attempts and counted.frame_retries == counted.requests - 1

@@ -13,6 +13,7 @@ import torch
 
 from ahi_torch.cache import FrameCache
 from ahi_torch.client import AHIClient, dicom_updates
+from ahi_torch.counters import counting
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.errors import ConfigError
 from ahi_torch.fetch import FrameFetcher
@@ -220,9 +221,9 @@ def test_refresh_adds_new_and_drops_deleted_image_sets_and_refetches_new_version
     new_rows = refreshed.filter(pc.field("image_set_id") == changed)
     assert set(new_rows.column("image_set_version").tolist()) == {version + 1}
     after = FrameDataset(new_rows, FrameFetcher(client, cache=cache), rescale=False, dtype=None)
-    requests = after.fetcher.counters.requests
-    new_pixels = [after[i]["image"] for i in range(len(after))]
-    assert after.fetcher.counters.requests - requests == len(new_rows), "a new version is fetched, not read from cache"
+    with counting() as counted:
+        new_pixels = [after[i]["image"] for i in range(len(after))]
+    assert counted.requests == len(new_rows), "a new version is fetched, not read from cache"
     cached = cache.keys()
     assert sum(f"/v{version + 1}/" in key for key in cached) == len(new_rows)
     for old, new in zip(old_pixels, new_pixels, strict=True):

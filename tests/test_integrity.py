@@ -20,6 +20,7 @@ from botocore.config import Config
 
 from ahi_torch.cache import FrameCache
 from ahi_torch.codecs import decode_frame
+from ahi_torch.counters import counting
 from ahi_torch.local.server import EmbeddedS3
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
@@ -53,13 +54,14 @@ def test_sigkill_during_cache_writes_never_leaves_a_wrong_entry(tmp_path: Path) 
     cache = FrameCache(tmp_path)
     cache.check(fix=True)
     found = 0
-    for key in cache.keys():  # noqa: SIM118 - FrameCache.keys() lists the shared index
-        array = cache._get_array(key)
-        if array is not None:
-            np.testing.assert_array_equal(array, _expected(int(key.rsplit("k", 1)[1])))
-            found += 1
+    with counting() as counted:
+        for key in cache.keys():  # noqa: SIM118 - FrameCache.keys() lists the shared index
+            array = cache._get_array(key)
+            if array is not None:
+                np.testing.assert_array_equal(array, _expected(int(key.rsplit("k", 1)[1])))
+                found += 1
     assert found >= 15
-    assert cache.counters.corrupt_evicted == 0
+    assert counted.cache_corrupt_evicted == 0
 
 
 DISK_FULL = textwrap.dedent(
@@ -67,6 +69,7 @@ DISK_FULL = textwrap.dedent(
     import resource, signal, sys, numpy as np
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)       # writes past the limit fail with EFBIG
     from ahi_torch.cache import FrameCache
+    from ahi_torch.counters import COUNTERS
     cache = FrameCache(sys.argv[1])
     first = np.arange(256 * 256, dtype=np.int16).reshape(256, 256)
     assert cache._put_array("decoded/first", first)
@@ -75,7 +78,7 @@ DISK_FULL = textwrap.dedent(
     stored = [cache._put_array(f"decoded/more{k}", first + k) for k in range(6)]
     cache.flush()
     assert not cache._put_array("decoded/late", first), "no longer stored once the disk refused"
-    assert cache.counters.write_failures == 1 and not cache.stats()["storing"]
+    assert COUNTERS.cache_write_failures == 1 and not cache.stats()["storing"]
     assert (cache._get_array("decoded/first") == first).all(), "reads still work"
     print("ok")
     """

@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "polling": 0,
     "per_process": 0,
     "backoff": 0,
+    "counters": 0,
     "client": 1,
     "metadata": 1,
     "index": 2,

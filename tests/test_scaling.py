@@ -22,6 +22,7 @@ from ahi_torch.client.core import request_budget
 from ahi_torch.client.quotas import AWS_QUOTAS, node_share
 from ahi_torch.client.ratelimit import RateLimiter
 from ahi_torch.client.store_budget import StoreBudget
+from ahi_torch.counters import counting
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.errors import ConfigError
 from ahi_torch.fetch import FrameFetcher
@@ -230,10 +231,10 @@ def test_sharded_warming_fills_each_node_with_what_it_trains_on(ahi, synthetic_i
         sampler = NodePinnedSampler(
             node_dataset, groups=node_dataset.group_keys(), seed=5, num_replicas=2, rank=node, ranks_per_node=1
         )
-        for index in sampler:
-            node_dataset[index]
-        fetched, cached = node_dataset.fetcher.counters, node_dataset.fetcher.cache.counters  # type: ignore[union-attr]
-        assert fetched.requests == 0 and cached.hits == len(sampler), "the node's epoch is fully warm"
+        with counting() as counted:
+            for index in sampler:
+                node_dataset[index]
+        assert counted.requests == 0 and counted.cache_hits == len(sampler), "the node's epoch is fully warm"
 
 
 def _free_port() -> int:

@@ -1,10 +1,9 @@
 """A pickle-free disk cache of frames and metadata, shared by all DataLoader workers on a node."""
 
 from .entry_format import CorruptEntry
-from .frame_cache import CacheCounters, FrameCache, FrameKey, default_directory, frame_key
+from .frame_cache import FrameCache, FrameKey, default_directory, frame_key
 
 __all__ = [
-    "CacheCounters",
     "CorruptEntry",
     "FrameCache",
     "FrameKey",

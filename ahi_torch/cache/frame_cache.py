@@ -20,7 +20,7 @@ each one is. The cache keeps these guarantees:
 * a cache never takes training down: a full disk (or any write error) turns storing off with
   one warning while reads carry on, and a directory that cannot be created, opened or read (read
   only, someone else's, a damaged index) turns the whole cache off with one warning, so frames
-  are served uncached. ``counters.unavailable`` counts the lookups that went uncached;
+  are served uncached. ``COUNTERS.cache_unavailable`` counts the lookups that went uncached;
   ``ahi-torch cache repair`` rebuilds a damaged index from the packs;
 * a cache directory of the earlier one-file-per-frame layout is emptied once, with a warning;
   its entries are never read as entries of this one;
@@ -37,7 +37,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from diskcache import Cache
 from diskcache.core import DBNAME
 from filelock import FileLock
 
+from ..counters import COUNTERS
 from ..errors import CacheError, ConfigError
 from ..per_process import PerProcess
 from . import entry_format
@@ -94,26 +95,6 @@ def frame_key(kind: str, datastore_id: str, image_set_id: str, version: int, fra
 FrameDecoder = Callable[[bytes, str], np.ndarray]
 
 
-@dataclass
-class CacheCounters:
-    """Per-process counters (each DataLoader worker keeps its own)."""
-
-    hits: int = 0
-    misses: int = 0
-    writes: int = 0
-    bytes_read: int = 0
-    bytes_written: int = 0
-    corrupt_evicted: int = 0
-    write_failures: int = 0
-    unavailable: int = 0
-    packs_evicted: int = 0
-
-    @property
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
-
-
 class _ProcessState:
     """What one process holds of a cache: its index handle, pack reader and writer, and whether it works."""
 
@@ -156,7 +137,6 @@ class FrameCache:
         self.pack_bytes = pack_size(self.size_limit)
         self.mode = mode
         self.verify_reads = verify_reads
-        self.counters = CacheCounters()
         self._process = PerProcess(_ProcessState)
 
     def __repr__(self) -> str:
@@ -169,7 +149,7 @@ class FrameCache:
 
     def __getstate__(self) -> dict[str, Any]:
         self.flush()  # what this process queued is on disk before another process looks
-        return {**self.__dict__, "counters": CacheCounters()}  # each process counts its own
+        return dict(self.__dict__)
 
     @property
     def _packs(self) -> Path:
@@ -278,7 +258,7 @@ class FrameCache:
             return bytearray().join(queued)  # a copy: the caller may write to what it gets
         cache = self._handle()
         if cache is None:
-            self.counters.unavailable += 1
+            COUNTERS.cache_unavailable += 1
             return None
         try:
             value = cache.get(key, default=None, retry=True)
@@ -288,10 +268,10 @@ class FrameCache:
             return None
         except Exception as error:  # a damaged database, a vanished directory
             self._switch_off(error)
-            self.counters.unavailable += 1
+            COUNTERS.cache_unavailable += 1
             return None
         if value is None:
-            self.counters.misses += 1
+            COUNTERS.cache_misses += 1
             return None
         return self._read_pack(key, value, state)
 
@@ -301,13 +281,13 @@ class FrameCache:
             assert state.reader is not None  # opened with the index
             data = state.reader.read(location)
         except FileNotFoundError:  # its pack was evicted after the lookup
-            self.counters.misses += 1
+            COUNTERS.cache_misses += 1
             return None
         except (entry_format.CorruptEntry, OSError) as error:
             log.warning("evicting cache entry %s: %s", key, error)
             self._evict(key)
             return None
-        self.counters.bytes_read += len(data)
+        COUNTERS.cache_bytes_read += len(data)
         return data
 
     def _set(self, key: str, parts: entry_format.Parts) -> bool:
@@ -325,7 +305,7 @@ class FrameCache:
             if writer is None:
                 return False
         writer.put(key, parts)
-        self.counters.bytes_written += parts.size
+        COUNTERS.cache_bytes_written += parts.size
         return True
 
     def _start_writer(self, state: _ProcessState) -> EntryWriter | None:
@@ -350,19 +330,19 @@ class FrameCache:
         with cache.transact(retry=True):
             for key, location, _ in batch:
                 cache.set(key, location.encode(), tag=location.pack, retry=True)
-        self.counters.writes += len(batch)
+        COUNTERS.cache_writes += len(batch)
         state = self._process.get()
         state.since_eviction += sum(size for _, _, size in batch)
         if state.since_eviction >= self.pack_bytes // 2:
             state.since_eviction = 0
             writer = state.writer
             keep = {writer.packs.name} if writer is not None and writer.packs.name else set()
-            self.counters.packs_evicted += evict_packs(
+            COUNTERS.cache_packs_evicted += evict_packs(
                 self._packs, self.size_limit, keep, lambda pack: cache.evict(pack, retry=True)
             )
 
     def _stop_storing(self, state: _ProcessState, error: BaseException) -> None:
-        self.counters.write_failures += 1
+        COUNTERS.cache_write_failures += 1
         state.storing = False
         message = f"frame cache at {self.directory} stopped storing, reads carry on ({error})"
         log.warning("%s", message)
@@ -375,8 +355,8 @@ class FrameCache:
             warnings.warn(message, CacheUnavailableWarning, stacklevel=4)
 
     def _evict(self, key: str) -> None:
-        self.counters.corrupt_evicted += 1
-        self.counters.misses += 1
+        COUNTERS.cache_corrupt_evicted += 1
+        COUNTERS.cache_misses += 1
         try:
             self.diskcache.delete(key, retry=True)
         except Exception as error:  # a read-only cache keeps its corrupt entry; it is never served
@@ -438,7 +418,7 @@ class FrameCache:
             log.warning("evicting corrupt cache entry %s: %s", key, error)
             self._evict(key)
             return None
-        self.counters.hits += 1
+        COUNTERS.cache_hits += 1
         return array
 
     def _put_array(self, key: str, pixels: np.ndarray) -> bool:
@@ -453,7 +433,7 @@ class FrameCache:
             log.warning("evicting cache entry %s: it holds another kind of entry", key)
             self._evict(key)
             return None
-        self.counters.hits += 1
+        COUNTERS.cache_hits += 1
         header = {name: value for name, value in record.header.items() if name != "key"}
         return bytes(record.payload), header
 
@@ -469,7 +449,7 @@ class FrameCache:
             ) from error
 
     def stats(self) -> dict[str, Any]:
-        """Entries and bytes on disk (shared) plus this process's counters."""
+        """Entries and bytes on disk, shared by every process (lookups are counted in ``COUNTERS``)."""
         cache = self._maintenance_handle()
         self.flush()
         try:
@@ -490,8 +470,6 @@ class FrameCache:
             "volume_bytes": pack_bytes + index_bytes,
             "size_limit_bytes": self.size_limit,
             "storing": state.storing and state.broken is None,
-            **asdict(self.counters),
-            "hit_rate": self.counters.hit_rate,
         }
 
     def clear(self) -> int:

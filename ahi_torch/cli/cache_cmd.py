@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..counters import counting
 from ..errors import CacheError
 from .common import EXIT_FAILURE, EXIT_OK, UsageError, add_overrides
 
@@ -104,17 +105,14 @@ def warm_command(args: argparse.Namespace) -> int:
     rows = [dataset._rows(int(item)) for item in items]
     refs = table.refs(np.unique(np.concatenate(rows))) if rows else []
     fetcher = dataset.fetcher
-    with ThreadPoolExecutor(max_workers=max(1, args.threads)) as pool:
+    with counting() as counted, ThreadPoolExecutor(max_workers=max(1, args.threads)) as pool:
         for _ in tqdm(
             pool.map(fetcher.get, refs), total=len(refs), desc="warm", unit="frame", disable=not sys.stderr.isatty()
         ):
             pass
-    counters = fetcher.counters
-    assert fetcher.cache is not None  # _dataset refuses configs with the cache disabled
-    hits = fetcher.cache.counters.hits
     print(
-        f"{len(refs)} frames{where}: {hits} already cached, "
-        f"{counters.requests} fetched ({counters.bytes_fetched / 1e6:.1f} MB)"
+        f"{len(refs)} frames{where}: {counted.cache_hits} already cached, "
+        f"{counted.requests} fetched ({counted.bytes_fetched / 1e6:.1f} MB)"
     )
     return EXIT_OK
 
@@ -129,19 +127,20 @@ def verify_command(args: argparse.Namespace) -> int:
     if not cache.available:
         raise CacheError(f"cannot verify the frame cache at {cache.directory}: {cache.problem}")
     checked = missing = bad = unlisted = 0
-    for row in tqdm(range(len(table)), desc="verify", unit="frame", disable=not sys.stderr.isatty()):
-        ref = table.ref(row)
-        pixels = fetcher.cached(ref)
-        if pixels is None:
-            missing += 1
-            continue
-        checked += 1
-        try:
-            unlisted += fetcher.verified_crc(ref, pixels) is None
-        except ChecksumMismatch as error:
-            bad += 1
-            print(f"mismatch: {error}", file=sys.stderr)
-    evicted = cache.counters.corrupt_evicted
+    with counting() as counted:
+        for row in tqdm(range(len(table)), desc="verify", unit="frame", disable=not sys.stderr.isatty()):
+            ref = table.ref(row)
+            pixels = fetcher.cached(ref)
+            if pixels is None:
+                missing += 1
+                continue
+            checked += 1
+            try:
+                unlisted += fetcher.verified_crc(ref, pixels) is None
+            except ChecksumMismatch as error:
+                bad += 1
+                print(f"mismatch: {error}", file=sys.stderr)
+    evicted = counted.cache_corrupt_evicted
     at = f" at reduce={fetcher.reduce}" if fetcher.reduce else ""
     print(
         f"{checked} cached frames verified{at}, {bad} checksum mismatches, "

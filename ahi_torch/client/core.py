@@ -49,6 +49,7 @@ from botocore.exceptions import (
 
 from .. import __version__
 from ..backoff import pause
+from ..counters import COUNTERS
 from ..errors import AHIError, EndpointUnreachable, NoCredentials, from_client_error
 from ..per_process import PerProcess
 from .config import ClientConfig
@@ -58,16 +59,6 @@ from .quotas import BURST_SECONDS, node_rates
 from .ratelimit import RateLimiter
 from .store_budget import StoreBudget
 from .waiters import Waiters
-
-
-@dataclass
-class ClientCounters:
-    """Per-process call statistics (each DataLoader worker keeps its own)."""
-
-    calls: int = 0
-    retries: int = 0
-    stream_retries: int = 0
-    truncated_bodies: int = 0
 
 
 def request_budget(config: ClientConfig) -> RateLimiter | StoreBudget | None:
@@ -107,7 +98,6 @@ class AHIClient(Waiters, _BotoSignatures):
     def __init__(self, config: ClientConfig | None = None, **overrides: Any) -> None:
         base = config or ClientConfig()
         self.config = ClientConfig(**{**base.__dict__, **overrides}) if overrides else base
-        self.counters = ClientCounters()
         self._limiter = request_budget(self.config)
         self._handles = PerProcess(self._build)
         self._transport = PerProcess(self._make_transport)
@@ -121,7 +111,6 @@ class AHIClient(Waiters, _BotoSignatures):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.config = state["config"]
         self._limiter = state["_limiter"]
-        self.counters = ClientCounters()
         self._handles = PerProcess(self._build)
         self._transport = PerProcess(self._make_transport)
         self._silence = PerProcess(self._make_silence)
@@ -195,7 +184,7 @@ class AHIClient(Waiters, _BotoSignatures):
         expected = http.headers.get("content-length")
         if http.status_code >= 300 or expected is None or len(http.content) == int(expected):
             return None
-        self.counters.truncated_bodies += 1
+        COUNTERS.truncated_bodies += 1
         if attempts >= self.config.max_attempts:
             raise ConnectionClosedError(endpoint_url=self.config.endpoint_url or "AHI")
         return pause(attempts + 1, base=0.05, cap=2.0)
@@ -241,8 +230,8 @@ class AHIClient(Waiters, _BotoSignatures):
             raise EndpointUnreachable(f"cannot reach {where}: {error}") from error
         except NoCredentialsError:
             raise NoCredentials() from None
-        self.counters.calls += 1
-        self.counters.retries += int(response.pop("ResponseMetadata", {}).get("RetryAttempts", 0))
+        COUNTERS.calls += 1
+        COUNTERS.call_retries += int(response.pop("ResponseMetadata", {}).get("RetryAttempts", 0))
         return response
 
     def _read_payload(self, operation: str, method: str, payload: str, **params: Any) -> tuple[bytes, dict[str, Any]]:
@@ -255,7 +244,7 @@ class AHIClient(Waiters, _BotoSignatures):
             except (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ConnectionClosedError) as error:
                 if isinstance(error, ReadTimeoutError):
                     self._silence.get().timed_out(error)
-                self.counters.stream_retries += 1
+                COUNTERS.stream_retries += 1
                 if attempt + 1 >= self.config.max_attempts:
                     raise EndpointUnreachable(
                         f"{operation}: the response body was cut short {attempt + 1} times"

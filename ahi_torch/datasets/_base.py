@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 
 from ..cache import FrameCache
 from ..client import AHIClient
+from ..counters import COUNTERS
 from ..errors import (
     CacheTooSmallWarning,
     ConfigError,
@@ -24,7 +26,7 @@ from ..errors import (
     ModalityLUTWarning,
     SampleError,
 )
-from ..fetch import FetchCounters, FrameFetcher, FrameRef, attempts_of
+from ..fetch import FrameFetcher, FrameRef, attempts_of
 from ..fetch.retry import ENDPOINT_FAILURES
 from ..index import FrameIndex
 from ._convert import Intensity
@@ -173,12 +175,9 @@ class AHIDataset(Dataset[Any]):
             warn_missing_geometry(index)
         if rescale:
             warn_lookup_tables(index)
-        # A copy of the settings: one fetcher given to a train and a val dataset must not mix their
-        # counters (dataset.stats) or share their threads.
+        # A copy of the settings: one fetcher given to a train and a val dataset must not share their threads.
         self.fetcher: FrameFetcher = (
-            dataclasses.replace(source, counters=FetchCounters())
-            if isinstance(source, FrameFetcher)
-            else FrameFetcher(source)
+            dataclasses.replace(source) if isinstance(source, FrameFetcher) else FrameFetcher(source)
         )
         if self.fetcher.cache is not None:
             warn_cache_too_small(index, self.fetcher.cache, self.fetcher.reduce)
@@ -189,7 +188,6 @@ class AHIDataset(Dataset[Any]):
         self.policy = ErrorPolicy.of(error_policy)
         self.failures = FailureLog(self.policy.failure_log)
         self.stats = EpochStats()
-        self.outcomes = {"items_served": 0, "frames_served": 0, "replaced": 0, "retried": 0, "failed": 0}
 
     # --- what subclasses provide ------------------------------------------------------------------
 
@@ -233,7 +231,6 @@ class AHIDataset(Dataset[Any]):
                 self.labels, values=self.labels.values[:0], present=self.labels.present[:0]
             )
         state["failures"] = FailureLog(self.policy.failure_log)
-        state["outcomes"] = dict.fromkeys(self.outcomes, 0)  # each process counts its own
         return state
 
     def group_keys(self, column: str = "image_set_id") -> np.ndarray:
@@ -270,26 +267,24 @@ class AHIDataset(Dataset[Any]):
         return f"image set {self.table.text('image_set_id', first)} frame {self.table.text('frame_id', first)}"
 
     def _fail(self, index: int, error: Exception, replaced_by: int | None) -> None:
-        self.outcomes["replaced" if replaced_by is not None else "failed"] += 1
+        if replaced_by is not None:
+            COUNTERS.replaced += 1
+        else:
+            COUNTERS.failed += 1
         self.failures.record(FailureRecord(index, replaced_by, str(error), type(error).__name__, self._describe(index)))
 
-    def _served(self, items: list[Any], indices: Sequence[int]) -> None:
-        """Count what was served and publish this process's totals to :attr:`stats`."""
-        self.outcomes["items_served"] += len(items)
-        self.outcomes["frames_served"] += sum(len(self._rows(int(i))) for i in indices)
-        self._publish()
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        """Add what this process counts inside the block to :attr:`stats` (even when it raises)."""
+        before = COUNTERS.copy()
+        try:
+            yield
+        finally:
+            self.stats.record(COUNTERS.minus(before))
 
-    def _publish(self) -> None:
-        fetched = self.fetcher.counters
-        cache = self.fetcher.cache
-        totals = {**self.outcomes, "requests": fetched.requests, "bytes_fetched": fetched.bytes_fetched}
-        if cache is not None:
-            totals.update(
-                cache_hits=cache.counters.hits,
-                cache_misses=cache.counters.misses,
-                cache_unavailable=cache.counters.unavailable,
-            )
-        self.stats.record(totals)
+    def _served(self, indices: Sequence[int]) -> None:
+        COUNTERS.items_served += len(indices)
+        COUNTERS.frames_served += sum(len(self._rows(i)) for i in indices)
 
     def _recover(self, index: int, error: Exception) -> Any:
         """Apply the error policy to item ``index``, whose first attempt failed with ``error``."""
@@ -309,7 +304,7 @@ class AHIDataset(Dataset[Any]):
         if policy.mode == "retry":
             for attempt in range(policy.retries):
                 sleep_before_retry(policy, attempt)
-                self.outcomes["retried"] += 1
+                COUNTERS.retried += 1
                 try:
                     return self._load(index)
                 except Exception as again:
@@ -338,14 +333,12 @@ class AHIDataset(Dataset[Any]):
     def __getitem__(self, index: int) -> Any:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
-        try:
-            item = self._load(index)
-        except Exception as error:
+        with self._counted():
             try:
+                item = self._load(index)
+            except Exception as error:
                 item = self._recover(index, error)
-            finally:
-                self._publish()
-        self._served([item], [index])
+            self._served([index])
         return item
 
     def __getitems__(self, indices: Sequence[int]) -> list[Any]:
@@ -355,9 +348,8 @@ class AHIDataset(Dataset[Any]):
         whole batch; only items whose fetch or build failed go through the error policy one by one.
         """
         indices = [int(index) for index in indices]
-        submitted = self._submit_batch(indices)
-        try:
-            outcomes = self._build_arrived(indices, self._gather(submitted))
+        with self._counted():
+            outcomes = self._build_arrived(indices, self._gather(self._submit_batch(indices)))
             items = []
             for index, outcome in zip(indices, outcomes, strict=True):
                 if isinstance(outcome, Exception):
@@ -367,9 +359,7 @@ class AHIDataset(Dataset[Any]):
                     items.append(self._finish(outcome))
                 except Exception as error:  # the transform's
                     items.append(self._recover(index, error))
-        finally:
-            self._publish()
-        self._served(items, indices)
+            self._served(indices)
         return items
 
     def _submit_batch(self, indices: list[int]) -> list[list[Future[np.ndarray]] | Exception]:

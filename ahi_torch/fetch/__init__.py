@@ -5,8 +5,8 @@
 >>> pixels = fetcher.get(ref)
 """
 
-from .fetcher import FetchCounters, FrameFetcher
+from .fetcher import FrameFetcher
 from .ref import FrameRef
 from .retry import TRANSIENT, RetryPolicy, attempts_of
 
-__all__ = ["TRANSIENT", "FetchCounters", "FrameFetcher", "FrameRef", "RetryPolicy", "attempts_of"]
+__all__ = ["TRANSIENT", "FrameFetcher", "FrameRef", "RetryPolicy", "attempts_of"]

@@ -37,31 +37,12 @@ from ..codecs import decode_frame, pixel_crc32
 from ..codecs import transfer_syntax as ts
 from ..codecs.decoders import PREFERENCES
 from ..codecs.jph import level_end
+from ..counters import COUNTERS
 from ..errors import ChecksumMismatch, ConfigError, DecodeError, EndpointUnreachable, InternalServerError, Throttled
 from ..index.rows import MAX_REDUCE
 from ..per_process import PerProcess
 from .ref import FrameRef
 from .retry import RetryPolicy
-
-
-@dataclass
-class FetchCounters:
-    """Per-process counters of a :class:`FrameFetcher` (each DataLoader worker keeps its own).
-
-    Cache hits are the cache's to count (:class:`~ahi_torch.cache.CacheCounters`): a hit is counted once.
-    """
-
-    requests: int = 0
-    bytes_fetched: int = 0
-    retries: int = 0
-    throttled: int = 0
-    server_errors: int = 0
-    transfer_errors: int = 0
-    checksum_retries: int = 0
-    checksum_failures: int = 0
-    decode_errors: int = 0
-    failures: int = 0
-
 
 _FAILURE_COUNTER = (
     (Throttled, "throttled"),
@@ -110,7 +91,6 @@ class FrameFetcher:
     decoder: str | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     progressive: bool = True
-    counters: FetchCounters = field(default_factory=FetchCounters)
 
     def __post_init__(self) -> None:
         check_fetch_options(self.reduce, self.max_workers, self.decoder)
@@ -120,7 +100,7 @@ class FrameFetcher:
         return ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="ahi-fetch")
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_pool": None, "counters": FetchCounters()}
+        return {**self.__dict__, "_pool": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -155,7 +135,7 @@ class FrameFetcher:
         return actual
 
     def _attempt(self, ref: FrameRef) -> tuple[ImageFrame, np.ndarray, int | None]:
-        self.counters.requests += 1
+        COUNTERS.requests += 1
         transport = self.client.frame_transport
         if self.reduce and self.progressive and ref.stored_transfer_syntax in ts.HTJ2K_SYNTAXES:
             # AHI's HTJ2K frames hold one tile-part per resolution level: stop reading at ours.
@@ -164,7 +144,7 @@ class FrameFetcher:
             )
         else:
             frame = transport.get(ref.datastore_id, ref.image_set_id, ref.frame_id)
-        self.counters.bytes_fetched += len(frame.data)
+        COUNTERS.bytes_fetched += len(frame.data)
         pixels = self.decode(ref, frame.data, frame.content_type)
         return frame, pixels, self.verified_crc(ref, pixels)
 
@@ -189,25 +169,25 @@ class FrameFetcher:
                     throttles += 1
                     throttled_since = throttled_since or time.monotonic()
                     if time.monotonic() - throttled_since < policy.max_throttled_seconds:
-                        self.counters.retries += 1
+                        COUNTERS.frame_retries += 1
                         time.sleep(policy.delay(throttles))
                         continue
                 else:
                     attempt += 1
                     throttles = 0
                     if attempt < policy.max_attempts:
-                        self.counters.retries += 1
+                        COUNTERS.frame_retries += 1
                         time.sleep(policy.delay(attempt))
                         continue
-                self.counters.failures += 1
-                self.counters.checksum_failures += isinstance(error, ChecksumMismatch)
+                COUNTERS.frames_failed += 1
+                COUNTERS.checksum_failures += isinstance(error, ChecksumMismatch)
                 error.attempts = max(1, attempt)  # type: ignore[attr-defined]
                 raise
 
     def _count_failure(self, error: Exception) -> None:
         for kind, counter in _FAILURE_COUNTER:
             if isinstance(error, kind):
-                setattr(self.counters, counter, getattr(self.counters, counter) + 1)
+                setattr(COUNTERS, counter, getattr(COUNTERS, counter) + 1)
                 return
 
     def cached(self, ref: FrameRef) -> np.ndarray | None:

@@ -48,7 +48,7 @@ bench-quick: $(STAMP)
 # mutation/<group>.toml and runs the tests that guard them. `make mutate MUTATE=samplers` runs one
 # group; MUTATE_SAMPLE=30 runs a seeded random sample of 30 mutants per group. It edits files in
 # place while it runs: commit first and do not edit meanwhile (or run it in a copy of the tree).
-MUTATE ?= samplers geometry cache ratelimit fetch index shared_table datasets integrations local client slides
+MUTATE ?= samplers geometry cache ratelimit fetch index shared_table datasets integrations local client slides counters
 MUTATE_SAMPLE ?=
 mutate: $(STAMP)
 	@for group in $(MUTATE); do \

@@ -116,11 +116,11 @@ def measure_encode(encoded: list[bytes]) -> float:
 def measure_examine(root: Path) -> float:
     """Files per second one process examines as an import does: parse, encode, verify, level checksums.
 
-    The pool's per-file work (:func:`ahi_torch.local.examine.examine`, one file at a time as in
+    The pool's per-file work (:func:`ahi_torch.local.imports.examine.examine`, one file at a time as in
     a pool worker), without S3, IPC, frame files or SQLite: the import's own CPU bound.
     """
     from ahi_torch.local import transcode
-    from ahi_torch.local.examine import examine
+    from ahi_torch.local.imports.examine import examine
 
     files = [path.read_bytes() for path in sorted(root.rglob("*.dcm"))[:100]]
     shared, transcode.CODEC_SHARED_BY_THREADS = transcode.CODEC_SHARED_BY_THREADS, False  # as in a pool worker

@@ -21,7 +21,7 @@ import boto3
 from botocore.config import Config
 
 from ahi_torch.client import AHIClient, ClientConfig
-from ahi_torch.local.uploads import ImportResult, run_import, upload, upload_plan
+from ahi_torch.local.imports.uploads import ImportResult, run_import, upload, upload_plan
 
 
 class ServiceProcess:

@@ -16,7 +16,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from ahi_torch.local import LocalAHI, Quotas, ServiceSettings
-from ahi_torch.local.uploads import ImportResult
+from ahi_torch.local.imports.uploads import ImportResult
 from ahi_torch.sample.synthetic import SeriesSpec, oblique, write_multiframe, write_rgb, write_series
 
 # Never let a test reach real AWS or read the developer's credentials.

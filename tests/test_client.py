@@ -25,7 +25,7 @@ from ahi_torch.errors import (
     WaiterTimeout,
 )
 from ahi_torch.local import LocalAHI
-from ahi_torch.local.uploads import LOCAL_ROLE_ARN
+from ahi_torch.local.imports.uploads import LOCAL_ROLE_ARN
 
 from .conftest import ImportedData
 

@@ -19,7 +19,7 @@ from ahi_torch.errors import ConfigError, EndpointUnreachable, SampleError
 from ahi_torch.fetch import FrameFetcher, RetryPolicy
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
-from ahi_torch.local.faults import Faults
+from ahi_torch.local.service.faults import Faults
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own

@@ -14,7 +14,7 @@ from ahi_torch.codecs import decode_frame
 from ahi_torch.errors import AccessDenied, EndpointUnreachable, ResourceNotFound, Throttled
 from ahi_torch.index import build_index
 from ahi_torch.local import LocalAHI
-from ahi_torch.local.faults import Faults
+from ahi_torch.local.service.faults import Faults
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ahi_torch.local import LocalAHI, ServiceSettings
-from ahi_torch.local.protocol import service_model
+from ahi_torch.local.service.protocol import service_model
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own

@@ -9,9 +9,9 @@ import pytest
 
 from ahi_torch.errors import ConfigError
 from ahi_torch.local.errors import ValidationException
-from ahi_torch.local.faults import Faults, FaultSpec
-from ahi_torch.local.pagination import decode_token, encode_token, page
-from ahi_torch.local.protocol import HttpResponse
+from ahi_torch.local.service.faults import Faults, FaultSpec
+from ahi_torch.local.service.pagination import decode_token, encode_token, page
+from ahi_torch.local.service.protocol import HttpResponse
 
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
 
@@ -77,7 +77,7 @@ def test_page_tokens_are_bound_to_their_query_and_never_negative() -> None:
 
 def test_upload_keys_never_collide_whatever_the_inputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """One folder keeps its layout; several inputs (folders and files mixed) each get a folder of their own."""
-    from ahi_torch.local.uploads import upload_plan
+    from ahi_torch.local.imports.uploads import upload_plan
 
     for folder in ("a", "b"):
         (tmp_path / folder / "sub").mkdir(parents=True)

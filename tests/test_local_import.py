@@ -11,7 +11,7 @@ from pydicom.pixels import pixel_array
 
 from ahi_torch.codecs import decode_frame, pixel_crc32
 from ahi_torch.codecs.color import to_rgb
-from ahi_torch.local.transcode import KEPT_AS_IMPORTED
+from ahi_torch.local.imports.transcode import KEPT_AS_IMPORTED
 from ahi_torch.metadata import PixelDescription
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 

@@ -17,8 +17,8 @@ from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
 from ahi_torch.local import LocalAHI
-from ahi_torch.local.security import signature_required
-from ahi_torch.local.sigv4 import SignatureVerifier
+from ahi_torch.local.service.security import signature_required
+from ahi_torch.local.service.sigv4 import SignatureVerifier
 
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
 

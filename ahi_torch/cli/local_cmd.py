@@ -218,7 +218,7 @@ def import_command(args: argparse.Namespace) -> int:
     from botocore.config import Config
 
     from ..errors import EndpointUnreachable
-    from ..local.uploads import import_paths
+    from ..local.imports.uploads import import_paths
 
     endpoints = _endpoints(args.data_dir)
     if not endpoints.get("s3_endpoint_url"):

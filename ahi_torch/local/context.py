@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ResourceNotFoundException
-from .store import Store
+from .models.store import Store
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,13 @@ import uvicorn
 from botocore.config import Config
 
 from ..polling import poll_until
-from .app import Guard, ResponseFilter, build_app
 from .context import Context, ServiceSettings
-from .faults import Faults
-from .importer import Importer
-from .security import guards_for
-from .store import Store
-from .uploads import ImportResult, import_paths
+from .imports.importer import Importer
+from .imports.uploads import ImportResult, import_paths
+from .models.store import Store
+from .service.app import Guard, ResponseFilter, build_app
+from .service.faults import Faults
+from .service.security import guards_for
 
 if TYPE_CHECKING:
     from ..client import AHIClient

@@ -21,10 +21,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..context import HANDLERS, Context
+from ..errors import InternalServerException, ServiceException, UnknownOperationException
+
 # Importing the handler modules registers them in HANDLERS.
-from . import datastores, imagesets, jobs, protocol, tags, writes  # noqa: F401
-from .context import HANDLERS, Context
-from .errors import InternalServerException, ServiceException, UnknownOperationException
+from ..responses import datastores, image_set_writes, image_sets, import_jobs, tags  # noqa: F401 - they register
+from . import protocol
 
 log = logging.getLogger(__name__)
 

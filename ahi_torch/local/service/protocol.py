@@ -23,7 +23,7 @@ from urllib.parse import unquote
 import botocore.session
 from botocore.model import OperationModel, ServiceModel, Shape, StructureShape
 
-from .errors import SerializationException
+from ..errors import SerializationException
 from .validation import iter_violations, validate
 
 SERVICE_NAME = "medical-imaging"

@@ -24,7 +24,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 
-from .levels import level_of
+from ..models.levels import level_of
 
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW", "US or OW", "US or SS or OW"}
 _NUMBER_VRS = {"US", "SS", "UL", "SL", "FL", "FD", "SV", "UV", "US or SS"}

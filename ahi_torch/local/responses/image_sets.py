@@ -8,12 +8,13 @@ import json
 import sqlite3
 from typing import Any
 
-from ..codecs import content_type_for
-from .context import Context, handles
-from .datastores import require_active
-from .errors import ResourceNotFoundException, ValidationException
-from .pagination import fingerprint, page
-from .rows import ARCHIVE_TIER, get_image_set, get_version, get_writable, state_of
+from ...codecs import content_type_for
+from ..context import Context, handles
+from ..errors import ResourceNotFoundException, ValidationException
+from ..models import image_sets
+from ..models.datastores import require_active
+from ..models.image_sets import ARCHIVE_TIER, get_image_set, get_version, get_writable, state_of
+from ..service.pagination import fingerprint, page
 
 _EQUAL_MEMBERS = {
     "DICOMPatientId": "patient_id",
@@ -76,15 +77,6 @@ def _matches(row: sqlite3.Row, filters: list[tuple[str, Any, Any]]) -> bool:
     return True
 
 
-def _study_counts(ctx: Context, datastore_id: str) -> dict[str, tuple[int, int]]:
-    rows = ctx.store.connection().execute(
-        "SELECT study_uid, COUNT(DISTINCT series_uid), SUM(instance_count) FROM image_sets"
-        " WHERE datastore_id = ? AND deleted = 0 GROUP BY study_uid",
-        (datastore_id,),
-    )
-    return {row[0]: (row[1], row[2] or 0) for row in rows}
-
-
 def _summary(row: sqlite3.Row, counts: dict[str, tuple[int, int]]) -> dict[str, Any]:
     tags = json.loads(row["dicom_tags"])
     series, instances = counts.get(row["study_uid"], (0, 0))
@@ -104,18 +96,13 @@ def _summary(row: sqlite3.Row, counts: dict[str, tuple[int, int]]) -> dict[str, 
 @handles("SearchImageSets")
 def search_image_sets(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     datastore_id = params["datastoreId"]
-    require_active(ctx, datastore_id)
+    require_active(ctx.store.connection(), datastore_id, ctx.now())
     criteria = params.get("searchCriteria") or {}
     filters = [_compile_filter(f) for f in criteria.get("filters") or []]
     sort = criteria.get("sort")
     column = _SORT_COLUMNS[sort["sortField"]] if sort else "updated_at"
     descending = sort["sortOrder"] == "DESC" if sort else True
-    rows = (
-        ctx.store.connection()
-        .execute("SELECT * FROM image_sets WHERE datastore_id = ? AND deleted = 0", (datastore_id,))
-        .fetchall()
-    )
-    matching = [row for row in rows if _matches(row, filters)]
+    matching = [row for row in image_sets.live(ctx.store.connection(), datastore_id) if _matches(row, filters)]
     # Rows without the sort value (no StudyDate) go last either way; IDs break ties stably.
     matching.sort(key=lambda r: r["id"])
     present = [r for r in matching if r[column] is not None]
@@ -123,7 +110,7 @@ def search_image_sets(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     ordered = present + [r for r in matching if r[column] is None]
     query = fingerprint("SearchImageSets", datastore_id, criteria)
     chunk, token = page(ordered, params.get("nextToken"), params.get("maxResults"), query)
-    counts = _study_counts(ctx, datastore_id) if chunk else {}
+    counts = image_sets.study_counts(ctx.store.connection(), datastore_id) if chunk else {}
     return {
         "imageSetsMetadataSummaries": [_summary(row, counts) for row in chunk],
         "sort": sort,
@@ -138,7 +125,7 @@ def _version_number(params: dict[str, Any], row: sqlite3.Row) -> int:
 @handles("GetImageSet")
 def get_image_set_handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
-    require_active(ctx, datastore_id)
+    require_active(ctx.store.connection(), datastore_id, ctx.now())
     row = get_image_set(ctx, datastore_id, image_set_id, allow_deleted=True)
     version = _version_number(params, row)
     version_row = get_version(ctx, image_set_id, version)
@@ -167,7 +154,7 @@ def get_image_set_handler(ctx: Context, params: dict[str, Any]) -> dict[str, Any
 @handles("GetImageSetMetadata")
 def get_image_set_metadata(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
-    require_active(ctx, datastore_id)
+    require_active(ctx.store.connection(), datastore_id, ctx.now())
     row = get_image_set(ctx, datastore_id, image_set_id)
     version = _version_number(params, row)
     get_version(ctx, image_set_id, version)
@@ -182,33 +169,22 @@ def get_image_set_metadata(ctx: Context, params: dict[str, Any]) -> dict[str, An
 def get_image_frame(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
     frame_id = params["imageFrameInformation"]["imageFrameId"]
-    db = ctx.store.connection()
-    found = db.execute(
-        "SELECT f.transfer_syntax FROM frame_refs r JOIN image_sets s ON s.id = r.image_set_id"
-        " JOIN frames f ON f.id = r.frame_id"
-        " WHERE r.image_set_id = ? AND r.frame_id = ? AND s.datastore_id = ? AND s.deleted = 0",
-        (image_set_id, frame_id, datastore_id),
-    ).fetchone()
-    if found is None:
-        require_active(ctx, datastore_id)
+    syntax = image_sets.frame_transfer_syntax(ctx.store.connection(), datastore_id, image_set_id, frame_id)
+    if syntax is None:
+        require_active(ctx.store.connection(), datastore_id, ctx.now())
         get_image_set(ctx, datastore_id, image_set_id)
         raise ResourceNotFoundException(f"Image frame {frame_id} not found in image set {image_set_id}")
-    return {"imageFrameBlob": ctx.store.read_frame(frame_id), "contentType": content_type_for(found[0])}
+    return {"imageFrameBlob": ctx.store.read_frame(frame_id), "contentType": content_type_for(syntax)}
 
 
 @handles("ListImageSetVersions")
 def list_image_set_versions(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
-    require_active(ctx, datastore_id)
+    require_active(ctx.store.connection(), datastore_id, ctx.now())
     row = get_image_set(ctx, datastore_id, image_set_id, allow_deleted=True)
-    versions = (
-        ctx.store.connection()
-        .execute("SELECT * FROM image_set_versions WHERE image_set_id = ? ORDER BY version DESC", (image_set_id,))
-        .fetchall()
-    )
     now = ctx.now()
     items = []
-    for version in versions:
+    for version in image_sets.versions(ctx.store.connection(), image_set_id):
         if version["version"] == row["latest_version"]:
             state, workflow = state_of(row, now)
         else:
@@ -236,16 +212,12 @@ def list_image_set_versions(ctx: Context, params: dict[str, Any]) -> dict[str, A
 @handles("DeleteImageSet")
 def delete_image_set(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
-    require_active(ctx, datastore_id)
+    require_active(ctx.store.connection(), datastore_id, ctx.now())
     now = ctx.now()
     with ctx.store.transaction() as db:
         get_writable(ctx, datastore_id, image_set_id, now)
         settle = ctx.settings.transition_seconds
-        db.execute(
-            "UPDATE image_sets SET deleted = 1, deleted_at = ?, lock_until = ?, lock_status = 'DELETING',"
-            " settled_status = 'DELETED', updated_at = ? WHERE id = ?",
-            (now + settle, now + settle, now, image_set_id),
-        )
+        image_sets.mark_deleted(db, image_set_id, now, settle)
     state, workflow = ("LOCKED", "DELETING") if settle > 0 else ("DELETED", "DELETED")
     return {
         "datastoreId": datastore_id,

@@ -29,9 +29,9 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import iter_pixels
 
-from ..codecs import decode_frame, pixel_crc32, wrap_jph
-from ..codecs import transfer_syntax as ts
-from ..metadata.pixel import PixelDescription
+from ...codecs import decode_frame, pixel_crc32, wrap_jph
+from ...codecs import transfer_syntax as ts
+from ...metadata.pixel import PixelDescription
 
 KEPT_AS_IMPORTED = frozenset({ts.JPEG_BASELINE, ts.JPEG_2000, ts.HTJ2K})
 _UNCOMPRESSED = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 from .protocol import HttpResponse, error_response
 
 _ERRORS = {

@@ -14,9 +14,9 @@ import json
 import sqlite3
 from typing import Any
 
-from ..metadata.values import integer, text
-from .context import Context, dumps
-from .errors import ConflictException, ResourceNotFoundException
+from ...metadata.values import integer, text
+from ..context import Context, dumps
+from ..errors import ConflictException, ResourceNotFoundException
 from .levels import identity_of
 
 ARCHIVE_TIER = "FREQUENT_ACCESS"
@@ -213,3 +213,74 @@ def frame_ids_of(document: dict[str, Any]) -> list[str]:
         for instance in series.get("Instances", {}).values()
         for frame in instance.get("ImageFrames") or []
     ]
+
+
+def live(db: sqlite3.Connection, datastore_id: str) -> list[sqlite3.Row]:
+    """The data store's image sets that are not deleted, in no particular order."""
+    return db.execute("SELECT * FROM image_sets WHERE datastore_id = ? AND deleted = 0", (datastore_id,)).fetchall()
+
+
+def study_counts(db: sqlite3.Connection, datastore_id: str) -> dict[str, tuple[int, int]]:
+    """Per study UID: (series, instances) over the data store's live image sets."""
+    rows = db.execute(
+        "SELECT study_uid, COUNT(DISTINCT series_uid), SUM(instance_count) FROM image_sets"
+        " WHERE datastore_id = ? AND deleted = 0 GROUP BY study_uid",
+        (datastore_id,),
+    )
+    return {row[0]: (row[1], row[2] or 0) for row in rows}
+
+
+def frame_transfer_syntax(db: sqlite3.Connection, datastore_id: str, image_set_id: str, frame_id: str) -> str | None:
+    """The stored syntax of a frame of a live image set, or None when the image set does not hold it."""
+    found = db.execute(
+        "SELECT f.transfer_syntax FROM frame_refs r JOIN image_sets s ON s.id = r.image_set_id"
+        " JOIN frames f ON f.id = r.frame_id"
+        " WHERE r.image_set_id = ? AND r.frame_id = ? AND s.datastore_id = ? AND s.deleted = 0",
+        (image_set_id, frame_id, datastore_id),
+    ).fetchone()
+    return None if found is None else str(found[0])
+
+
+def versions(db: sqlite3.Connection, image_set_id: str) -> list[sqlite3.Row]:
+    """Every version of the image set, latest first."""
+    return db.execute(
+        "SELECT * FROM image_set_versions WHERE image_set_id = ? ORDER BY version DESC", (image_set_id,)
+    ).fetchall()
+
+
+def mark_deleted(db: sqlite3.Connection, image_set_id: str, now: float, settle: float) -> None:
+    """DELETING for ``settle`` seconds, then DELETED."""
+    db.execute(
+        "UPDATE image_sets SET deleted = 1, deleted_at = ?, lock_until = ?, lock_status = 'DELETING',"
+        " settled_status = 'DELETED', updated_at = ? WHERE id = ?",
+        (now + settle, now + settle, now, image_set_id),
+    )
+
+
+def others_in_study(db: sqlite3.Connection, row: sqlite3.Row) -> list[sqlite3.Row]:
+    """The live image sets of ``row``'s study in its data store, ``row`` left out."""
+    return db.execute(
+        "SELECT * FROM image_sets WHERE datastore_id = ? AND study_uid = ? AND id != ? AND deleted = 0",
+        (row["datastore_id"], row["study_uid"], row["id"]),
+    ).fetchall()
+
+
+def lock_for_copy(db: sqlite3.Connection, source_id: str, now: float, settle: float) -> None:
+    """The source stays readable while it is copied; its updatedAt moves to the copy's time, as AWS's examples show."""
+    db.execute(
+        "UPDATE image_sets SET lock_until = ?, lock_status = 'COPYING_WITH_READ_ONLY_ACCESS', updated_at = ?"
+        " WHERE id = ?",
+        (now + settle, now, source_id),
+    )
+
+
+def latest_version(db: sqlite3.Connection, image_set_id: str) -> int:
+    return int(db.execute("SELECT latest_version FROM image_sets WHERE id = ?", (image_set_id,)).fetchone()[0])
+
+
+def add_frames(db: sqlite3.Connection, stored_syntax: str | None, image_frames: list[dict[str, Any]]) -> None:
+    """Record an instance's stored frames (their syntax and size); a frame already recorded stays as it is."""
+    db.executemany(
+        "INSERT OR IGNORE INTO frames (id, transfer_syntax, size) VALUES (?, ?, ?)",
+        [(frame["ID"], stored_syntax, frame["FrameSizeInBytes"]) for frame in image_frames],
+    )

@@ -11,10 +11,11 @@ import json
 import sqlite3
 from typing import Any
 
-from .context import Context, handles
-from .datastores import get_row, require_active
-from .errors import ResourceNotFoundException, ServiceQuotaExceededException, ValidationException
-from .pagination import fingerprint, page
+from ..context import Context, handles
+from ..errors import ServiceQuotaExceededException, ValidationException
+from ..models import import_jobs
+from ..models.datastores import count_running_jobs, get_row, require_active
+from ..service.pagination import fingerprint, page
 
 
 def _properties(row: sqlite3.Row) -> dict[str, Any]:
@@ -51,13 +52,10 @@ def start_dicom_import_job(ctx: Context, params: dict[str, Any]) -> dict[str, An
     datastore_id = params["datastoreId"]
     _check_s3_uri("inputS3Uri", params["inputS3Uri"])
     _check_s3_uri("outputS3Uri", params["outputS3Uri"])
-    require_active(ctx, datastore_id)
+    require_active(ctx.store.connection(), datastore_id, ctx.now())
     now = ctx.now()
     with ctx.store.transaction() as db:
-        existing = db.execute(
-            "SELECT * FROM import_jobs WHERE datastore_id = ? AND client_token = ?",
-            (datastore_id, params["clientToken"]),
-        ).fetchone()
+        existing = import_jobs.by_client_token(db, datastore_id, params["clientToken"])
         if existing is not None:
             return {
                 "datastoreId": datastore_id,
@@ -65,59 +63,29 @@ def start_dicom_import_job(ctx: Context, params: dict[str, Any]) -> dict[str, An
                 "jobStatus": existing["status"],
                 "submittedAt": existing["submitted_at"],
             }
-        running = db.execute(
-            "SELECT COUNT(*) FROM import_jobs WHERE datastore_id = ? AND status IN ('SUBMITTED', 'IN_PROGRESS')",
-            (datastore_id,),
-        ).fetchone()[0]
         limit = ctx.settings.quotas.max_concurrent_import_jobs
-        if running >= limit:
+        if count_running_jobs(db, datastore_id) >= limit:
             raise ServiceQuotaExceededException(f"At most {limit} import jobs may run at once per data store")
         job_id = ctx.new_id()
-        configuration = params.get("importConfiguration")
-        db.execute(
-            "INSERT INTO import_jobs (id, datastore_id, name, status, role_arn, input_uri, output_uri, input_owner,"
-            " import_configuration, client_token, submitted_at) VALUES (?, ?, ?, 'SUBMITTED', ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job_id,
-                datastore_id,
-                params.get("jobName") or f"DicomImport-{job_id}",
-                params["dataAccessRoleArn"],
-                params["inputS3Uri"],
-                output_prefix(params["outputS3Uri"], datastore_id, job_id),
-                params.get("inputOwnerAccountId"),
-                json.dumps(configuration) if configuration else None,
-                params["clientToken"],
-                now,
-            ),
-        )
+        output = output_prefix(params["outputS3Uri"], datastore_id, job_id)
+        import_jobs.insert(db, job_id, datastore_id, params, output, now)
     ctx.jobs.submit(job_id)
     return {"datastoreId": datastore_id, "jobId": job_id, "jobStatus": "SUBMITTED", "submittedAt": now}
 
 
 @handles("GetDICOMImportJob")
 def get_dicom_import_job(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
-    get_row(ctx, params["datastoreId"])
-    row = (
-        ctx.store.connection()
-        .execute(
-            "SELECT * FROM import_jobs WHERE id = ? AND datastore_id = ?", (params["jobId"], params["datastoreId"])
-        )
-        .fetchone()
-    )
-    if row is None:
-        raise ResourceNotFoundException(f"Import job {params['jobId']} not found in datastore {params['datastoreId']}")
-    return {"jobProperties": _properties(row)}
+    db = ctx.store.connection()
+    get_row(db, params["datastoreId"])
+    return {"jobProperties": _properties(import_jobs.get(db, params["datastoreId"], params["jobId"]))}
 
 
 @handles("ListDICOMImportJobs")
 def list_dicom_import_jobs(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     datastore_id = params["datastoreId"]
-    get_row(ctx, datastore_id)
-    rows = (
-        ctx.store.connection()
-        .execute("SELECT * FROM import_jobs WHERE datastore_id = ? ORDER BY submitted_at DESC, id", (datastore_id,))
-        .fetchall()
-    )
+    db = ctx.store.connection()
+    get_row(db, datastore_id)
+    rows = import_jobs.of_datastore(db, datastore_id)
     wanted = params.get("jobStatus")
     summaries = []
     for row in rows:

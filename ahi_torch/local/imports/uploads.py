@@ -17,8 +17,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..errors import AHIError
-from ..polling import poll_until
+from ...errors import AHIError
+from ...polling import poll_until
 
 #: A syntactically valid role ARN; the local service does not evaluate IAM.
 LOCAL_ROLE_ARN = "arn:aws:iam::123456789012:role/ahi-torch-local-import"

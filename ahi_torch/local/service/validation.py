@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
-from .errors import ValidationException
+from ..errors import ValidationException
 
 
 @functools.cache

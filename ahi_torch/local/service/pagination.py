@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from .errors import ValidationException
+from ..errors import ValidationException
 
 T = TypeVar("T")
 

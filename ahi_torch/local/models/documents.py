@@ -19,7 +19,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-from .errors import ConstraintViolation, ValidationException
+from ..errors import ConstraintViolation, ValidationException
 from .levels import FORCE_ONLY, GENERATED, level_of
 
 _HEX_KEY = re.compile(r"[0-9A-F]{8}")

@@ -21,7 +21,7 @@ from botocore.credentials import Credentials
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .errors import AccessDeniedException, InvalidSignatureException, ServiceException, UnrecognizedClientException
+from ..errors import AccessDeniedException, InvalidSignatureException, ServiceException, UnrecognizedClientException
 
 _AUTHORIZATION = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)/aws4_request,"

@@ -15,10 +15,12 @@ import re
 import sqlite3
 from typing import Any
 
-from .context import Context, handles
-from .datastores import require_active
-from .errors import ConflictException, ConstraintViolation, ServiceQuotaExceededException, ValidationException
-from .rows import (
+from ..context import Context, handles
+from ..errors import ConflictException, ConstraintViolation, ServiceQuotaExceededException, ValidationException
+from ..models import image_sets
+from ..models.datastores import require_active
+from ..models.documents import apply_update, frame_count, parse_payload, select_instances
+from ..models.image_sets import (
     add_frame_refs,
     document_identity,
     frame_ids_of,
@@ -31,7 +33,6 @@ from .rows import (
     require_writable,
     save_version,
 )
-from .updates import apply_update, frame_count, parse_payload, select_instances
 
 _OUTSIDE_MESSAGE_PATTERN = re.compile(r"[^\w -:`]")
 
@@ -98,7 +99,7 @@ def update_image_set_metadata(ctx: Context, params: dict[str, Any]) -> dict[str,
     datastore_id, image_set_id = params["datastoreId"], params["imageSetId"]
     force = bool(params.get("force"))
     updates = params["updateImageSetMetadataUpdates"]
-    require_active(ctx, datastore_id)
+    require_active(ctx.store.connection(), datastore_id, ctx.now())
     now = ctx.now()
     with ctx.store.transaction() as db:
         row = get_writable(ctx, datastore_id, image_set_id, now)
@@ -141,16 +142,8 @@ def update_image_set_metadata(ctx: Context, params: dict[str, Any]) -> dict[str,
 def _study_targets(
     ctx: Context, row: sqlite3.Row, payloads: dict[str, Any], force: bool, now: float
 ) -> list[tuple[sqlite3.Row, dict[str, Any]]]:
-    others = (
-        ctx.store.connection()
-        .execute(
-            "SELECT * FROM image_sets WHERE datastore_id = ? AND study_uid = ? AND id != ? AND deleted = 0",
-            (row["datastore_id"], row["study_uid"], row["id"]),
-        )
-        .fetchall()
-    )
     targets = []
-    for other in others:
+    for other in image_sets.others_in_study(ctx.store.connection(), row):
         require_writable(other, now)
         document = load_document(ctx, other["id"], other["latest_version"])
         if "removableAttributes" in payloads:
@@ -237,21 +230,12 @@ def _require_no_primary(db: sqlite3.Connection, datastore_id: str, selection: di
         raise ConflictException(f"Series {series_uid} already has a primary image set")
 
 
-def _lock_source(ctx: Context, db: sqlite3.Connection, source_id: str, now: float) -> None:
-    """The source stays readable while it is copied; its updatedAt moves to the copy's time, as AWS's examples show."""
-    db.execute(
-        "UPDATE image_sets SET lock_until = ?, lock_status = 'COPYING_WITH_READ_ONLY_ACCESS', updated_at = ?"
-        " WHERE id = ?",
-        (now + ctx.settings.transition_seconds, now, source_id),
-    )
-
-
 @handles("CopyImageSet")
 def copy_image_set(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
     datastore_id, source_id = params["datastoreId"], params["sourceImageSetId"]
     info = params["copyImageSetInformation"]
     force = bool(params.get("force"))
-    require_active(ctx, datastore_id)
+    require_active(ctx.store.connection(), datastore_id, ctx.now())
     now = ctx.now()
     failure: str | None = None
     with ctx.store.transaction() as db:
@@ -284,7 +268,7 @@ def copy_image_set(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
             message=failure,
         )
         add_frame_refs(db, destination_id, frame_ids_of(document))
-        _lock_source(ctx, db, source_id, now)
+        image_sets.lock_for_copy(db, source_id, now, ctx.settings.transition_seconds)
         source_row = get_image_set(ctx, datastore_id, source_id)
         destination_row = get_image_set(ctx, datastore_id, destination_id)
     locked = ctx.settings.transition_seconds > 0

@@ -26,11 +26,21 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .context import Context
+from ..context import Context
+from ..models import import_jobs
+from ..models.datastores import get_row
+from ..models.image_sets import (
+    add_frame_refs,
+    add_frames,
+    frame_ids_of,
+    latest_version,
+    load_document,
+    primary_image_set,
+    save_version,
+)
+from ..models.levels import identity_of
 from .dicom_json import merge_missing
 from .examine import examine, examiner_pool
-from .levels import identity_of
-from .rows import add_frame_refs, frame_ids_of, load_document, primary_image_set, save_version
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +106,7 @@ class Importer:
 
     def start(self) -> None:
         with self.ctx.store.transaction() as db:
-            pending = [
-                row[0]
-                for row in db.execute(
-                    "SELECT id FROM import_jobs WHERE status IN ('SUBMITTED', 'IN_PROGRESS') ORDER BY submitted_at"
-                )
-            ]
-            db.execute("UPDATE import_jobs SET status = 'SUBMITTED' WHERE status = 'IN_PROGRESS'")
+            pending = import_jobs.requeue_unfinished(db)
         for _ in range(max(1, self.ctx.settings.import_workers)):
             thread = threading.Thread(target=self._work, name="ahi-import", daemon=True)
             thread.start()
@@ -136,17 +140,13 @@ class Importer:
 
     def _finish(self, job_id: str, status: str, message: str | None) -> None:
         with self.ctx.store.transaction() as db:
-            db.execute(
-                "UPDATE import_jobs SET status = ?, message = ?, ended_at = ? WHERE id = ?",
-                (status, message, self.ctx.now(), job_id),
-            )
+            import_jobs.finish(db, job_id, status, message, self.ctx.now())
 
     def _run(self, job_id: str) -> None:
         with self.ctx.store.transaction() as db:
-            job = db.execute("SELECT * FROM import_jobs WHERE id = ?", (job_id,)).fetchone()
-            if job is None or job["status"] != "SUBMITTED":
-                return
-            db.execute("UPDATE import_jobs SET status = 'IN_PROGRESS' WHERE id = ?", (job_id,))
+            job = import_jobs.claim(db, job_id)
+        if job is None:
+            return
         try:
             run = ImportRun(self.ctx, dict(job), self.examiners)
             run.run()
@@ -174,12 +174,7 @@ class ImportRun:
             aws_secret_access_key=s3.secret_access_key,
             config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=16),
         )
-        row = (
-            ctx.store.connection()
-            .execute("SELECT storage_format FROM datastores WHERE id = ?", (job["datastore_id"],))
-            .fetchone()
-        )
-        self.storage_format = row[0] if row else "HTJ2K"
+        self.storage_format = get_row(ctx.store.connection(), job["datastore_id"])["storage_format"]
         self.failures: list[dict[str, Any]] = []
 
     def run(self) -> None:
@@ -297,8 +292,7 @@ class ImportRun:
         job = self.job
         datastore_id = job["datastore_id"]
         with self.ctx.store.transaction() as db:
-            current = db.execute("SELECT status FROM import_jobs WHERE id = ?", (job["id"],)).fetchone()
-            if current is None or current["status"] != "IN_PROGRESS":
+            if not import_jobs.is_running(db, job["id"]):
                 return
             summaries = []
             successes = []
@@ -307,16 +301,11 @@ class ImportRun:
                     group.image_set_id = self.ctx.new_id()
                     version, base = 1, None
                 else:
-                    latest = db.execute(
-                        "SELECT latest_version FROM image_sets WHERE id = ?", (group.image_set_id,)
-                    ).fetchone()[0]
+                    latest = latest_version(db, group.image_set_id)
                     version, base = latest + 1, load_document(self.ctx, group.image_set_id, latest)
                 document = self._document(group, base)
                 for instance in group.instances:
-                    db.executemany(
-                        "INSERT OR IGNORE INTO frames (id, transfer_syntax, size) VALUES (?, ?, ?)",
-                        [(f["ID"], instance.stored_syntax, f["FrameSizeInBytes"]) for f in instance.image_frames],
-                    )
+                    add_frames(db, instance.stored_syntax, instance.image_frames)
                 save_version(
                     self.ctx,
                     db,
@@ -349,9 +338,7 @@ class ImportRun:
                         }
                     )
             self._write_outputs(keys, successes, summaries)
-            db.execute(
-                "UPDATE import_jobs SET status = 'COMPLETED', ended_at = ? WHERE id = ?", (self.ctx.now(), job["id"])
-            )
+            import_jobs.finish(db, job["id"], "COMPLETED", None, self.ctx.now())
 
     def _write_outputs(self, keys: list[str], successes: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> None:
         job = self.job

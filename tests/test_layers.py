@@ -159,3 +159,15 @@ def test_no_function_is_longer_than_a_screen() -> None:
         and node.end_lineno - node.lineno + 1 > 60
     ]
     assert not long, long
+
+
+def test_the_local_backend_owns_every_sql_statement() -> None:
+    """moto's split: handlers, the request side and the importer call the backend (local/models), never SQLite."""
+    outside = [
+        f"{path.relative_to(PACKAGE)}:{number}"
+        for path in (PACKAGE / "local").rglob("*.py")
+        if "models" not in path.parts
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"\.execute(many|script)?\(|\b(SELECT|INSERT|UPDATE|DELETE)\s", line)
+    ]
+    assert not outside, "SQL outside ahi_torch/local/models: " + ", ".join(outside)

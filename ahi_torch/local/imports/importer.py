@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -248,7 +249,7 @@ class ImportRun:
 
     # --- grouping and commit --------------------------------------------------------------------
 
-    def _groups(self, db: Any, parsed: list[ParsedInstance]) -> list[Group]:
+    def _groups(self, db: sqlite3.Connection, parsed: list[ParsedInstance]) -> list[Group]:
         groups: dict[tuple[str, str], Group] = {}
         primary_identity: dict[str, str] = {}
         for instance in parsed:
@@ -289,56 +290,44 @@ class ImportRun:
         return document
 
     def _commit(self, keys: list[str], parsed: list[ParsedInstance]) -> None:
-        job = self.job
-        datastore_id = job["datastore_id"]
+        """Store every group as a new image set version, write the job's output files, mark it COMPLETED."""
+        job_id = self.job["id"]
         with self.ctx.store.transaction() as db:
-            if not import_jobs.is_running(db, job["id"]):
+            if not import_jobs.is_running(db, job_id):
                 return
-            summaries = []
-            successes = []
+            summaries: list[dict[str, Any]] = []
+            successes: list[dict[str, Any]] = []
             for group in self._groups(db, parsed):
-                if group.image_set_id is None:
-                    group.image_set_id = self.ctx.new_id()
-                    version, base = 1, None
-                else:
-                    latest = latest_version(db, group.image_set_id)
-                    version, base = latest + 1, load_document(self.ctx, group.image_set_id, latest)
-                document = self._document(group, base)
-                for instance in group.instances:
-                    add_frames(db, instance.stored_syntax, instance.image_frames)
-                save_version(
-                    self.ctx,
-                    db,
-                    image_set_id=group.image_set_id,
-                    datastore_id=datastore_id,
-                    version=version,
-                    document=document,
-                    is_primary=group.is_primary,
-                    lock_status=None,
-                    settled_status="CREATED" if version == 1 else "UPDATED",
-                )
-                add_frame_refs(db, group.image_set_id, frame_ids_of(document))
-                summaries.append(
-                    {
-                        "imageSetId": group.image_set_id,
-                        "imageSetVersion": version,
-                        "isPrimary": group.is_primary,
-                        "numberOfMatchedSOPInstances": len(group.instances),
-                    }
-                )
-                for instance in group.instances:
-                    successes.append(
-                        {
-                            "inputFile": instance.key,
-                            "importResponse": {
-                                "imageSetId": group.image_set_id,
-                                "imageSetVersion": version,
-                                "isPrimary": group.is_primary,
-                            },
-                        }
-                    )
+                response = self._store_group(db, group)
+                summaries.append({**response, "numberOfMatchedSOPInstances": len(group.instances)})
+                successes += [{"inputFile": instance.key, "importResponse": response} for instance in group.instances]
             self._write_outputs(keys, successes, summaries)
-            import_jobs.finish(db, job["id"], "COMPLETED", None, self.ctx.now())
+            import_jobs.finish(db, job_id, "COMPLETED", None, self.ctx.now())
+
+    def _store_group(self, db: sqlite3.Connection, group: Group) -> dict[str, Any]:
+        """One group's new image set (version 1) or new version of its image set; what the output files say of it."""
+        if group.image_set_id is None:
+            group.image_set_id = self.ctx.new_id()
+            version, base = 1, None
+        else:
+            latest = latest_version(db, group.image_set_id)
+            version, base = latest + 1, load_document(self.ctx, group.image_set_id, latest)
+        document = self._document(group, base)
+        for instance in group.instances:
+            add_frames(db, instance.stored_syntax, instance.image_frames)
+        save_version(
+            self.ctx,
+            db,
+            image_set_id=group.image_set_id,
+            datastore_id=self.job["datastore_id"],
+            version=version,
+            document=document,
+            is_primary=group.is_primary,
+            lock_status=None,
+            settled_status="CREATED" if version == 1 else "UPDATED",
+        )
+        add_frame_refs(db, group.image_set_id, frame_ids_of(document))
+        return {"imageSetId": group.image_set_id, "imageSetVersion": version, "isPrimary": group.is_primary}
 
     def _write_outputs(self, keys: list[str], successes: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> None:
         job = self.job

@@ -271,15 +271,20 @@ def copy_image_set(ctx: Context, params: dict[str, Any]) -> dict[str, Any]:
         image_sets.lock_for_copy(db, source_id, now, ctx.settings.transition_seconds)
         source_row = get_image_set(ctx, datastore_id, source_id)
         destination_row = get_image_set(ctx, datastore_id, destination_id)
+    return _copy_response(ctx, source_row, destination_row)
+
+
+def _copy_response(ctx: Context, source: sqlite3.Row, destination: sqlite3.Row) -> dict[str, Any]:
+    """Both image sets LOCKED while the copy settles, then each in its settled state."""
     locked = ctx.settings.transition_seconds > 0
     return {
-        "datastoreId": datastore_id,
+        "datastoreId": source["datastore_id"],
         "sourceImageSetProperties": _properties(
             ctx,
-            source_row,
-            *(("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS") if locked else ("ACTIVE", source_row["settled_status"])),
+            source,
+            *(("LOCKED", "COPYING_WITH_READ_ONLY_ACCESS") if locked else ("ACTIVE", source["settled_status"])),
         ),
         "destinationImageSetProperties": _properties(
-            ctx, destination_row, *(("LOCKED", "COPYING") if locked else ("ACTIVE", destination_row["settled_status"]))
+            ctx, destination, *(("LOCKED", "COPYING") if locked else ("ACTIVE", destination["settled_status"]))
         ),
     }

@@ -50,7 +50,9 @@ def test_epoch_stats_add_batches_and_count_from_reset() -> None:
     assert epoch.summary()["items_served"] == 4 and epoch.summary()["cache_hit_rate"] == 0.75
     assert "cache_writes" not in epoch.summary(), "the writer thread's counts belong to no batch"
     epoch.reset()
-    epoch.record(Counters(items_served=1, requests=1, cache_misses=1))
+    epoch.record(Counters(items_served=1, requests=1, cache_misses=1, bytes_fetched=2_500_000))
     summary = epoch.summary()
     assert (summary["items_served"], summary["requests"], summary["cache_hit_rate"]) == (1, 1, 0.0)
-    assert epoch.line().startswith("0 frames in 1 items")
+    assert epoch.line() == (
+        "0 frames in 1 items, 0 replaced, 0 retried, 0 failed, cache hit rate 0%, 1 requests, 2.5 MB fetched"
+    )

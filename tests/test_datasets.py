@@ -87,6 +87,8 @@ def test_frames_through_dataloader_are_exact(
                 assert int(label) == nodule_by_series[series]
                 seen += 1
         assert seen == len(dataset) == 24, f"epoch {epoch}"
+        written = torch.nonzero(dataset.stats.table.sum(dim=1)).flatten().tolist()
+        assert written == [1, 2], "each worker writes its own row (a shared row would lose counts to races)"
         summary = dataset.stats.summary()
         if epoch == 0:
             assert summary["requests"] == 24 and summary["cache_hits"] == 0

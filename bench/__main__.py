@@ -119,7 +119,7 @@ def measure_examine(root: Path) -> float:
     The pool's per-file work (:func:`ahi_torch.local.imports.examine.examine`, one file at a time as in
     a pool worker), without S3, IPC, frame files or SQLite: the import's own CPU bound.
     """
-    from ahi_torch.local import transcode
+    from ahi_torch.local.imports import transcode
     from ahi_torch.local.imports.examine import examine
 
     files = [path.read_bytes() for path in sorted(root.rglob("*.dcm"))[:100]]

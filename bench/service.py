@@ -95,7 +95,9 @@ class ServiceProcess:
     def import_dicom(self, root: Path) -> ImportResult:
         """Upload a folder to the service's S3 and run StartDICOMImportJob on it, in a new data store.
 
-        The seconds of each step land in :attr:`import_seconds` (``upload``, ``job``).
+        The seconds of each step land in :attr:`import_seconds`: ``upload``, and ``job`` from the
+        job's submittedAt to its endedAt as the service reports them (the client's polling, which
+        backs off to 2 s between calls, is not the job's time).
         """
         mi = self.boto3("medical-imaging")
         datastore_id = self.client().create_datastore(datastoreName="bench")["datastoreId"]
@@ -106,5 +108,5 @@ class ServiceProcess:
         upload(s3, upload_plan([root]), "ahi-torch-bench", prefix)
         uploaded = time.perf_counter()
         result = run_import(mi, s3, datastore_id, f"s3://ahi-torch-bench/{prefix}", "s3://ahi-torch-bench/output/")
-        self.import_seconds = {"upload": uploaded - started, "job": time.perf_counter() - uploaded}
+        self.import_seconds = {"upload": uploaded - started, "job": result.job_seconds}
         return result

@@ -244,3 +244,26 @@ def test_files_that_share_a_name_all_arrive(ahi, tmp_path) -> None:  # type: ign
     assert len(result.image_set_ids) == 2
     direct = ahi.import_dicom([tmp_path / "a" / "1.dcm", tmp_path / "b" / "1.dcm"])
     assert direct.manifest["jobSummary"]["numberOfImportedFiles"] == 2, "two same-named files given directly"
+
+
+def test_frames_are_synced_once_before_the_records_that_name_them(ahi, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Pool workers write frame files without an fsync each; the job syncs once, before its commit."""
+    from ahi_torch.local.imports import importer
+
+    spec = SeriesSpec(patient_id="SYNC", study_key="sync", series_key="sync", slices=4, rows=16, columns=16)
+    write_series(tmp_path / "sync", spec)
+    datastore_id = ahi.create_datastore("sync")
+    frames_dir = ahi.context.store.frames_dir
+    before = {path.name for path in frames_dir.glob("*/*")}
+    seen: list[tuple[int, int]] = []
+
+    def sync() -> None:
+        written = {path.name for path in frames_dir.glob("*/*")} - before
+        visible = len(ahi.client().search_image_sets(datastoreId=datastore_id).get("imageSetsMetadataSummaries", []))
+        seen.append((len(written), visible))
+
+    monkeypatch.setattr(importer, "sync_blobs", sync)
+    result = ahi.import_dicom(tmp_path / "sync", datastore_id=datastore_id)
+    assert result.status == "COMPLETED" and len(result.successes) == 4
+    assert seen == [(4, 0)], "one sync per job, with every frame written and no image set visible yet"
+    assert 0 < result.job_seconds < 60, "the job's own time, from submittedAt to endedAt"

@@ -7,14 +7,13 @@ import queue
 import re
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ResourceNotFoundException
-from .models.store import Store
+from .models.store import Store, new_id
 
 
 @dataclass(frozen=True)
@@ -129,10 +128,7 @@ class Context:
         # BETWEEN filter must still match the record it came from.
         return round(time.time(), 3)
 
-    @staticmethod
-    def new_id() -> str:
-        """A 32-character lower-case hex ID, as AHI issues for data stores, image sets and frames."""
-        return uuid.uuid4().hex
+    new_id = staticmethod(new_id)
 
     def datastore_arn(self, datastore_id: str) -> str:
         s = self.settings

@@ -35,6 +35,8 @@ class ImportResult:
     manifest: dict[str, Any] = field(default_factory=dict)
     successes: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: From submittedAt to endedAt, as the service reports them (not the client's polling).
+    job_seconds: float = 0.0
 
     @property
     def image_set_ids(self) -> list[str]:
@@ -153,7 +155,10 @@ def run_import(
         return found if found["jobStatus"] in ("COMPLETED", "FAILED") else None
 
     properties = poll_until(ended, timeout=timeout, what=f"import job {job['jobId']} to end")
-    result = ImportResult(datastore_id, job["jobId"], properties["jobStatus"], properties.get("message"))
+    took = (properties["endedAt"] - properties["submittedAt"]).total_seconds()
+    result = ImportResult(
+        datastore_id, job["jobId"], properties["jobStatus"], properties.get("message"), job_seconds=took
+    )
     if properties["jobStatus"] != "COMPLETED":
         return result
     out = properties["outputS3Uri"][len("s3://") :]
@@ -167,4 +172,5 @@ def run_import(
         manifest,
         _read_ndjson(s3, bucket, f"{prefix}SUCCESS/success.ndjson"),
         _read_ndjson(s3, bucket, f"{prefix}FAILURE/failure.ndjson"),
+        took,
     )

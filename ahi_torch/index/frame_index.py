@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, IndexFormatError
+from .content_digest import content_digest
 from .rows import FORMAT_VERSION, UPGRADABLE_FORMATS, schema
 
 _META_KEY = b"ahi_torch"
@@ -97,13 +98,8 @@ def _digest(info: bytes, table: pa.Table) -> bytes:
     column's intact pages, which no page checksum notices. Types stay out: Parquet renames list
     children ("item" becomes "element") on the way back; they are checked against the schema.
     """
-    digest = hashlib.sha256(info)
-    for name in table.column_names:
-        digest.update(f"\n{name}\n".encode())
-        for part in _column_bytes(table.column(name)):
-            digest.update(len(part).to_bytes(8, "little"))
-            digest.update(part)
-    return digest.hexdigest().encode()
+    sections = ((f"{name}\n", _column_bytes(table.column(name))) for name in table.column_names)
+    return content_digest(info, sections).encode()
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +55,7 @@ from .column_codec import (
     numpy_view,
     to_arrow,
 )
+from .content_digest import content_digest
 
 #: Bump when the layout below changes: tables of another layout get other names.
 LAYOUT = "1"
@@ -75,17 +75,18 @@ def default_directory() -> Path:
 
 
 def _digest(tables: dict[str, pa.Table], encodings: dict[str, str]) -> str:
-    digest = hashlib.sha256(f"ahi_torch-shared-table-{LAYOUT}\n{json.dumps(encodings, sort_keys=True)}".encode())
+    """The shared table's name: its layout, encodings, and every file's mapped buffers."""
+    header = f"ahi_torch-shared-table-{LAYOUT}\n{json.dumps(encodings, sort_keys=True)}".encode()
+    return content_digest(header, _sections(tables))
+
+
+def _sections(tables: dict[str, pa.Table]) -> Iterator[tuple[str, list[np.ndarray]]]:
     for file_name, table in sorted(tables.items()):
-        digest.update(f"\n{file_name}:{table.num_rows}".encode())
+        yield f"{file_name}:{table.num_rows}", []
         for name in table.column_names:
             column = table.column(name)
             array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-            digest.update(f"\n{name}:{array.type}".encode())
-            for part in content_buffers(array):
-                digest.update(len(part).to_bytes(8, "little"))
-                digest.update(np.ascontiguousarray(part).data)
-    return digest.hexdigest()
+            yield f"{name}:{array.type}", content_buffers(array)
 
 
 def _write(directory: Path, tables: dict[str, pa.Table], encodings: dict[str, str]) -> None:

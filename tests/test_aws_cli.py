@@ -13,6 +13,8 @@ import pytest
 
 from ahi_torch.local import LocalAHI
 
+from .conftest import ImportedData
+
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
 
 
@@ -43,11 +45,11 @@ def _run(ahi: LocalAHI, *args: str, disable_prefix: bool) -> dict:
     return json.loads(completed.stdout)
 
 
-def test_cli_lists_datastores(ahi: LocalAHI, synthetic_import) -> None:  # type: ignore[no-untyped-def]
+def test_cli_lists_datastores(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     listed = _run(ahi, "list-datastores", disable_prefix=False)
     assert synthetic_import.datastore_id in {d["datastoreId"] for d in listed["datastoreSummaries"]}
 
 
-def test_cli_data_plane_needs_prefix_injection_off(ahi: LocalAHI, synthetic_import) -> None:  # type: ignore[no-untyped-def]
+def test_cli_data_plane_needs_prefix_injection_off(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     found = _run(ahi, "search-image-sets", "--datastore-id", synthetic_import.datastore_id, disable_prefix=True)
     assert {s["imageSetId"] for s in found["imageSetsMetadataSummaries"]} >= set(synthetic_import.result.image_set_ids)

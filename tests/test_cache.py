@@ -16,6 +16,9 @@ from ahi_torch.cache import FrameCache, frame_key
 from ahi_torch.counters import counting
 from ahi_torch.errors import ConfigError
 from ahi_torch.fetch import FrameFetcher
+from ahi_torch.local import LocalAHI
+
+from .conftest import ImportedData
 
 RNG = np.random.default_rng(3)
 
@@ -163,7 +166,9 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
         FrameCache(tmp_path, size_limit_gb=0)
 
 
-def test_a_cache_smaller_than_the_dataset_says_so_with_the_ways_out(ahi, synthetic_import, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_cache_smaller_than_the_dataset_says_so_with_the_ways_out(
+    ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path
+) -> None:
     """Issue 23.5: a node whose frames exceed the cache's limit refetches every epoch; say so once, at build."""
     from ahi_torch.datasets import FrameDataset
     from ahi_torch.datasets._base import decoded_bytes

@@ -46,7 +46,7 @@ def _half_cache(index: FrameIndex, directory: Path) -> FrameCache:
     return FrameCache(directory, size_limit_gb=decoded_bytes(index) / 2 / 2**30)
 
 
-def test_global_shuffle_finds_at_most_half_and_is_warned(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_global_shuffle_finds_at_most_half_and_is_warned(ahi: LocalAHI, index: FrameIndex, tmp_path: Path) -> None:
     cache = _half_cache(index, tmp_path)
     with pytest.warns(CacheTooSmallWarning, match=r"holds 0\.0 GiB.* about 50% of them cached"):
         dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=cache))
@@ -59,7 +59,7 @@ def test_global_shuffle_finds_at_most_half_and_is_warned(ahi, index: FrameIndex,
 
 
 @pytest.mark.parametrize("nodes", [2, 4])
-def test_node_pinned_shares_that_fit_are_all_hits(ahi, index: FrameIndex, tmp_path: Path, nodes: int) -> None:  # type: ignore[no-untyped-def]
+def test_node_pinned_shares_that_fit_are_all_hits(ahi: LocalAHI, index: FrameIndex, tmp_path: Path, nodes: int) -> None:
     """Node 0 of 2 reads half the data (the cache's size, give or take the entries' headers); of 4, a quarter."""
     cache = FrameCache(tmp_path, size_limit_gb=decoded_bytes(index) * 0.55 / 2**30)
     with pytest.warns(CacheTooSmallWarning, match="under node_pinned each node needs only its share"):

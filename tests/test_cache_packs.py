@@ -127,7 +127,9 @@ OPERATIONS = st.lists(
 
 @settings(max_examples=40, deadline=None)
 @given(operations=OPERATIONS)
-def test_any_sequence_of_operations_reads_the_last_frame_stored(operations: list, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
+def test_any_sequence_of_operations_reads_the_last_frame_stored(
+    operations: list, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     directory = tmp_path_factory.mktemp("sequence")
     cache = FrameCache(directory)
     stored: dict[int, int] = {}

@@ -18,22 +18,23 @@ from ahi_torch.counters import counting
 from ahi_torch.datasets import FrameDataset
 from ahi_torch.fetch import FrameFetcher
 from ahi_torch.index import FrameIndex, build_index
+from ahi_torch.local import LocalAHI
 
 from .conftest import ImportedData
 
 
 @pytest.fixture(scope="module")
-def index(ahi, synthetic_import: ImportedData) -> FrameIndex:  # type: ignore[no-untyped-def]
+def index(ahi: LocalAHI, synthetic_import: ImportedData) -> FrameIndex:
     ct = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
     return ct.filter(ct.column("modality") == b"CT")
 
 
-def _pixels(index: FrameIndex, ahi) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+def _pixels(index: FrameIndex, ahi: LocalAHI) -> list[np.ndarray]:
     plain = FrameDataset(index, ahi.client(), rescale=False, dtype=None)
     return [plain[i]["image"].numpy() for i in range(6)]
 
 
-def test_a_cache_directory_that_cannot_be_created(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_cache_directory_that_cannot_be_created(ahi: LocalAHI, index: FrameIndex, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a user's file")
     cache = FrameCache(blocker / "cache")
@@ -65,7 +66,9 @@ def _damage(database: Path) -> None:
     database.write_bytes(bytes(data))
 
 
-def test_a_damaged_database_degrades_and_repair_keeps_intact_entries(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_damaged_database_degrades_and_repair_keeps_intact_entries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     directory = tmp_path / "cache"
     _fill(directory)
     _damage(directory / "index" / "cache.db")
@@ -93,7 +96,9 @@ def test_a_damaged_database_degrades_and_repair_keeps_intact_entries(tmp_path: P
     assert any(p.name.startswith("cache.db.damaged-") for p in (directory / "index").iterdir()), "damaged file kept"
 
 
-def test_a_database_that_is_not_sqlite_at_all(ahi, index: FrameIndex, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_database_that_is_not_sqlite_at_all(
+    ahi: LocalAHI, index: FrameIndex, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     directory = tmp_path / "cache"
     (directory / "index").mkdir(parents=True)
     (directory / "index" / "cache.db").write_bytes(b"this is not a database" * 300)
@@ -124,8 +129,8 @@ def _privileged(command: list[str]) -> None:
 
 @pytest.mark.parametrize("kind", ["read-only filesystem", "immutable directory"])
 def test_an_unwritable_cache_serves_uncached_with_one_warning(
-    ahi, index: FrameIndex, tmp_path: Path, kind: str
-) -> None:  # type: ignore[no-untyped-def]
+    ahi: LocalAHI, index: FrameIndex, tmp_path: Path, kind: str
+) -> None:
     directory = tmp_path / "cache"
     directory.mkdir()
     if kind == "read-only filesystem":

@@ -82,7 +82,9 @@ def test_help_on_every_command() -> None:
         assert "usage: ahi-torch" in completed.stdout
 
 
-def test_index_build_show_cache_warm_verify_stats(ahi, imported, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_index_build_show_cache_warm_verify_stats(
+    ahi: LocalAHI, imported: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flags = _flags(_overrides(ahi, imported, tmp_path))
     code, out, err = _run(capsys, "index", "build", str(CONFIG), *flags)
     assert code == 0, err
@@ -132,7 +134,9 @@ def _one_line_error(err: str) -> str:
     return lines[0]
 
 
-def test_error_paths_are_one_line_with_exit_codes(ahi, imported, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_error_paths_are_one_line_with_exit_codes(
+    ahi: LocalAHI, imported: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     flags = _flags(_overrides(ahi, imported, tmp_path))
     unreachable = _flags([f"connection.endpoint_url=http://127.0.0.1:{_closed_port()}", "connection.max_attempts=1"])
     code, _, err = _run(capsys, "index", "build", str(CONFIG), *flags, *unreachable)

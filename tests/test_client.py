@@ -7,6 +7,7 @@ import os
 import pickle
 import socket
 import zlib
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -122,7 +123,7 @@ def test_image_set_reads(client: AHIClient, synthetic_import: ImportedData) -> N
     assert [v["versionId"] for v in versions][-1] == "1"
 
 
-def test_image_set_writes(ahi: LocalAHI, client: AHIClient, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_image_set_writes(ahi: LocalAHI, client: AHIClient, tmp_path: Path) -> None:
     from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
     spec = SeriesSpec(patient_id="WRITES", study_key="w", series_key="w", slices=2, rows=8, columns=8)

@@ -12,6 +12,9 @@ from ahi_torch import config
 from ahi_torch.config.build import searches_of
 from ahi_torch.errors import ConfigError
 from ahi_torch.fetch import RetryPolicy
+from ahi_torch.local import LocalAHI
+
+from .conftest import ImportedData
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -125,7 +128,7 @@ def test_every_value_is_checked_when_the_config_loads(tmp_path: Path, text: str,
         config.load(write(tmp_path, text))
 
 
-def _ct_config(ahi, imported, tmp_path: Path, **sections: object):  # type: ignore[no-untyped-def]
+def _ct_config(ahi: LocalAHI, imported, tmp_path: Path, **sections: object):  # type: ignore[no-untyped-def]
     """A config over the synthetic import's CT frames, uncached, with ``sections`` added."""
     from ahi_torch.config.schema import Config
 
@@ -143,7 +146,9 @@ def _ct_config(ahi, imported, tmp_path: Path, **sections: object):  # type: igno
 
 
 @pytest.mark.parametrize("sampler", ["sequential", "shuffle", "locality", "weighted", "class_balanced"])
-def test_every_sampler_option_builds_a_working_loader(ahi, synthetic_import, tmp_path: Path, sampler: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_sampler_option_builds_a_working_loader(
+    ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path, sampler: str
+) -> None:
     from collections import Counter
 
     from ahi_torch.config import build_dataloader, build_dataset, build_sampler
@@ -235,7 +240,9 @@ def test_a_config_survives_load_dump_load(batch, workers, sampler, fractions, na
     assert config.config_hash(again) == config.config_hash(first)
 
 
-def test_validation_loaders_keep_every_item_in_order(ahi, synthetic_import, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_validation_loaders_keep_every_item_in_order(
+    ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path
+) -> None:
     """drop_last and the sampler are the training loader's; val and test read every item once, in order."""
     from ahi_torch.config import build_dataloader, build_dataset
 

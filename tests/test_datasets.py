@@ -33,6 +33,8 @@ from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import demo_cohort
 
+from .conftest import ImportedData
+
 
 @pytest.fixture(scope="module")
 def cohort(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> dict:
@@ -61,8 +63,8 @@ def index(ahi: LocalAHI, cohort: dict) -> FrameIndex:
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_frames_through_dataloader_are_exact(
-    ahi, cohort: dict, index: FrameIndex, tmp_path: Path, context: str
-) -> None:  # type: ignore[no-untyped-def]
+    ahi: LocalAHI, cohort: dict, index: FrameIndex, tmp_path: Path, context: str
+) -> None:
     labels = TableLabels(cohort["labels_csv"], on="series_instance_uid", key="SeriesInstanceUID", column="nodule")
     dataset = FrameDataset(
         index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)), labels=labels, rescale=False, dtype=None
@@ -96,7 +98,7 @@ def test_frames_through_dataloader_are_exact(
             assert summary["requests"] == 0 and summary["cache_hits"] == 24, "the second epoch is served from cache"
 
 
-def test_rescale_gives_hounsfield_units_and_windowing(ahi, cohort: dict, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_rescale_gives_hounsfield_units_and_windowing(ahi: LocalAHI, cohort: dict, index: FrameIndex) -> None:
     dataset = FrameDataset(index, ahi.client())
     item = dataset[0]
     ds = cohort["sources"][item["meta"]["sop_instance_uid"]]
@@ -109,7 +111,7 @@ def test_rescale_gives_hounsfield_units_and_windowing(ahi, cohort: dict, index: 
     assert item["meta"]["spacing"].tolist() == pytest.approx([0.8, 0.8])
 
 
-def test_volumes_are_stacked_in_geometric_order(ahi, cohort: dict, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_volumes_are_stacked_in_geometric_order(ahi: LocalAHI, cohort: dict, index: FrameIndex, tmp_path: Path) -> None:
     dataset = VolumeDataset(
         index,
         FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)),
@@ -143,7 +145,7 @@ def test_volumes_are_stacked_in_geometric_order(ahi, cohort: dict, index: FrameI
     assert checked == 4
 
 
-def test_label_sources(ahi, cohort: dict, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_label_sources(ahi: LocalAHI, cohort: dict, index: FrameIndex, tmp_path: Path) -> None:
     client = ahi.client()
     by_column = FrameDataset(index, client, labels="patient_id")
     assert by_column.classes == sorted({spec.patient_id for spec, _ in cohort["series"]})
@@ -184,7 +186,7 @@ def break_frame(ahi: LocalAHI) -> Iterator[Callable[[FrameDataset, int], None]]:
         path.write_bytes(data)
 
 
-def test_error_policy_raise(ahi, break_frame, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_error_policy_raise(ahi: LocalAHI, break_frame: Callable[[FrameDataset, int], None], index: FrameIndex) -> None:
     dataset = FrameDataset(index, ahi.client())
     break_frame(dataset, 3)
     with pytest.raises(SampleError, match=r"sample 3 .*checksum mismatch"):
@@ -194,7 +196,9 @@ def test_error_policy_raise(ahi, break_frame, index: FrameIndex) -> None:  # typ
         list(loader)
 
 
-def test_error_policy_skip_replaces_deterministically(ahi, break_frame, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_error_policy_skip_replaces_deterministically(
+    ahi: LocalAHI, break_frame: Callable[[FrameDataset, int], None], index: FrameIndex, tmp_path: Path
+) -> None:
     log = tmp_path / "failures.jsonl"
     dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("skip", failure_log=str(log)))
     break_frame(dataset, 3)
@@ -213,7 +217,9 @@ def test_error_policy_skip_replaces_deterministically(ahi, break_frame, index: F
     assert "image set" in logged[0]["where"]
 
 
-def test_skip_spreads_a_run_of_dead_samples(ahi, break_frame, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_skip_spreads_a_run_of_dead_samples(
+    ahi: LocalAHI, break_frame: Callable[[FrameDataset, int], None], index: FrameIndex
+) -> None:
     dataset = FrameDataset(index, ahi.client(), error_policy="skip")
     for row in range(8):
         break_frame(dataset, row)
@@ -224,7 +230,9 @@ def test_skip_spreads_a_run_of_dead_samples(ahi, break_frame, index: FrameIndex)
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
-def test_epoch_summary_gathers_every_worker(ahi, break_frame, index: FrameIndex, tmp_path: Path, context: str) -> None:  # type: ignore[no-untyped-def]
+def test_epoch_summary_gathers_every_worker(
+    ahi: LocalAHI, break_frame: Callable[[FrameDataset, int], None], index: FrameIndex, tmp_path: Path, context: str
+) -> None:
     dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)), error_policy="skip")
     break_frame(dataset, 5)
     loader = DataLoader(dataset, batch_size=5, num_workers=2, multiprocessing_context=context, persistent_workers=True)
@@ -242,7 +250,7 @@ def test_epoch_summary_gathers_every_worker(ahi, break_frame, index: FrameIndex,
     assert "24 frames in 24 items, 1 replaced" in dataset.stats.line()
 
 
-def test_collate_helpers_batch_mixed_sizes(ahi, index: FrameIndex, real_import) -> None:  # type: ignore[no-untyped-def]
+def test_collate_helpers_batch_mixed_sizes(ahi: LocalAHI, index: FrameIndex, real_import: ImportedData) -> None:
     mixed = build_index(ahi.client(), real_import.datastore_id, progress=False)
     mono = mixed.filter((mixed.column("samples_per_pixel") == 1) & (mixed.column("bits_allocated") == 16))
     dataset = FrameDataset(mono, ahi.client())
@@ -264,7 +272,7 @@ def test_collate_helpers_batch_mixed_sizes(ahi, index: FrameIndex, real_import) 
     assert as_list["meta"]["sop_instance_uid"] == [i["meta"]["sop_instance_uid"] for i in items]
 
 
-def test_error_policy_retry(ahi, break_frame, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_error_policy_retry(ahi: LocalAHI, break_frame: Callable[[FrameDataset, int], None], index: FrameIndex) -> None:
     dataset = FrameDataset(index, ahi.client(), error_policy=ErrorPolicy("retry", retries=2, backoff=0.01))
     break_frame(dataset, 2)
     with counting() as counted, pytest.raises(SampleError, match=f"after {RetryPolicy().max_attempts} attempts"):
@@ -276,7 +284,7 @@ def test_error_policy_retry(ahi, break_frame, index: FrameIndex) -> None:  # typ
     assert dataset[1]["meta"]["index"] == 1
 
 
-def test_error_policy_retry_covers_what_the_fetch_layer_does_not(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_error_policy_retry_covers_what_the_fetch_layer_does_not(ahi: LocalAHI, index: FrameIndex) -> None:
     calls: list[int] = []
 
     def flaky(item: dict) -> dict:  # type: ignore[type-arg]
@@ -292,7 +300,7 @@ def test_error_policy_retry_covers_what_the_fetch_layer_does_not(ahi, index: Fra
     assert dataset.stats.summary()["retried"] == 1 and len(dataset.failures) == 0
 
 
-def test_datasets_pickle_without_connections(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_datasets_pickle_without_connections(ahi: LocalAHI, index: FrameIndex, tmp_path: Path) -> None:
     dataset = FrameDataset(index, FrameFetcher(ahi.client(), cache=FrameCache(tmp_path)))
     dataset[0]
     blob = pickle.dumps(dataset)
@@ -302,14 +310,16 @@ def test_datasets_pickle_without_connections(ahi, index: FrameIndex, tmp_path: P
     assert len(blob) < 200 * len(dataset) + 50_000, "workers receive flat arrays, not the Arrow table"
 
 
-def test_empty_index_is_a_clear_error(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_empty_index_is_a_clear_error(ahi: LocalAHI, index: FrameIndex) -> None:
     with pytest.raises(ConfigError, match="index is empty"):
         FrameDataset(index.filter(np.zeros(len(index), dtype=bool)), ahi.client())
     with pytest.raises(ConfigError, match="error policy"):
         FrameDataset(index, ahi.client(), error_policy="ignore")
 
 
-def test_one_fetcher_for_two_datasets_keeps_their_counts_apart(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_one_fetcher_for_two_datasets_keeps_their_counts_apart(
+    ahi: LocalAHI, index: FrameIndex, tmp_path: Path
+) -> None:
     """A train and a val dataset in one process, one FrameFetcher and cache: each counts its own batches."""
     frames = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path))
     train, val = (FrameDataset(part, frames) for part in (index.take(np.arange(0, 12)), index.take(np.arange(12, 24))))
@@ -335,7 +345,7 @@ def _same(a: object, b: object) -> bool:
     return type(a) is type(b) and a == b
 
 
-def test_a_batch_is_built_as_its_items_one_by_one(ahi, cohort: dict, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_is_built_as_its_items_one_by_one(ahi: LocalAHI, cohort: dict, index: FrameIndex) -> None:
     labels = {spec.series_uid: int(spec.nodule) for spec, _ in cohort["series"]}
     dataset = FrameDataset(index, ahi.client(), labels=labels, window="dicom")
     indices = [5, 0, 5, 17, 3, 23, 11]  # out of order, one twice, across every series
@@ -348,7 +358,7 @@ def test_a_batch_is_built_as_its_items_one_by_one(ahi, cohort: dict, index: Fram
     assert {int(item["label"]) for item in batch} == {0, 1}
 
 
-def test_a_frame_that_cannot_be_built_fails_only_its_item(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_a_frame_that_cannot_be_built_fails_only_its_item(ahi: LocalAHI, index: FrameIndex) -> None:
     dataset = FrameDataset(index, ahi.client(), error_policy="skip")
     submit = dataset.fetcher.submit_many
 

@@ -46,7 +46,7 @@ def test_demo_pipeline(tmp_path: Path) -> None:
     assert again.indexed_frames == 16 and keep.read_text() == "a user's file"
 
 
-def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "precious"
     target.mkdir()
     (target / "thesis.tex").write_text("years of work")

@@ -22,6 +22,8 @@ from ahi_torch.local import LocalAHI
 from ahi_torch.local.service.faults import Faults
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
+from .conftest import ImportedData
+
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
 
 FAULTS = (
@@ -313,7 +315,9 @@ class _SilentServer:
             connection.close()  # type: ignore[attr-defined]
 
 
-def test_a_dead_endpoint_fails_fast_and_is_never_a_reason_to_replace_samples(ahi, synthetic_import) -> None:  # type: ignore[no-untyped-def]
+def test_a_dead_endpoint_fails_fast_and_is_never_a_reason_to_replace_samples(
+    ahi: LocalAHI, synthetic_import: ImportedData
+) -> None:
     """Issue 22.11: 8 read timeouts before build_index failed; `skip` tried 15 replacements x 4 attempts."""
     from ahi_torch.errors import EndpointDown
 
@@ -340,7 +344,9 @@ def test_a_dead_endpoint_fails_fast_and_is_never_a_reason_to_replace_samples(ahi
         silent.close()
 
 
-def test_missing_credentials_are_one_error_never_retried(ahi, synthetic_import, monkeypatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_credentials_are_one_error_never_retried(
+    ahi: LocalAHI, synthetic_import: ImportedData, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Issue 22.12: on the frame path they were EndpointUnreachable, retried 4 times as transfer errors."""
     from ahi_torch.client import ClientConfig
     from ahi_torch.errors import NoCredentials
@@ -362,7 +368,9 @@ def test_missing_credentials_are_one_error_never_retried(ahi, synthetic_import, 
     assert sum(ahi.frame_request_counts().values()) == before, "nothing was sent"
 
 
-def test_a_refused_connection_is_never_a_reason_to_replace_samples(ahi, synthetic_import) -> None:  # type: ignore[no-untyped-def]
+def test_a_refused_connection_is_never_a_reason_to_replace_samples(
+    ahi: LocalAHI, synthetic_import: ImportedData
+) -> None:
     """A hung endpoint's neighbour: nothing listens on the port. Fails after the frame's attempts, no replacement."""
     import socket
 

@@ -15,12 +15,13 @@ from ahi_torch.datasets._table import FrameTable
 from ahi_torch.errors import ChecksumMismatch
 from ahi_torch.fetch import FrameFetcher, RetryPolicy
 from ahi_torch.index import FrameIndex, build_index, search
+from ahi_torch.local import LocalAHI
 
 from .conftest import ImportedData
 
 
 @pytest.fixture(scope="module")
-def ct_index(ahi, synthetic_import: ImportedData) -> FrameIndex:  # type: ignore[no-untyped-def]
+def ct_index(ahi: LocalAHI, synthetic_import: ImportedData) -> FrameIndex:
     spec = synthetic_import.specs["ct"]
     return build_index(
         ahi.client(), synthetic_import.datastore_id, filters=[search.series_uid(spec.series_uid)], progress=False
@@ -36,8 +37,8 @@ def _sources(synthetic_import: ImportedData) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("mode", ["decoded", "encoded"])
 def test_fetch_verify_and_cache(
-    ahi, synthetic_import: ImportedData, ct_index: FrameIndex, tmp_path: Path, mode: str
-) -> None:  # type: ignore[no-untyped-def]
+    ahi: LocalAHI, synthetic_import: ImportedData, ct_index: FrameIndex, tmp_path: Path, mode: str
+) -> None:
     sources = _sources(synthetic_import)
     fetcher = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path, mode=mode), verify=True)
     table = FrameTable(ct_index)
@@ -56,7 +57,7 @@ def test_fetch_verify_and_cache(
         np.testing.assert_array_equal(a, b)
 
 
-def test_wrong_checksum_is_retried_then_raised(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_checksum_is_retried_then_raised(ahi: LocalAHI, ct_index: FrameIndex) -> None:
     ref = FrameTable(ct_index).ref(0)
     bad = dataclasses.replace(ref, checksum=(ref.checksum or 0) ^ 0xFFFF)
     fetcher = FrameFetcher(ahi.client(), verify=True, retry=RetryPolicy(max_attempts=3, base_delay=0.001))
@@ -75,12 +76,12 @@ def test_wrong_checksum_is_retried_then_raised(ahi, ct_index: FrameIndex) -> Non
     assert unverified.get(bad).shape == (96, 80)
 
 
-def test_reduced_resolution_preview(ahi, ct_index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reduced_resolution_preview(ahi: LocalAHI, ct_index: FrameIndex, tmp_path: Path) -> None:
     fetcher = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path), reduce=1)
     assert fetcher.get(FrameTable(ct_index).ref(0)).shape == (48, 40)
 
 
-def test_frames_are_laid_out_by_resolution_as_ahi_does(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_frames_are_laid_out_by_resolution_as_ahi_does(ahi: LocalAHI, ct_index: FrameIndex) -> None:
     """One tile-part per level with TLM, jp2c box of length 0, brand 'jp2 ' (AWS's own fixtures)."""
     import struct
 
@@ -104,7 +105,7 @@ def test_frames_are_laid_out_by_resolution_as_ahi_does(ahi, ct_index: FrameIndex
     assert full.shape == (96, 80)
 
 
-def test_progressive_reads_stop_at_the_level_decoded(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_progressive_reads_stop_at_the_level_decoded(ahi: LocalAHI, ct_index: FrameIndex) -> None:
     from ahi_torch.codecs import decode_frame
 
     table = FrameTable(ct_index)
@@ -124,7 +125,7 @@ def test_progressive_reads_stop_at_the_level_decoded(ahi, ct_index: FrameIndex) 
         assert read_in_part.bytes_fetched < read_whole.bytes_fetched / (1.5 * reduce)
 
 
-def test_reduced_reads_are_verified_where_ahi_lists_a_checksum(ahi, ct_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_reduced_reads_are_verified_where_ahi_lists_a_checksum(ahi: LocalAHI, ct_index: FrameIndex) -> None:
     """AHI lists CRC32s for reduced decodes; the index keeps them and reduced reads are checked against them."""
     reduced = ct_index.column("reduced_checksums")
     assert (reduced[:, :2] >= 0).all() and (reduced[:, 2:] == -1).all(), "reduce 1 and 2 are listed for 96x80"

@@ -32,7 +32,7 @@ def test_real_aws_endpoint_keeps_the_runtime_host_prefix() -> None:
     # botocore's own request for the same call goes to the same URL (captured before it is sent).
     sent: list[str] = []
 
-    def capture(request, **_):  # type: ignore[no-untyped-def]
+    def capture(request: pytest.FixtureRequest, **_):  # type: ignore[no-untyped-def]
         sent.append(request.url)
         raise RuntimeError("captured")
 

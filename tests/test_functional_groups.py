@@ -54,7 +54,9 @@ def imported(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> tuple[P
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_rescaled_frames_equal_pydicom_with_functional_groups(ahi, imported, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_rescaled_frames_equal_pydicom_with_functional_groups(
+    ahi: LocalAHI, imported: tuple[Path, str], name: str
+) -> None:
     root, datastore_id = imported
     ds = pydicom.dcmread(root / name)
     index = build_index(ahi.client(), datastore_id, progress=False)
@@ -75,7 +77,7 @@ def test_rescaled_frames_equal_pydicom_with_functional_groups(ahi, imported, nam
     )
 
 
-def test_enhanced_ct_reads_hounsfield_units_and_its_spacing(ahi, imported) -> None:  # type: ignore[no-untyped-def]
+def test_enhanced_ct_reads_hounsfield_units_and_its_spacing(ahi: LocalAHI, imported: tuple[Path, str]) -> None:
     """eCT_Supplemental.dcm read 0..1196 with 1 mm spacing; the truth is -1024..172 HU at 0.389 mm."""
     _, datastore_id = imported
     index = build_index(ahi.client(), datastore_id, progress=False)
@@ -104,7 +106,7 @@ def test_functional_value_prefers_the_frame_then_the_shared_group() -> None:
     assert functional_value({"RescaleSlope": 9.0}, "RescaleSlope") == 9.0
 
 
-def test_frames_without_geometry_are_announced(ahi, imported) -> None:  # type: ignore[no-untyped-def]
+def test_frames_without_geometry_are_announced(ahi: LocalAHI, imported: tuple[Path, str]) -> None:
     """Multi-frame instances have no position of their own per frame yet: the dataset says so, once."""
     from ahi_torch.errors import MissingGeometryWarning
 
@@ -167,7 +169,7 @@ def test_enhanced_volumes_are_ordered_regular_and_placed_by_their_functional_gro
     np.testing.assert_allclose(item["meta"]["spacing"].numpy(), [1.5, 0.7, 0.9], atol=1e-4)
 
 
-def test_real_enhanced_files_place_every_frame(ahi, imported) -> None:  # type: ignore[no-untyped-def]
+def test_real_enhanced_files_place_every_frame(ahi: LocalAHI, imported: tuple[Path, str]) -> None:
     """eCT_Supplemental.dcm: two frames 10 mm apart, each frame's position the file's own."""
     _, datastore_id = imported
     index = build_index(ahi.client(), datastore_id, progress=False)

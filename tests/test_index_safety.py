@@ -15,11 +15,12 @@ from ahi_torch.config import build_index_from_config, from_dict
 from ahi_torch.config.schema import Config
 from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex, build_index
+from ahi_torch.local import LocalAHI
 
 from .conftest import ImportedData
 
 
-def _config(ahi, imported: ImportedData, path: Path, **search) -> Config:  # type: ignore[no-untyped-def]
+def _config(ahi: LocalAHI, imported: ImportedData, path: Path, **search) -> Config:  # type: ignore[no-untyped-def]
     return from_dict(
         Config,
         {
@@ -31,7 +32,9 @@ def _config(ahi, imported: ImportedData, path: Path, **search) -> Config:  # typ
     )
 
 
-def test_changed_search_or_tags_rebuild_the_index(ahi, synthetic_import: ImportedData, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_changed_search_or_tags_rebuild_the_index(
+    ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     path = tmp_path / "index.parquet"
     mr = _config(ahi, synthetic_import, path, filters=[{"patient_id": "SYN-MR"}])
     first = build_index_from_config(mr, progress=False)
@@ -50,7 +53,9 @@ def test_changed_search_or_tags_rebuild_the_index(ahi, synthetic_import: Importe
     assert "building it again" not in caplog.text, "an unchanged config reuses the index"
 
 
-def test_index_build_rebuild_flag(ahi, synthetic_import: ImportedData, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_index_build_rebuild_flag(
+    ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "cfg.yaml"
     config.write_text(
         f"connection: {{endpoint_url: '{ahi.endpoint_url}', access_key_id: local, secret_access_key: local}}\n"
@@ -65,7 +70,7 @@ def test_index_build_rebuild_flag(ahi, synthetic_import: ImportedData, tmp_path:
     capsys.readouterr()
 
 
-def test_flipped_bits_never_load_as_other_ids(ahi, synthetic_import: ImportedData, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_flipped_bits_never_load_as_other_ids(ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path) -> None:
     index = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
     path = index.save(tmp_path / "index.parquet")
     data = path.read_bytes()
@@ -107,14 +112,16 @@ def test_flipped_bits_never_load_as_other_ids(ahi, synthetic_import: ImportedDat
         FrameIndex.load(damaged)
 
 
-def test_no_progress_bar_off_a_terminal(ahi, synthetic_import: ImportedData, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_no_progress_bar_off_a_terminal(
+    ahi: LocalAHI, synthetic_import: ImportedData, capsys: pytest.CaptureFixture[str]
+) -> None:
     build_index(ahi.client(), synthetic_import.datastore_id, progress=True)
     assert capsys.readouterr().err == "", "a piped stderr gets no bar"
 
 
 def test_a_search_that_matches_nothing_never_replaces_a_saved_index(
-    ahi, synthetic_import: ImportedData, tmp_path: Path, capsys
-) -> None:  # type: ignore[no-untyped-def]
+    ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Issue 22.7: a failing `index build` or `cache warm` wrote an empty index over a good one."""
     path = tmp_path / "index.parquet"
     good = build_index_from_config(_config(ahi, synthetic_import, path), progress=False)
@@ -138,7 +145,7 @@ def test_a_search_that_matches_nothing_never_replaces_a_saved_index(
     assert path.read_bytes() == saved
 
 
-def test_every_column_is_covered_by_the_checksum(ahi, synthetic_import: ImportedData, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_every_column_is_covered_by_the_checksum(ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path) -> None:
     """A value changed in any one column, the stored checksum kept, is refused (a mutant skipped image_position)."""
     index = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
     path = index.save(tmp_path / "index.parquet")

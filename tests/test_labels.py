@@ -28,7 +28,7 @@ def index(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> FrameIndex
     return build_index(ahi.client(), result.datastore_id, progress=False)
 
 
-def test_numeric_looking_ids_join_as_text(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_numeric_looking_ids_join_as_text(ahi: LocalAHI, index: FrameIndex, tmp_path: Path) -> None:
     table = tmp_path / "grades.csv"
     table.write_text("PatientID,grade\n0001,3\n0002,7\n")
     labels = TableLabels(table, on="patient_id", key="PatientID", column="grade")
@@ -98,7 +98,7 @@ def test_explicit_classes_keep_their_order_and_refuse_others() -> None:
         LabelTypes("int", classes=("a",))
 
 
-def test_a_literal_minus_one_is_not_the_unlabeled_marker(ahi, index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_a_literal_minus_one_is_not_the_unlabeled_marker(ahi: LocalAHI, index: FrameIndex) -> None:
     from ahi_torch.config import build_sampler
 
     series = index.texts("series_instance_uid")
@@ -153,7 +153,9 @@ def test_any_mix_of_label_values_parses_to_what_it_says_or_names_the_row(values,
         assert len(kinds) <= 1 or kinds == {int}, "inferred only when every value agrees"
 
 
-def test_labels_from_a_config_or_a_callable_follow_the_same_rules(ahi, index: FrameIndex, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_labels_from_a_config_or_a_callable_follow_the_same_rules(
+    ahi: LocalAHI, index: FrameIndex, tmp_path: Path
+) -> None:
     """The neighbours of TableLabels: a config's labels section and a callable decide types the same way."""
     from ahi_torch.config import build_dataset, load
 

@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -42,12 +43,12 @@ def service(data_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # type: 
 
 
 @pytest.fixture(scope="module")
-def mi(service: LocalAHI):  # type: ignore[no-untyped-def]
+def mi(service: LocalAHI) -> Any:
     return service.boto3_client(retries={"max_attempts": 1})
 
 
 @pytest.fixture(scope="module")
-def unchecked(service: LocalAHI):  # type: ignore[no-untyped-def]
+def unchecked(service: LocalAHI) -> Any:
     """A boto3 client that skips botocore's own checks, so the service's validation is what answers."""
     return service.boto3_client(retries={"max_attempts": 1}, parameter_validation=False)
 
@@ -85,7 +86,7 @@ def loaded(service: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"datastore_id": result.datastore_id, "specs": specs, "image_sets": by_series, "result": result}
 
 
-def _metadata(mi, datastore_id: str, image_set_id: str, version: str | None = None) -> dict:  # type: ignore[no-untyped-def]
+def _metadata(mi: Any, datastore_id: str, image_set_id: str, version: str | None = None) -> dict:
     kwargs = {"versionId": version} if version else {}
     response = mi.get_image_set_metadata(datastoreId=datastore_id, imageSetId=image_set_id, **kwargs)
     assert response["contentType"] == "application/json"
@@ -95,14 +96,14 @@ def _metadata(mi, datastore_id: str, image_set_id: str, version: str | None = No
     return json.loads(gzip.decompress(raw))
 
 
-def _wait_active(mi, datastore_id: str, image_set_id: str) -> None:  # type: ignore[no-untyped-def]
+def _wait_active(mi: Any, datastore_id: str, image_set_id: str) -> None:
     wait_until(lambda: mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetState"] == "ACTIVE")
 
 
 # --- data stores -------------------------------------------------------------------------------
 
 
-def test_datastore_lifecycle(mi) -> None:  # type: ignore[no-untyped-def]
+def test_datastore_lifecycle(mi: Any) -> None:
     created = mi.create_datastore(datastoreName="life-cycle", clientToken="token-1", tags={"team": "ml"})
     assert created["datastoreStatus"] == "CREATING"
     datastore_id = created["datastoreId"]
@@ -125,7 +126,7 @@ def test_datastore_lifecycle(mi) -> None:  # type: ignore[no-untyped-def]
     assert datastore_id in {d["datastoreId"] for d in deleted}
 
 
-def test_list_datastores_paginates(mi) -> None:  # type: ignore[no-untyped-def]
+def test_list_datastores_paginates(mi: Any) -> None:
     made = [mi.create_datastore(datastoreName=f"page-{i}")["datastoreId"] for i in range(3)]
     first = mi.list_datastores(maxResults=2)
     assert len(first["datastoreSummaries"]) == 2 and "nextToken" in first
@@ -145,7 +146,7 @@ def test_list_datastores_paginates(mi) -> None:  # type: ignore[no-untyped-def]
         mi.delete_datastore(datastoreId=datastore_id)
 
 
-def test_datastore_quota_is_402(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_datastore_quota_is_402(mi: Any, loaded: dict) -> None:
     live = [d for d in mi.list_datastores()["datastoreSummaries"] if d["datastoreStatus"] in ("ACTIVE", "CREATING")]
     made = [mi.create_datastore(datastoreName=f"quota-{i}")["datastoreId"] for i in range(6 - len(live))]
     with pytest.raises(mi.exceptions.ServiceQuotaExceededException) as info:
@@ -158,7 +159,7 @@ def test_datastore_quota_is_402(mi, loaded) -> None:  # type: ignore[no-untyped-
         mi.delete_datastore(datastoreId=datastore_id)
 
 
-def test_non_empty_datastore_cannot_be_deleted(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_non_empty_datastore_cannot_be_deleted(mi: Any, loaded: dict) -> None:
     with pytest.raises(mi.exceptions.ConflictException, match="delete all image sets"):
         mi.delete_datastore(datastoreId=loaded["datastore_id"])
 
@@ -176,14 +177,14 @@ def test_non_empty_datastore_cannot_be_deleted(mi, loaded) -> None:  # type: ign
         ("get_datastore", {"datastoreId": "../../../../etc/passwd"}, "regular expression pattern"),
     ],
 )
-def test_validation_errors(mi, call: str, kwargs: dict, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_validation_errors(mi: Any, call: str, kwargs: dict, fragment: str) -> None:
     with pytest.raises(mi.exceptions.ValidationException) as info:
         getattr(mi, call)(**kwargs)
     assert fragment in info.value.response["Error"]["Message"]
     assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
 
 
-def test_not_found_errors(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_not_found_errors(mi: Any, loaded: dict) -> None:
     missing = "0" * 32
     datastore_id = loaded["datastore_id"]
     image_set_id = next(iter(loaded["image_sets"].values()))
@@ -210,7 +211,7 @@ def test_not_found_errors(mi, loaded) -> None:  # type: ignore[no-untyped-def]
 # --- import jobs -------------------------------------------------------------------------------
 
 
-def test_import_job_records_and_outputs(service: LocalAHI, mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_import_job_records_and_outputs(service: LocalAHI, mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     result = loaded["result"]
     job = mi.get_dicom_import_job(datastoreId=datastore_id, jobId=result.job_id)["jobProperties"]
@@ -226,7 +227,7 @@ def test_import_job_records_and_outputs(service: LocalAHI, mi, loaded) -> None: 
     assert result.job_id in {j["jobId"] for page in jobs for j in page["jobSummaries"]}
 
 
-def test_import_job_validation(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_import_job_validation(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     with pytest.raises(mi.exceptions.ValidationException, match="pattern"):
         mi.start_dicom_import_job(
@@ -241,7 +242,7 @@ def test_import_job_validation(mi, loaded) -> None:  # type: ignore[no-untyped-d
         )
 
 
-def test_import_from_missing_bucket_fails_the_job(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_import_from_missing_bucket_fails_the_job(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     job = mi.start_dicom_import_job(
         datastoreId=datastore_id,
@@ -262,14 +263,14 @@ def test_import_from_missing_bucket_fails_the_job(mi, loaded) -> None:  # type: 
 # --- search ------------------------------------------------------------------------------------
 
 
-def _search_ids(mi, datastore_id: str, criteria: dict, page_size: int = 2) -> list[str]:  # type: ignore[no-untyped-def]
+def _search_ids(mi: Any, datastore_id: str, criteria: dict, page_size: int = 2) -> list[str]:
     pages = mi.get_paginator("search_image_sets").paginate(
         datastoreId=datastore_id, searchCriteria=criteria, PaginationConfig={"PageSize": page_size}
     )
     return [s["imageSetId"] for page in pages for s in page["imageSetsMetadataSummaries"]]
 
 
-def test_search_pages_through_everything(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_search_pages_through_everything(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     first = mi.search_image_sets(datastoreId=datastore_id, maxResults=3)
     assert len(first["imageSetsMetadataSummaries"]) == 3 and first["nextToken"]
@@ -285,7 +286,7 @@ def test_search_pages_through_everything(mi, loaded) -> None:  # type: ignore[no
     assert updated == sorted(updated, reverse=True), "default order is updatedAt, newest first"
 
 
-def test_search_filters(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_search_filters(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     specs = loaded["specs"]
     sets = loaded["image_sets"]
@@ -365,7 +366,7 @@ def test_search_filters(mi, loaded) -> None:  # type: ignore[no-untyped-def]
         ({"sort": {"sortField": "patientName", "sortOrder": "ASC"}}, "enum value set"),
     ],
 )
-def test_search_rejects_bad_criteria(unchecked, loaded, criteria: dict, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_search_rejects_bad_criteria(unchecked: Any, loaded: dict, criteria: dict, fragment: str) -> None:
     with pytest.raises(unchecked.exceptions.ValidationException) as info:
         unchecked.search_image_sets(datastoreId=loaded["datastore_id"], searchCriteria=criteria)
     assert fragment in info.value.response["Error"]["Message"]
@@ -374,7 +375,7 @@ def test_search_rejects_bad_criteria(unchecked, loaded, criteria: dict, fragment
 # --- versions, updates, copies, deletes ----------------------------------------------------------
 
 
-def _update(mi, datastore_id, image_set_id, version, updatable=None, removable=None, force=None):  # type: ignore[no-untyped-def]
+def _update(mi: Any, datastore_id, image_set_id, version, updatable=None, removable=None, force=None):  # type: ignore[no-untyped-def]
     updates = {}
     if updatable is not None:
         updates["updatableAttributes"] = json.dumps({"SchemaVersion": 1.1, **updatable}).encode()
@@ -390,7 +391,7 @@ def _update(mi, datastore_id, image_set_id, version, updatable=None, removable=N
     )
 
 
-def test_update_versions_and_revert(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_update_versions_and_revert(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     image_set_id = loaded["image_sets"]["series-0"]
     original = _metadata(mi, datastore_id, image_set_id)
@@ -451,7 +452,7 @@ def test_update_versions_and_revert(mi, loaded) -> None:  # type: ignore[no-unty
         ({"Patient": {"DICOM": {"MaxPixelValue": 1}}}, "generated by HealthImaging"),
     ],
 )
-def test_update_constraints_fail_on_a_new_version(mi, loaded, updatable: dict, fragment: str) -> None:  # type: ignore[no-untyped-def]
+def test_update_constraints_fail_on_a_new_version(mi: Any, loaded: dict, updatable: dict, fragment: str) -> None:
     """As AHI: the request is accepted, and the new version records UPDATE_FAILED with the reason."""
     datastore_id = loaded["datastore_id"]
     image_set_id = loaded["image_sets"]["series-1"]
@@ -474,12 +475,12 @@ def test_update_constraints_fail_on_a_new_version(mi, loaded, updatable: dict, f
     assert (after["Patient"], after["Study"]) == (before["Patient"], before["Study"]), "the metadata is unchanged"
 
 
-def _latest(mi, datastore_id: str, image_set_id: str) -> str:  # type: ignore[no-untyped-def]
+def _latest(mi: Any, datastore_id: str, image_set_id: str) -> str:
     _wait_active(mi, datastore_id, image_set_id)
     return str(mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["versionId"])
 
 
-def test_update_union_and_quota(mi, unchecked, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_update_union_and_quota(mi: Any, unchecked: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     image_set_id = loaded["image_sets"]["series-1"]
     latest = _latest(mi, datastore_id, image_set_id)
@@ -495,7 +496,7 @@ def test_update_union_and_quota(mi, unchecked, loaded) -> None:  # type: ignore[
         _update(mi, datastore_id, image_set_id, latest, updatable=big)
 
 
-def test_forced_update_records_override(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_forced_update_records_override(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     image_set_id = loaded["image_sets"]["series-2"]
     document = _metadata(mi, datastore_id, image_set_id)
@@ -519,7 +520,7 @@ def test_forced_update_records_override(mi, loaded) -> None:  # type: ignore[no-
     assert instance["DICOM"]["001910F9"] == "97" and instance["DICOMVRs"]["001910F9"] == "DS"
 
 
-def test_copy_to_new_and_existing_image_sets(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_copy_to_new_and_existing_image_sets(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     source_id = loaded["image_sets"]["series-3"]
     document = _metadata(mi, datastore_id, source_id)
@@ -609,7 +610,7 @@ def test_copy_to_new_and_existing_image_sets(mi, loaded) -> None:  # type: ignor
         )
 
 
-def test_a_copy_naming_what_the_source_lacks_fails_as_an_update_does(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_a_copy_naming_what_the_source_lacks_fails_as_an_update_does(mi: Any, loaded: dict) -> None:
     """Issue 25.5: accepted, then COPY_FAILED with the reason (as UPDATE_FAILED); malformed JSON is refused at once."""
     datastore_id = loaded["datastore_id"]
     source_id, destination_id = loaded["image_sets"]["series-5"], loaded["image_sets"]["series-2"]
@@ -661,7 +662,7 @@ def test_a_copy_naming_what_the_source_lacks_fails_as_an_update_does(mi, loaded)
         )
 
 
-def test_copy_frame_quota_is_402(mi, loaded, service: LocalAHI, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_copy_frame_quota_is_402(mi: Any, loaded: dict, service: LocalAHI, tmp_path: Path) -> None:
     spec = SeriesSpec(patient_id="BIG", study_key="big", series_key="big", slices=5, rows=8, columns=8)
     write_series(tmp_path / "big", spec)
     result = service.import_dicom(tmp_path / "big", datastore_id=loaded["datastore_id"])
@@ -673,7 +674,7 @@ def test_copy_frame_quota_is_402(mi, loaded, service: LocalAHI, tmp_path: Path) 
         )
 
 
-def test_delete_image_set(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_delete_image_set(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     image_set_id = loaded["image_sets"]["series-5"]
     response = mi.delete_image_set(datastoreId=datastore_id, imageSetId=image_set_id)
@@ -693,7 +694,7 @@ def test_delete_image_set(mi, loaded) -> None:  # type: ignore[no-untyped-def]
 # --- tags --------------------------------------------------------------------------------------
 
 
-def test_tags_on_image_sets(mi, loaded) -> None:  # type: ignore[no-untyped-def]
+def test_tags_on_image_sets(mi: Any, loaded: dict) -> None:
     datastore_id = loaded["datastore_id"]
     image_set_id = loaded["image_sets"]["series-6"]
     arn = mi.get_image_set(datastoreId=datastore_id, imageSetId=image_set_id)["imageSetArn"]
@@ -754,7 +755,7 @@ def test_host_prefix_injection_needs_disabling(service: LocalAHI, loaded) -> Non
 # --- persistence (last: it restarts the module's service) ----------------------------------------
 
 
-def test_restart_keeps_everything(service: LocalAHI, mi, loaded, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_restart_keeps_everything(service: LocalAHI, mi: Any, loaded: dict, data_dir: Path) -> None:
     datastore_id = loaded["datastore_id"]
     before_sets = sorted(_search_ids(mi, datastore_id, {}, page_size=50))
     image_set_id = loaded["image_sets"]["series-0"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_page_tokens_are_bound_to_their_query_and_never_negative() -> None:
     assert decode_token(None, "q") == decode_token("", "q") == 0
 
 
-def test_upload_keys_never_collide_whatever_the_inputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_upload_keys_never_collide_whatever_the_inputs(tmp_path: Path) -> None:
     """One folder keeps its layout; several inputs (folders and files mixed) each get a folder of their own."""
     from ahi_torch.local.imports.uploads import upload_plan
 

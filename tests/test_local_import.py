@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from pydicom.pixels import pixel_array
 
 from ahi_torch.codecs import decode_frame, pixel_crc32
 from ahi_torch.codecs.color import to_rgb
+from ahi_torch.local import LocalAHI
 from ahi_torch.local.imports.transcode import KEPT_AS_IMPORTED
 from ahi_torch.metadata import PixelDescription
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
@@ -35,7 +37,7 @@ def _reference(ds) -> np.ndarray:  # type: ignore[no-untyped-def]
     return pixels if frames > 1 else pixels[None]
 
 
-def _check_every_frame(ahi, data: ImportedData) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def _check_every_frame(ahi: LocalAHI, data: ImportedData) -> dict[str, str]:
     """Fetch and decode every frame of every imported file; returns file → stored transfer syntax."""
     mi = ahi.boto3_client()
     stored = {}
@@ -73,7 +75,7 @@ def _check_every_frame(ahi, data: ImportedData) -> dict[str, str]:  # type: igno
     return stored
 
 
-def test_synthetic_series_multiframe_and_rgb(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_synthetic_series_multiframe_and_rgb(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     result = synthetic_import.result
     assert len(result.successes) == 24 + 1 + 1
     assert [f["inputFile"].rsplit("/", 1)[-1] for f in result.failures] == ["notes.txt"]
@@ -85,7 +87,7 @@ def test_synthetic_series_multiframe_and_rgb(ahi, synthetic_import: ImportedData
     assert len(ct_sets) == 1, "all slices of one series form one primary image set"
 
 
-def test_synthetic_metadata_layout(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_synthetic_metadata_layout(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     mi = ahi.boto3_client()
     spec = synthetic_import.specs["ct"]
     image_set_id = synthetic_import.result.image_set_for("ct/ct-0000.dcm")
@@ -111,7 +113,7 @@ def test_synthetic_metadata_layout(ahi, synthetic_import: ImportedData) -> None:
     assert [(level["Width"], level["Height"]) for level in levels] == [(20, 24), (40, 48), (80, 96)]
 
 
-def test_reduced_resolution_checksums(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_reduced_resolution_checksums(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     mi = ahi.boto3_client()
     image_set_id = synthetic_import.result.image_set_for("ct/ct-0003.dcm")
     document = _document(mi, synthetic_import.datastore_id, image_set_id)
@@ -127,7 +129,7 @@ def test_reduced_resolution_checksums(ahi, synthetic_import: ImportedData) -> No
         assert pixel_crc32(reduced) == level["Checksum"]
 
 
-def test_real_files_decode_bit_exactly(ahi, real_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_real_files_decode_bit_exactly(ahi: LocalAHI, real_import: ImportedData) -> None:
     assert not real_import.result.failures, real_import.result.failures
     assert len(real_import.result.successes) == len(REAL_FILES)
     stored = _check_every_frame(ahi, real_import)
@@ -138,7 +140,7 @@ def test_real_files_decode_bit_exactly(ahi, real_import: ImportedData) -> None: 
     assert stored["emri_small_jpeg_ls_lossless.dcm"] == "1.2.840.10008.1.2.4.202"
 
 
-def test_real_file_private_tags_keep_vrs(ahi, real_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_real_file_private_tags_keep_vrs(ahi: LocalAHI, real_import: ImportedData) -> None:
     mi = ahi.boto3_client()
     ds = real_import.source(
         next(s["inputFile"] for s in real_import.result.successes if s["inputFile"].endswith("CT_small.dcm"))
@@ -152,7 +154,7 @@ def test_real_file_private_tags_keep_vrs(ahi, real_import: ImportedData) -> None
     assert instance["DICOM"]["KVP"] == "120 ", "text keeps its DICOM padding"
 
 
-def test_reimport_bumps_version_and_conflicts_go_non_primary(ahi, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_reimport_bumps_version_and_conflicts_go_non_primary(ahi: LocalAHI, tmp_path: Path) -> None:
     from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
     spec = SeriesSpec(patient_id="REIMPORT", study_key="re", series_key="re", slices=3, rows=16, columns=16)
@@ -171,7 +173,7 @@ def test_reimport_bumps_version_and_conflicts_go_non_primary(ahi, tmp_path) -> N
 
 
 @pytest.mark.parametrize("storage_format", ["JPEG_2000_LOSSLESS"])
-def test_jpeg2000_lossless_datastore(ahi, tmp_path, storage_format: str) -> None:  # type: ignore[no-untyped-def]
+def test_jpeg2000_lossless_datastore(ahi: LocalAHI, tmp_path: Path, storage_format: str) -> None:
     from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
     spec = SeriesSpec(patient_id="J2K", study_key="j2k", series_key="j2k", slices=2, rows=32, columns=24)
@@ -194,7 +196,7 @@ def test_jpeg2000_lossless_datastore(ahi, tmp_path, storage_format: str) -> None
     np.testing.assert_array_equal(decoded, pydicom.dcmread(paths[0]).pixel_array)
 
 
-def test_imports_are_examined_in_processes(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_imports_are_examined_in_processes(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     """The session service examines every file in its process pool (the checks above ran on that path)."""
     import os
 
@@ -205,7 +207,9 @@ def test_imports_are_examined_in_processes(ahi, synthetic_import: ImportedData) 
     assert pool.submit(os.getpid).result() != os.getpid(), "in processes of their own"
 
 
-def test_embedded_s3_inputs_are_read_from_moto_without_http(ahi, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_embedded_s3_inputs_are_read_from_moto_without_http(
+    ahi: LocalAHI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The job reads an embedded S3's objects from moto's store; an object it cannot find there goes over HTTP."""
     from ahi_torch.sample.synthetic import SeriesSpec, write_series
 
@@ -229,7 +233,7 @@ def test_embedded_s3_inputs_are_read_from_moto_without_http(ahi, tmp_path, monke
     assert again.status == "COMPLETED" and len(again.successes) == len(paths), "read over HTTP instead"
 
 
-def test_files_that_share_a_name_all_arrive(ahi, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_files_that_share_a_name_all_arrive(ahi: LocalAHI, tmp_path: Path) -> None:
     """Issue 22.6: a/1.dcm and b/1.dcm keyed by name overwrote each other; half arrived, reported as success."""
     inputs = []
     for folder in ("a", "b"):
@@ -246,7 +250,9 @@ def test_files_that_share_a_name_all_arrive(ahi, tmp_path) -> None:  # type: ign
     assert direct.manifest["jobSummary"]["numberOfImportedFiles"] == 2, "two same-named files given directly"
 
 
-def test_frames_are_synced_once_before_the_records_that_name_them(ahi, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_frames_are_synced_once_before_the_records_that_name_them(
+    ahi: LocalAHI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Pool workers write frame files without an fsync each; the job syncs once, before its commit."""
     from ahi_torch.local.imports import importer
 

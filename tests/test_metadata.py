@@ -7,6 +7,7 @@ import pydicom
 import pytest
 
 from ahi_torch.errors import MetadataError
+from ahi_torch.local import LocalAHI
 from ahi_torch.metadata import ImageSetMetadata, slice_normal
 
 from .conftest import ImportedData
@@ -95,7 +96,7 @@ def test_rejects_non_documents() -> None:
         ImageSetMetadata.parse(broken)
 
 
-def test_multiframe_maps_frame_n_to_image_frames(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_multiframe_maps_frame_n_to_image_frames(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     client = ahi.client()
     image_set_id = synthetic_import.result.image_set_for("mr/mr-multiframe.dcm")
     document = client.get_image_set_metadata(datastoreId=synthetic_import.datastore_id, imageSetId=image_set_id)
@@ -106,7 +107,7 @@ def test_multiframe_maps_frame_n_to_image_frames(ahi, synthetic_import: Imported
     assert instance.pixel is not None and instance.pixel.number_of_frames == 6 and instance.pixel.bits_stored == 12
 
 
-def test_private_tags_and_sequences_from_real_files(ahi, real_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_private_tags_and_sequences_from_real_files(ahi: LocalAHI, real_import: ImportedData) -> None:
     client = ahi.client()
     for name in ("CT_small.dcm", "US1_UNCR.dcm", "liver.dcm"):
         document = client.get_image_set_metadata(
@@ -125,7 +126,7 @@ def test_private_tags_and_sequences_from_real_files(ahi, real_import: ImportedDa
     assert instance.rescale_intercept == -1024.0 and instance.pixel_spacing is not None
 
 
-def test_geometry_matches_pydicom(ahi, synthetic_import: ImportedData) -> None:  # type: ignore[no-untyped-def]
+def test_geometry_matches_pydicom(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     client = ahi.client()
     image_set_id = synthetic_import.result.image_set_for("ct/ct-0000.dcm")
     image_set = ImageSetMetadata.parse(

@@ -87,7 +87,7 @@ def series_dir(imported: dict, index: FrameIndex, uri: str) -> Path:
     return imported["root"] / name
 
 
-def test_references_carry_the_label_and_every_other_column(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
+def test_references_carry_the_label_and_every_other_column(ahi: LocalAHI, imported: dict) -> None:
     index = imported["index"]
     volumes = index.volumes()
     data = references(index, label="patient_id", columns=("patient_id", "modality"))
@@ -106,7 +106,7 @@ def test_references_carry_the_label_and_every_other_column(ahi, imported: dict) 
     assert all(set(entry) == {"image", "patient_id"} for entry in from_dataset), "no labels, no label key"
 
 
-def test_load_ahid_matches_monai_pydicom_reader(ahi, imported: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_load_ahid_matches_monai_pydicom_reader(ahi: LocalAHI, imported: dict, tmp_path: Path) -> None:
     index = imported["index"]
     data = references(index, label="patient_id")
     assert len(data) == 3 and all(d["image"].startswith("ahi://") and "?version=1" in d["image"] for d in data)
@@ -129,7 +129,7 @@ def test_load_ahid_matches_monai_pydicom_reader(ahi, imported: dict, tmp_path: P
         assert mine.meta["space"] == "RAS" and mine.meta["filename_or_obj"] == entry["image"]
 
 
-def test_to_metatensor_puts_every_voxel_where_pydicom_says(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
+def test_to_metatensor_puts_every_voxel_where_pydicom_says(ahi: LocalAHI, imported: dict) -> None:
     index = imported["index"]
     volumes = VolumeDataset(index, ahi.client(), rescale=False, dtype=None)
     for index in range(len(volumes)):
@@ -165,7 +165,7 @@ def test_to_metatensor_puts_every_voxel_where_pydicom_says(ahi, imported: dict) 
             assert int(image[0, column, row, k]) == int(ds.pixel_array[row, column])
 
 
-def test_caching_datasets_hash_references_and_never_refetch(ahi, imported: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_caching_datasets_hash_references_and_never_refetch(ahi: LocalAHI, imported: dict, tmp_path: Path) -> None:
     index = imported["index"]
     frames = len(index)
     load = LoadAHId("image", index=index, source=FrameFetcher(ahi.client(), cache=FrameCache(tmp_path / "frames")))
@@ -200,7 +200,7 @@ def test_caching_datasets_hash_references_and_never_refetch(ahi, imported: dict,
     torch.testing.assert_close(batches[0]["image"][0].as_tensor(), cached[0]["image"].as_tensor())
 
 
-def test_stale_or_unknown_references_fail_clearly(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
+def test_stale_or_unknown_references_fail_clearly(ahi: LocalAHI, imported: dict) -> None:
     index = imported["index"]
     load = LoadAHId("image", index=index, source=ahi.client())
     uri = references(index)[0]["image"]
@@ -212,7 +212,7 @@ def test_stale_or_unknown_references_fail_clearly(ahi, imported: dict) -> None: 
         LoadAHId("image", index=index, source=ahi.client(), error_policy="skip")
 
 
-def test_frames_become_2d_metatensors(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
+def test_frames_become_2d_metatensors(ahi: LocalAHI, imported: dict) -> None:
     item = FrameDataset(imported["index"], ahi.client())[3]
     image = to_metatensor(item)
     h, w = item["image"].shape[1:]
@@ -223,7 +223,7 @@ def test_frames_become_2d_metatensors(ahi, imported: dict) -> None:  # type: ign
     assert image.meta["filename_or_obj"].endswith(f"&frame={item['meta']['frame_id']}")
 
 
-def test_figure_three_planes_before_and_after_spacing(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
+def test_figure_three_planes_before_and_after_spacing(ahi: LocalAHI, imported: dict) -> None:
     """Renders docs/monai-spacing.png: an oblique volume's three planes before and after Spacingd."""
     matplotlib = pytest.importorskip("matplotlib")
     matplotlib.use("Agg")
@@ -259,7 +259,7 @@ def test_figure_three_planes_before_and_after_spacing(ahi, imported: dict) -> No
     np.testing.assert_allclose(np.linalg.norm(after.affine.numpy()[:3, :3], axis=0), [0.5, 0.5, 0.5], atol=1e-6)
 
 
-def test_load_ahid_reads_reduced_resolutions(ahi, imported: dict) -> None:  # type: ignore[no-untyped-def]
+def test_load_ahid_reads_reduced_resolutions(ahi: LocalAHI, imported: dict) -> None:
     """LoadAHId passes reduce through: half-size volumes whose spacing doubles and whose origin stays."""
     index = imported["index"]
     uri = references(index)[0]["image"]

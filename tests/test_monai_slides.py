@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -40,7 +42,9 @@ def slide_index(ahi: LocalAHI, tmp_path_factory: pytest.TempPathFactory) -> Fram
     return build_index(ahi.client(), result.datastore_id, progress=False)
 
 
-def test_patch_wsi_dataset_reads_what_patch_dataset_serves(ahi, slide_index: FrameIndex, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_patch_wsi_dataset_reads_what_patch_dataset_serves(
+    ahi: LocalAHI, slide_index: FrameIndex, tmp_path: Path
+) -> None:
     fetcher = FrameFetcher(ahi.client(), cache=FrameCache(tmp_path / "cache"))
     patches = PatchDataset(slide_index, fetcher, size=(160, 96), level=1, labels="patient_id")
     data = references(patches)
@@ -55,7 +59,7 @@ def test_patch_wsi_dataset_reads_what_patch_dataset_serves(ahi, slide_index: Fra
         assert list(np.asarray(location)) == ours["meta"]["location"].tolist()[::-1]  # MONAI's (y, x)
 
 
-def test_the_reader_answers_as_monai_readers_do(ahi, slide_index: FrameIndex) -> None:  # type: ignore[no-untyped-def]
+def test_the_reader_answers_as_monai_readers_do(ahi: LocalAHI, slide_index: FrameIndex) -> None:
     reader = AHIWSIReader(ahi.client(), mode="RGBA")
     patches = PatchDataset(slide_index, ahi.client(), size=64, level=0)
     slide = reader.read(patches.slides[0].uri)

@@ -6,6 +6,7 @@ import pickle
 import warnings
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,7 +78,9 @@ def expected_patch(spec: SlideSpec, level: int, location: tuple[int, int], size:
 
 
 @pytest.mark.parametrize("level", [0, 1])
-def test_every_patch_equals_the_source_and_the_grid_covers_each_slide_once(ahi, cohort: Cohort, level: int) -> None:  # type: ignore[no-untyped-def]
+def test_every_patch_equals_the_source_and_the_grid_covers_each_slide_once(
+    ahi: LocalAHI, cohort: Cohort, level: int
+) -> None:
     size = (200, 150)
     patches = PatchDataset(cohort.slide_index, ahi.client(), size=size, level=level)
     covered = {name: np.zeros(spec.level_size(0)[::-1], dtype=np.int64) for name, spec in SPECS.items()}
@@ -99,7 +102,7 @@ def test_every_patch_equals_the_source_and_the_grid_covers_each_slide_once(ahi, 
         assert (counts == 1).all(), f"slide {name}: the grid must cover every pixel exactly once"
 
 
-def test_mpp_picks_the_level_and_resizes_between_levels(ahi, cohort: Cohort) -> None:  # type: ignore[no-untyped-def]
+def test_mpp_picks_the_level_and_resizes_between_levels(ahi: LocalAHI, cohort: Cohort) -> None:
     spec = SPECS["full"]
     exact = PatchDataset(cohort.slide_index, ahi.client(), size=64, mpp=2 * spec.mpp, locations=None)
     assert {reading.level for reading in exact.readings} == {1} and exact.readings[0].read_size == (64, 64)
@@ -128,7 +131,7 @@ def test_mpp_picks_the_level_and_resizes_between_levels(ahi, cohort: Cohort) -> 
     np.testing.assert_array_equal(patch["image"].permute(1, 2, 0).numpy(), expected)
 
 
-def test_a_patch_fetches_only_its_covering_tiles(ahi, cohort: Cohort) -> None:  # type: ignore[no-untyped-def]
+def test_a_patch_fetches_only_its_covering_tiles(ahi: LocalAHI, cohort: Cohort) -> None:
     full = cohort.slide_index.column("patient_id") == SPECS["full"].series.patient_id.encode()
     image_set_id = cohort.slide_index.column("image_set_id")[full][0].decode()
     locations = [(image_set_id, 10, 10), (image_set_id, 240, 240), (image_set_id, 990, 690), (image_set_id, 2000, 0)]
@@ -144,7 +147,7 @@ def test_a_patch_fetches_only_its_covering_tiles(ahi, cohort: Cohort) -> None:  
     assert ahi.request_counts().get("GetImageFrame", 0) - before == sum(expected_tiles)
 
 
-def test_tissue_keeps_the_patches_over_tissue(ahi, cohort: Cohort) -> None:  # type: ignore[no-untyped-def]
+def test_tissue_keeps_the_patches_over_tissue(ahi: LocalAHI, cohort: Cohort) -> None:
     every = PatchDataset(cohort.slide_index, ahi.client(), size=128, level=0)
     tissue = PatchDataset(cohort.slide_index, ahi.client(), size=128, level=0, tissue=0.5)
     assert 0 < len(tissue) < len(every)
@@ -182,7 +185,7 @@ def test_otsu_separates_two_clusters(low: float, high: float, counts: tuple[int,
     assert otsu_threshold(np.full(100, 0.4)) == pytest.approx(0.4)
 
 
-def test_labels_per_slide_and_balanced_sampling(ahi, cohort: Cohort) -> None:  # type: ignore[no-untyped-def]
+def test_labels_per_slide_and_balanced_sampling(ahi: LocalAHI, cohort: Cohort) -> None:
     labels = {cohort.series["full"]: "tumour", cohort.series["sparse"]: "normal"}
     patches = PatchDataset(cohort.slide_index, ahi.client(), size=100, level=0, labels=labels)
     assert patches.classes == ["normal", "tumour"]
@@ -197,7 +200,7 @@ def test_labels_per_slide_and_balanced_sampling(ahi, cohort: Cohort) -> None:  #
     assert abs(drawn[0] - drawn[1]) < 400, f"balanced per slide: {drawn}"
 
 
-def test_non_slides_are_left_out_loudly_and_bad_options_fail(ahi, cohort: Cohort) -> None:  # type: ignore[no-untyped-def]
+def test_non_slides_are_left_out_loudly_and_bad_options_fail(ahi: LocalAHI, cohort: Cohort) -> None:
     with pytest.warns(NotASlideWarning, match="1 of 3 image sets hold no whole-slide image"):
         mixed = PatchDataset(cohort.index, ahi.client(), size=256, level=0)
     assert len(mixed.slides) == 2
@@ -218,7 +221,7 @@ def test_non_slides_are_left_out_loudly_and_bad_options_fail(ahi, cohort: Cohort
                 PatchDataset(cohort.slide_index, ahi.client(), **options)  # type: ignore[arg-type]
 
 
-def test_a_damaged_tile_goes_through_the_error_policy(ahi, cohort: Cohort) -> None:  # type: ignore[no-untyped-def]
+def test_a_damaged_tile_goes_through_the_error_policy(ahi: LocalAHI, cohort: Cohort) -> None:
     strict = PatchDataset(cohort.slide_index, ahi.client(), size=64, level=0, error_policy="raise")
     skipping = PatchDataset(cohort.slide_index, ahi.client(), size=64, level=0, error_policy="skip")
     row = int(strict._rows(0)[0])
@@ -238,7 +241,7 @@ def test_a_damaged_tile_goes_through_the_error_policy(ahi, cohort: Cohort) -> No
 
 
 @pytest.mark.parametrize("context", ["spawn"])
-def test_workers_serve_the_same_patches(ahi, cohort: Cohort, context: str) -> None:  # type: ignore[no-untyped-def]
+def test_workers_serve_the_same_patches(ahi: LocalAHI, cohort: Cohort, context: str) -> None:
     patches = PatchDataset(cohort.slide_index, FrameFetcher(ahi.client()), size=128, level=1)
     assert pickle.loads(pickle.dumps(patches)).slides == [], "workers get arrays, not a string per tile"
     loader = DataLoader(patches, batch_size=4, num_workers=2, multiprocessing_context=context)
@@ -250,7 +253,9 @@ def test_workers_serve_the_same_patches(ahi, cohort: Cohort, context: str) -> No
     assert summary["items_served"] == len(patches) and summary["requests"] > 0
 
 
-def test_a_config_with_view_patches_builds_a_balanced_patch_loader(ahi, cohort: Cohort, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_config_with_view_patches_builds_a_balanced_patch_loader(
+    ahi: LocalAHI, cohort: Cohort, tmp_path: Path
+) -> None:
     from ahi_torch import config
     from ahi_torch.config.schema import Config
 
@@ -276,7 +281,9 @@ def test_a_config_with_view_patches_builds_a_balanced_patch_loader(ahi, cohort: 
     assert sum(drawn.values()) == len(dataset) and min(drawn.values()) > len(dataset) / 4, drawn
 
 
-def test_cache_warm_fetches_each_tile_of_a_patch_config_once(ahi, cohort: Cohort, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cache_warm_fetches_each_tile_of_a_patch_config_once(
+    ahi: LocalAHI, cohort: Cohort, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from ahi_torch.cli.main import main
 
     config = tmp_path / "patches.yaml"

@@ -14,6 +14,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex
+from ahi_torch.local import LocalAHI
 from ahi_torch.samplers import (
     DistributedSampler,
     NodePinnedSampler,
@@ -26,6 +27,8 @@ from ahi_torch.samplers import (
 from ahi_torch.samplers.orders import grouped
 from ahi_torch.samplers.pinned import assign_to_nodes
 from ahi_torch.samplers.splits import group_counts
+
+from .conftest import ImportedData
 
 
 class Numbers(Dataset):
@@ -323,7 +326,7 @@ def test_splits_are_disjoint_complete_and_independent_of_key_order(groups, weigh
         assert abs(counts.get(name, 0) - fractions[name] * distinct) < 1, "as close as whole groups allow"
 
 
-def test_index_splits(ahi, synthetic_import) -> None:  # type: ignore[no-untyped-def]
+def test_index_splits(ahi: LocalAHI, synthetic_import: ImportedData) -> None:
     from ahi_torch.index import build_index
 
     index: FrameIndex = build_index(ahi.client(), synthetic_import.datastore_id, progress=False)

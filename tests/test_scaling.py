@@ -32,6 +32,8 @@ from ahi_torch.local import LocalAHI
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
 from ahi_torch.samplers import NodePinnedSampler, assign_to_nodes
 
+from .conftest import ImportedData
+
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
 
 
@@ -187,7 +189,9 @@ def test_parse_shard_from_flag_and_torchrun() -> None:
             parse_shard(bad, {})
 
 
-def test_sharded_warming_fills_each_node_with_what_it_trains_on(ahi, synthetic_import, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sharded_warming_fills_each_node_with_what_it_trains_on(
+    ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path
+) -> None:
     index_path = tmp_path / "index.parquet"
     build_index(ahi.client(), synthetic_import.datastore_id, progress=False).save(index_path)
     config = tmp_path / "pinned.yaml"

@@ -6,6 +6,7 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import boto3
 import pytest
@@ -19,6 +20,8 @@ from botocore.exceptions import ClientError
 from ahi_torch.local import LocalAHI
 from ahi_torch.local.service.security import signature_required
 from ahi_torch.local.service.sigv4 import SignatureVerifier
+
+from .conftest import ImportedData
 
 pytestmark = pytest.mark.service  # runs a local AHI (or its processes) of its own
 
@@ -127,7 +130,9 @@ def test_no_credentials_or_patient_data_in_logs(signed: LocalAHI, caplog: pytest
     assert SECRET not in logged and PATIENT not in logged
 
 
-def test_no_file_ahi_torch_writes_holds_the_credentials(ahi, synthetic_import, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_no_file_ahi_torch_writes_holds_the_credentials(
+    ahi: LocalAHI, synthetic_import: ImportedData, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Issue 22.8: manifest.json stored secret_access_key and session_token in plain text."""
     from ahi_torch.cli.main import main
     from ahi_torch.config import build_dataloader, build_dataset, config_hash, load, to_dict, write_manifest

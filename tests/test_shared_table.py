@@ -28,6 +28,7 @@ from ahi_torch.index import frame_index as frame_index_module
 from ahi_torch.index.build import SORT_KEYS
 from ahi_torch.index.rows import CODED_TEXT, COLUMNS, RowBuffer, sort_rows
 from ahi_torch.index.shared_table import STALE_AFTER_S, SharedTable
+from ahi_torch.local import LocalAHI
 from ahi_torch.metadata import ImageSetMetadata
 from ahi_torch.sample.metadata_documents import DATASTORE, metadata_document
 
@@ -35,7 +36,7 @@ from .conftest import ImportedData
 
 
 @pytest.fixture(scope="module")
-def mixed_index(ahi, synthetic_import: ImportedData) -> FrameIndex:  # type: ignore[no-untyped-def]
+def mixed_index(ahi: LocalAHI, synthetic_import: ImportedData) -> FrameIndex:
     """CT, multi-frame MR and RGB series: several series, syntaxes and photometrics."""
     return build_index(ahi.client(), synthetic_import.datastore_id, progress=False)
 

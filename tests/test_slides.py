@@ -88,7 +88,7 @@ def expected_region(spec: SlideSpec, level: int, left: int, top: int, width: int
 
 
 @pytest.mark.parametrize("name", ["full", "sparse", "oblong"])
-def test_every_level_equals_its_source_pixel_for_pixel(ahi, slides, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_level_equals_its_source_pixel_for_pixel(ahi: LocalAHI, slides: dict[str, Imported], name: str) -> None:
     slide, spec = _open(ahi, slides[name]), slides[name].spec
     assert slide.level_count == spec.levels
     assert slide.level_dimensions == tuple(spec.level_size(level) for level in range(spec.levels))
@@ -99,7 +99,9 @@ def test_every_level_equals_its_source_pixel_for_pixel(ahi, slides, name: str) -
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_any_region_equals_the_source_across_seams_and_edges(ahi, slides, tmp_path_factory, data) -> None:  # type: ignore[no-untyped-def]
+def test_any_region_equals_the_source_across_seams_and_edges(
+    ahi: LocalAHI, slides: dict[str, Imported], tmp_path_factory: pytest.TempPathFactory, data
+) -> None:  # type: ignore[no-untyped-def]
     name = data.draw(st.sampled_from(["full", "sparse", "oblong"]))
     spec = slides[name].spec
     level = data.draw(st.integers(0, spec.levels - 1))
@@ -123,7 +125,9 @@ def _open_cached(ahi: LocalAHI, slide: Imported, cache: FrameCache) -> Slide:
     return _OPENED[key]
 
 
-def test_a_location_in_level_0_pixels_reads_the_same_place_at_every_level(ahi, slides) -> None:  # type: ignore[no-untyped-def]
+def test_a_location_in_level_0_pixels_reads_the_same_place_at_every_level(
+    ahi: LocalAHI, slides: dict[str, Imported]
+) -> None:
     slide, spec = _open(ahi, slides["full"]), slides["full"].spec
     for level in range(spec.levels):
         region = slide.read_region((400, 300), level, (32, 24))
@@ -133,7 +137,7 @@ def test_a_location_in_level_0_pixels_reads_the_same_place_at_every_level(ahi, s
         )
 
 
-def test_only_the_covering_tiles_are_fetched(ahi, slides) -> None:  # type: ignore[no-untyped-def]
+def test_only_the_covering_tiles_are_fetched(ahi: LocalAHI, slides: dict[str, Imported]) -> None:
     slide = _open(ahi, slides["full"])  # no cache: every tile read is a request
     cases = [
         ((10, 10), 0, (100, 100), 1),  # inside one tile
@@ -152,7 +156,7 @@ def test_only_the_covering_tiles_are_fetched(ahi, slides) -> None:  # type: igno
         assert fetched == tiles == slide.tiles_covering(location, level, size), (location, level, size)
 
 
-def test_jpeg_baseline_tiles_are_within_jpeg_error(ahi, slides) -> None:  # type: ignore[no-untyped-def]
+def test_jpeg_baseline_tiles_are_within_jpeg_error(ahi: LocalAHI, slides: dict[str, Imported]) -> None:
     slide, imported = _open(ahi, slides["jpeg"]), slides["jpeg"]
     for level, path in enumerate(imported.paths):
         ds = pydicom.dcmread(path)
@@ -174,7 +178,7 @@ def test_jpeg_baseline_tiles_are_within_jpeg_error(ahi, slides) -> None:  # type
         assert error.mean() < 4, f"level {level} is not the source within JPEG error (mean {error.mean():.1f})"
 
 
-def test_slide_attributes_as_openslide_has_them(ahi, slides) -> None:  # type: ignore[no-untyped-def]
+def test_slide_attributes_as_openslide_has_them(ahi: LocalAHI, slides: dict[str, Imported]) -> None:
     slide, spec = _open(ahi, slides["full"]), slides["full"].spec
     assert slide.dimensions == (1000, 700) and slide.level_downsamples == (1.0, 2.0, 4.0)
     assert slide.mpp == pytest.approx(spec.mpp)
@@ -195,7 +199,7 @@ def test_slide_attributes_as_openslide_has_them(ahi, slides) -> None:  # type: i
     assert np.abs(thumbnail.astype(int).mean(axis=(0, 1)) - slide_pixels(spec, 2).mean(axis=(0, 1))).max() < 3
 
 
-def test_associated_images(ahi, slides) -> None:  # type: ignore[no-untyped-def]
+def test_associated_images(ahi: LocalAHI, slides: dict[str, Imported]) -> None:
     full, sparse = _open(ahi, slides["full"]), _open(ahi, slides["sparse"])
     assert set(full.associated_images) == {"label", "overview"}
     np.testing.assert_array_equal(full.associated_images["label"], associated_pixels(SPECS["full"], "LABEL"))
@@ -204,7 +208,7 @@ def test_associated_images(ahi, slides) -> None:  # type: ignore[no-untyped-def]
     assert _open(ahi, slides["jpeg"]).associated_images == {}
 
 
-def test_bad_requests_fail_clearly(ahi, slides, index_of_ct) -> None:  # type: ignore[no-untyped-def]
+def test_bad_requests_fail_clearly(ahi: LocalAHI, slides: dict[str, Imported], index_of_ct: tuple[str, str]) -> None:
     slide = _open(ahi, slides["full"])
     with pytest.raises(ConfigError, match="level 3 is not one of the slide's 3 levels"):
         slide.read_region((0, 0), 3, (10, 10))
@@ -299,7 +303,7 @@ def test_associated_images_take_their_first_optical_path() -> None:
     np.testing.assert_array_equal(pyramid.associated["label"].tiles, [[0]])
 
 
-def test_downsamples_and_mpp_without_square_pixels_or_without_spacing(ahi) -> None:  # type: ignore[no-untyped-def]
+def test_downsamples_and_mpp_without_square_pixels_or_without_spacing(ahi: LocalAHI) -> None:
     def level(width: int, height: int, spacing: list[str] | None) -> dict:
         dicom: dict = {"TotalPixelMatrixColumns": width, "TotalPixelMatrixRows": height}
         if spacing is not None:

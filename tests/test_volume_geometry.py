@@ -68,7 +68,7 @@ def _only(index: FrameIndex, spec: SeriesSpec) -> FrameIndex:
     return index.filter(index.column("series_instance_uid") == spec.series_uid.encode())
 
 
-def test_volume_affine_maps_every_voxel_to_its_dicom_position(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]
+def test_volume_affine_maps_every_voxel_to_its_dicom_position(ahi: LocalAHI, series: dict) -> None:
     spec = series["specs"]["regular"]
     item = VolumeDataset(_only(series["index"], spec), ahi.client(), rescale=False, dtype=None)[0]
     meta = item["meta"]
@@ -90,7 +90,7 @@ def test_volume_affine_maps_every_voxel_to_its_dicom_position(ahi, series: dict)
             np.testing.assert_allclose((affine @ [k, row, column, 1])[:3], expected, atol=1e-4)
 
 
-def test_frame_affine_maps_pixels_to_their_dicom_position(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]
+def test_frame_affine_maps_pixels_to_their_dicom_position(ahi: LocalAHI, series: dict) -> None:
     spec = series["specs"]["regular"]
     dataset = FrameDataset(_only(series["index"], spec), ahi.client())
     for unit in (0, 5):
@@ -105,7 +105,7 @@ def test_frame_affine_maps_pixels_to_their_dicom_position(ahi, series: dict) -> 
         np.testing.assert_allclose(item["meta"]["spacing"].numpy(), [0.8, 0.8], atol=1e-6)
 
 
-def test_irregular_series_warn_by_default_and_fail_on_request(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]
+def test_irregular_series_warn_by_default_and_fail_on_request(ahi: LocalAHI, series: dict) -> None:
     index, specs = series["index"], series["specs"]
     with pytest.warns(IrregularSeriesWarning) as caught:
         volumes = VolumeDataset(index, ahi.client())
@@ -137,7 +137,7 @@ def test_irregular_series_warn_by_default_and_fail_on_request(ahi, series: dict)
     assert replaced["meta"]["regular"] and skipping.failures.records[0].kind == "GeometryError"
 
 
-def test_a_filter_that_leaves_gaps_is_flagged(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]
+def test_a_filter_that_leaves_gaps_is_flagged(ahi: LocalAHI, series: dict) -> None:
     spec = series["specs"]["regular"]
     index = _only(series["index"], spec)
     gappy = index.filter(index.column("slice_index") != 3)
@@ -157,7 +157,7 @@ def test_a_filter_that_leaves_gaps_is_flagged(ahi, series: dict) -> None:  # typ
     )
 
 
-def test_reduce_scales_the_in_plane_geometry(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]
+def test_reduce_scales_the_in_plane_geometry(ahi: LocalAHI, series: dict) -> None:
     spec = series["specs"]["regular"]
     index = _only(series["index"], spec)
     full = VolumeDataset(index, ahi.client())[0]
@@ -169,7 +169,7 @@ def test_reduce_scales_the_in_plane_geometry(ahi, series: dict) -> None:  # type
     np.testing.assert_allclose(frame["meta"]["spacing"].numpy(), [1.6, 1.6], atol=1e-4)
 
 
-def test_float64_computes_the_rescale_in_float64(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]
+def test_float64_computes_the_rescale_in_float64(ahi: LocalAHI, series: dict) -> None:
     spec = series["specs"]["mr"]
     dataset = FrameDataset(_only(series["index"], spec), ahi.client(), dtype=torch.float64)
     item = dataset[1]
@@ -188,7 +188,7 @@ def test_float64_computes_the_rescale_in_float64(ahi, series: dict) -> None:  # 
         np.testing.assert_allclose(volume["image"][0, k].numpy(), expected, rtol=0, atol=1e-9)
 
 
-def test_volume_hounsfield_units_and_window_match_pydicom(ahi, series: dict) -> None:  # type: ignore[no-untyped-def]
+def test_volume_hounsfield_units_and_window_match_pydicom(ahi: LocalAHI, series: dict) -> None:
     spec = series["specs"]["regular"]
     index = _only(series["index"], spec)
     hu = VolumeDataset(index, ahi.client())[0]["image"][0].numpy()

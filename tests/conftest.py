@@ -51,7 +51,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # One session-wide service serves every test module, each with its own data store: more than AHI's
-# default quota of 10 (the quota itself is tested in test_local_conformance.py).
+# default quota of 10 (the quota itself is tested in local/test_conformance.py).
 # Every import of the session service is parsed and transcoded in its process pool (as
 # `ahi-torch local serve` does), so the strict per-frame import tests check that path; the other
 # services of the suite use the importer's threads (the embedded default).

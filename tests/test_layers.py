@@ -171,3 +171,11 @@ def test_the_local_backend_owns_every_sql_statement() -> None:
         if re.search(r"\.execute(many|script)?\(|\b(SELECT|INSERT|UPDATE|DELETE)\s", line)
     ]
     assert not outside, "SQL outside ahi_torch/local/models: " + ", ".join(outside)
+
+
+def test_tests_mirror_the_package() -> None:
+    """Each folder of tests/ holds the tests of the ahi_torch package of the same name."""
+    tests = Path(__file__).resolve().parent
+    folders = {path.name for path in tests.iterdir() if path.is_dir() and (path / "__init__.py").exists()}
+    packages = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").exists()}
+    assert folders <= packages, f"test folders without a package: {sorted(folders - packages)}"

@@ -1,7 +1,7 @@
 """Every README code block runs as written, in document order, from a copy of the repository's configs.
 
 The only blocks left out are the Quickstart's ``make demo`` / ``make test`` (``make test`` would run this suite
-inside itself; ``make demo`` is tested by test_demo.py) and untagged blocks (sample output).
+inside itself; ``make demo`` is tested by sample/test_demo.py) and untagged blocks (sample output).
 """
 
 from __future__ import annotations

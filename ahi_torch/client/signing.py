@@ -11,7 +11,7 @@ small JSON body, the same headers), so what does not change is computed once:
   else);
 
 and each request costs a SHA-256 of its body and of its canonical request plus one HMAC. The
-result is byte for byte what botocore signs (``tests/test_signing.py`` compares both for every
+result is byte for byte what botocore signs (``tests/client/test_signing.py`` compares both for every
 kind of credentials), so AHI cannot tell the two apart. Credentials are frozen per request, so
 refreshed and temporary credentials (with their session token) work as with botocore.
 

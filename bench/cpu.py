@@ -61,7 +61,7 @@ def _assembly(dataset: FrameDataset, pixels: list[Any], batch_size: int = 16) ->
     """The dataset's own work per item above its frames, as ``__getitems__`` does it a batch at a time."""
     for start in range(0, len(pixels), batch_size):
         units = list(range(start, min(start + batch_size, len(pixels))))
-        dataset.table.refs(np.asarray(units))
+        dataset.frame_table.refs(np.asarray(units))
         dataset._build_batch(units, [[pixels[unit]] for unit in units])
     return len(pixels)
 

@@ -26,7 +26,7 @@ def _build_part(job: tuple[int, int, str]) -> dict[str, Any]:
 
     import pyarrow as pa
 
-    from ahi_torch.index.rows import RowBuffer
+    from ahi_torch.index.columns import RowBuffer
     from ahi_torch.metadata import ImageSetMetadata
 
     start, stop, path = job
@@ -55,8 +55,8 @@ def build(frames: int, work: Path, processes: int = 2) -> tuple[Any, dict[str, f
 
     from ahi_torch.index import FrameIndex
     from ahi_torch.index.build import SORT_KEYS
+    from ahi_torch.index.columns import sort_rows
     from ahi_torch.index.frame_index import new_info
-    from ahi_torch.index.rows import sort_rows
 
     image_sets = max(1, frames // SLICES)
     step = -(-image_sets // (processes * 8))
@@ -124,7 +124,7 @@ class IndexEpoch:
         return self.parts
 
     def __getitem__(self, part: int) -> dict[str, Any]:
-        table = self.dataset.table
+        table = self.dataset.frame_table
         under = str(table.shared.directory)
         before = memory(under)
         for row in range(part, len(table), self.parts):
@@ -163,7 +163,7 @@ def measure(frames: int, work: Path, workers: int = 8) -> dict[str, Any]:
     dataset_s = time.perf_counter() - started
     del index
     gc.collect()
-    table_bytes = dataset.table.nbytes
+    table_bytes = dataset.frame_table.nbytes
     loader = DataLoader(
         IndexEpoch(dataset, workers),
         batch_size=None,
@@ -187,7 +187,7 @@ def measure(frames: int, work: Path, workers: int = 8) -> dict[str, Any]:
         "parquet_bytes": path.stat().st_size,
         "index_bytes_in_memory": in_memory,
         "table_bytes": table_bytes,
-        "encodings": dataset.table.shared.encodings,
+        "encodings": dataset.frame_table.shared.encodings,
         "workers_memory": reports,
         "worker_growth": growth,
         "node_bytes": table_bytes + sum(growth),

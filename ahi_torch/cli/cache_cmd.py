@@ -85,7 +85,7 @@ def warm_command(args: argparse.Namespace) -> int:
     from ..samplers import assign_to_nodes
 
     dataset = _dataset(args)
-    table = dataset.table
+    table = dataset.frame_table
     items = np.arange(len(dataset))
     shard = parse_shard(args.shard)
     where = ""
@@ -121,7 +121,7 @@ def verify_command(args: argparse.Namespace) -> int:
     from ..errors import ChecksumMismatch
 
     dataset = _dataset(args)
-    table, fetcher = dataset.table, dataset.fetcher
+    table, fetcher = dataset.frame_table, dataset.fetcher
     cache = fetcher.cache
     assert cache is not None  # _dataset refuses configs with the cache disabled
     if not cache.available:

@@ -181,7 +181,7 @@ class AHIDataset(Dataset[Any]):
         )
         if self.fetcher.cache is not None:
             warn_cache_too_small(index, self.fetcher.cache, self.fetcher.reduce)
-        self.table = FrameTable(index, table_dir, labels=resolved.values if resolved is not None else None)
+        self.frame_table = FrameTable(index, table_dir, labels=resolved.values if resolved is not None else None)
         self.labels = resolved
         self.transform = transform
         self.intensity = Intensity(rescale=rescale, window=window, dtype=dtype)
@@ -217,7 +217,7 @@ class AHIDataset(Dataset[Any]):
 
     def labels_of_rows(self, rows: np.ndarray) -> torch.Tensor | None:
         """The labels of index ``rows`` (class indices as long, values as float32), or None without labels."""
-        column = self.table.label
+        column = self.frame_table.label
         if self.labels is None or column is None:
             return None
         values = np.asarray(column[rows])
@@ -240,7 +240,7 @@ class AHIDataset(Dataset[Any]):
         """
         if column not in GROUP_COLUMNS:
             raise ConfigError(f"items can be grouped by {', '.join(GROUP_COLUMNS)}, not {column!r}")
-        return self.table.texts(column, self.first_rows())
+        return self.frame_table.texts(column, self.first_rows())
 
     def first_rows(self) -> np.ndarray:
         """The index row of every item's first frame."""
@@ -252,7 +252,7 @@ class AHIDataset(Dataset[Any]):
     def refs(self, index: int) -> list[FrameRef]:
         """What the fetcher needs for each frame of item ``index``."""
         self._check(index)
-        return self.table.refs(self._rows(index))
+        return self.frame_table.refs(self._rows(index))
 
     def _finish(self, item: dict[str, Any]) -> Any:
         return self.transform(item) if self.transform is not None else item
@@ -263,8 +263,8 @@ class AHIDataset(Dataset[Any]):
 
     def _describe(self, index: int) -> str:
         rows = self._rows(index)
-        first = int(rows[0])
-        return f"image set {self.table.text('image_set_id', first)} frame {self.table.text('frame_id', first)}"
+        first, table = int(rows[0]), self.frame_table
+        return f"image set {table.text('image_set_id', first)} frame {table.text('frame_id', first)}"
 
     def _fail(self, index: int, error: Exception, replaced_by: int | None) -> None:
         if replaced_by is not None:
@@ -375,7 +375,7 @@ class AHIDataset(Dataset[Any]):
                 continue
             rows.append(self._rows(index))
             refusals.append(None)
-        futures = self.fetcher.submit_many(self.table.refs(np.concatenate(rows)))
+        futures = self.fetcher.submit_many(self.frame_table.refs(np.concatenate(rows)))
         ends = np.cumsum([len(item_rows) for item_rows in rows]).tolist()
         return [
             refusal if refusal is not None else futures[end - len(item_rows) : end]

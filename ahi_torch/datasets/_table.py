@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ..fetch import FrameRef
 from ..index import FrameIndex
-from ..index.rows import MAX_REDUCE
+from ..index.columns import MAX_REDUCE
 from ..index.shared_table import SharedTable
 from ..metadata import PixelDescription
 

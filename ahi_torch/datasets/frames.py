@@ -51,7 +51,7 @@ class FrameDataset(AHIDataset):
     """
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.frame_table)
 
     def _rows(self, index: int) -> np.ndarray:
         return np.array([index], dtype=np.int64)
@@ -63,7 +63,7 @@ class FrameDataset(AHIDataset):
         return self._build_batch([index], [frames])[0]
 
     def _build_batch(self, indices: Sequence[int], frames: Sequence[list[np.ndarray]]) -> list[dict[str, Any]]:
-        table, rows = self.table, np.asarray(indices, dtype=np.int64)
+        table, rows = self.frame_table, np.asarray(indices, dtype=np.int64)
         affines = frame_affines(table, rows, self.fetcher.reduce)
         spacings = spacing_of(affines, 2)
         slopes, intercepts = table.rescale_slope[rows], table.rescale_intercept[rows]

@@ -113,15 +113,15 @@ class PatchDataset(AHIDataset):
             table_dir=table_dir,
         )
         # Labels may have dropped rows (unlabeled="drop"): only slides with rows left stay.
-        every_row = np.arange(len(self.table))
+        every_row = np.arange(len(self.frame_table))
         first_row_of: dict[str, int] = {}
-        for row, image_set_id in enumerate(self.table.strings("image_set_id", every_row)):
+        for row, image_set_id in enumerate(self.frame_table.strings("image_set_id", every_row)):
             first_row_of.setdefault(image_set_id, row)
         self.slides = [slide for slide in slides if slide.image_set_id in first_row_of]
         for slide in self.slides:
             slide.fetcher = self.fetcher
         self.background = background
-        rows_of_frames = {frame_id: row for row, frame_id in enumerate(self.table.strings("frame_id", every_row))}
+        rows_of_frames = {frame_id: row for row, frame_id in enumerate(self.frame_table.strings("frame_id", every_row))}
         self.readings = [self._reading(slide, level, mpp, rows_of_frames) for slide in self.slides]
         #: The index row of each slide's first frame: where a patch's identifiers and label are read.
         self.slide_first_row = np.array([first_row_of[slide.image_set_id] for slide in self.slides], dtype=np.int64)
@@ -239,12 +239,12 @@ class PatchDataset(AHIDataset):
         region = np.full((height, width, 3), self.background, dtype=np.uint8)
         rows = np.array([row for _, _, row in tiles], dtype=np.int64)
         first = int(self.slide_first_row[int(self.patch_slide[index])])
-        where = f"slide {self.table.text('image_set_id', first)}"
+        where = f"slide {self.frame_table.text('image_set_id', first)}"
         for (x, y, _), pixels, photometric, syntax in zip(
             tiles,
             frames,
-            self.table.strings("photometric_interpretation", rows),
-            self.table.strings("stored_transfer_syntax", rows),
+            self.frame_table.strings("photometric_interpretation", rows),
+            self.frame_table.strings("stored_transfer_syntax", rows),
             strict=True,
         ):
             rgb = tile_rgb(pixels, reading.tile_size, photometric, syntax, where)
@@ -252,11 +252,11 @@ class PatchDataset(AHIDataset):
         image = torch.from_numpy(resize(region, self.size)).permute(2, 0, 1).contiguous()
         meta = {
             "index": index,
-            "datastore_id": self.table.text("datastore_id", first),
-            "image_set_id": self.table.text("image_set_id", first),
-            "image_set_version": int(self.table.image_set_version[first]),
-            "patient_id": self.table.text("patient_id", first),
-            "series_instance_uid": self.table.text("series_instance_uid", first),
+            "datastore_id": self.frame_table.text("datastore_id", first),
+            "image_set_id": self.frame_table.text("image_set_id", first),
+            "image_set_version": int(self.frame_table.image_set_version[first]),
+            "patient_id": self.frame_table.text("patient_id", first),
+            "series_instance_uid": self.frame_table.text("series_instance_uid", first),
             "level": reading.level,
             "location": torch.from_numpy(self.patch_xy[index].copy()),
             "extent": torch.tensor(self._extent(reading)),

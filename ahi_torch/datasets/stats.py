@@ -43,22 +43,22 @@ class EpochStats:
     """Counters summed over the main process and every worker; see the module docstring."""
 
     def __init__(self) -> None:
-        self.table = torch.zeros((ROWS, len(FIELDS)), dtype=torch.int64).share_memory_()
+        self.counts = torch.zeros((ROWS, len(FIELDS)), dtype=torch.int64).share_memory_()
         self.baseline = torch.zeros(len(FIELDS), dtype=torch.int64)
 
     def record(self, counted: Counters) -> None:
         """Add what one batch counted to this process's row."""
         info = get_worker_info()
         row = 0 if info is None else min(info.id + 1, ROWS - 1)
-        self.table[row] += torch.tensor([getattr(counted, name) for name in FIELDS], dtype=torch.int64)
+        self.counts[row] += torch.tensor([getattr(counted, name) for name in FIELDS], dtype=torch.int64)
 
     def reset(self) -> None:
         """Start counting from now (call it in the main process at the start of an epoch)."""
-        self.baseline = self.table.sum(dim=0).clone()
+        self.baseline = self.counts.sum(dim=0).clone()
 
     def summary(self) -> dict[str, Any]:
         """Counts since the last :meth:`reset`, over every process, plus the cache hit rate."""
-        counts = (self.table.sum(dim=0) - self.baseline).tolist()
+        counts = (self.counts.sum(dim=0) - self.baseline).tolist()
         result: dict[str, Any] = dict(zip(FIELDS, (int(c) for c in counts), strict=True))
         result["cache_hit_rate"] = Counters(**result).cache_hit_rate
         return result

@@ -90,7 +90,7 @@ class VolumeDataset(AHIDataset):
 
     def _irregularity(self, rows: np.ndarray) -> str:
         """Why the volume made of index ``rows`` is not one evenly spaced stack, or ""."""
-        table = self.table
+        table = self.frame_table
         first = int(rows[0])
         if len(rows) == 1:
             return ""
@@ -102,7 +102,7 @@ class VolumeDataset(AHIDataset):
         return ""
 
     def _warn_irregular(self) -> None:
-        table = self.table
+        table = self.frame_table
         bad = [index for index, problem in enumerate(self.irregularities) if problem]
         if not bad:
             return
@@ -131,11 +131,11 @@ class VolumeDataset(AHIDataset):
     def _check(self, index: int) -> None:
         problem = self.irregularities[index]
         if problem and self.irregular == "error":
-            series = self.table.text("series_instance_uid", int(self.volume_rows[index][0]))
+            series = self.frame_table.text("series_instance_uid", int(self.volume_rows[index][0]))
             raise GeometryError(f"series {series} is not an evenly spaced stack: {problem}")
 
     def _build(self, index: int, frames: list[np.ndarray]) -> dict[str, Any]:
-        table = self.table
+        table = self.frame_table
         rows = self.volume_rows[index]
         first = int(rows[0])
         shapes = {frame.shape for frame in frames}

@@ -39,7 +39,7 @@ from ..codecs.decoders import PREFERENCES
 from ..codecs.jph import level_end
 from ..counters import COUNTERS
 from ..errors import ChecksumMismatch, ConfigError, DecodeError, EndpointUnreachable, InternalServerError, Throttled
-from ..index.rows import MAX_REDUCE
+from ..index.columns import MAX_REDUCE
 from ..per_process import PerProcess
 from .ref import FrameRef
 from .retry import RetryPolicy

@@ -8,8 +8,8 @@ True
 
 from . import search
 from .build import RefreshStats, build_index, refresh_index, search_image_sets
+from .columns import COLUMNS
 from .frame_index import FrameIndex, Volume
-from .rows import COLUMNS
 from .search import Search
 
 __all__ = [

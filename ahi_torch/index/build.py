@@ -30,8 +30,8 @@ from ..client import AHIClient
 from ..client.quotas import AWS_QUOTAS
 from ..errors import ConfigError
 from ..metadata import ImageSetMetadata
+from .columns import RowBuffer, epoch_seconds, sort_rows
 from .frame_index import FrameIndex, new_info
-from .rows import RowBuffer, epoch_seconds, sort_rows
 from .search import Search
 
 SORT_KEYS = [

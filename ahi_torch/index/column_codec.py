@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import ConfigError
-from .rows import CHECKSUM_COLUMNS
+from .columns import CHECKSUM_COLUMNS
 
 _UID_PATTERN = r"^(?P<stem>.+)\.(?P<last>[0-9]+)$"
 _HEX_PATTERN = r"^[0-9a-f]{32}$"

@@ -28,8 +28,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import ConfigError, IndexFormatError
+from .columns import FORMAT_VERSION, UPGRADABLE_FORMATS, schema
 from .content_digest import content_digest
-from .rows import FORMAT_VERSION, UPGRADABLE_FORMATS, schema
 
 _META_KEY = b"ahi_torch"
 #: The format whose rows :attr:`FrameIndex.version` digests: format 4 changed how text is stored,

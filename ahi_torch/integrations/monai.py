@@ -153,7 +153,7 @@ class LoadAHId(MapTransform):
             irregular=irregular,
             error_policy=error_policy,
         )
-        table = self.volumes.table
+        table = self.volumes.frame_table
         self._positions: dict[tuple[str, str], tuple[int, int]] = {}
         for position, rows in enumerate(self.volumes.volume_rows):
             first = int(rows[0])
@@ -235,7 +235,7 @@ def _index_references(index: FrameIndex, label: str | None, columns: Sequence[st
 
 
 def _dataset_references(dataset: VolumeDataset, columns: Sequence[str]) -> list[dict[str, Any]]:
-    table = dataset.table
+    table = dataset.frame_table
     data = []
     for rows in dataset.volume_rows:
         first = int(rows[0])
@@ -252,7 +252,7 @@ def _dataset_references(dataset: VolumeDataset, columns: Sequence[str]) -> list[
 
 
 def _patch_references(dataset: PatchDataset, columns: Sequence[str]) -> list[dict[str, Any]]:
-    table, data = dataset.table, []
+    table, data = dataset.frame_table, []
     for index in range(len(dataset)):
         slide_number = int(dataset.patch_slide[index])
         slide, reading = dataset.slides[slide_number], dataset.readings[slide_number]

@@ -89,7 +89,7 @@ def test_frames_through_dataloader_are_exact(
                 assert int(label) == nodule_by_series[series]
                 seen += 1
         assert seen == len(dataset) == 24, f"epoch {epoch}"
-        written = torch.nonzero(dataset.stats.table.sum(dim=1)).flatten().tolist()
+        written = torch.nonzero(dataset.stats.counts.sum(dim=1)).flatten().tolist()
         assert written == [1, 2], "each worker writes its own row (a shared row would lose counts to races)"
         summary = dataset.stats.summary()
         if epoch == 0:
@@ -175,7 +175,7 @@ def break_frame(ahi: LocalAHI) -> Iterator[Callable[[FrameDataset, int], None]]:
     saved: dict[Path, bytes] = {}
 
     def damage(dataset: FrameDataset, row: int) -> None:
-        path = ahi.store.frame_path(dataset.table.text("frame_id", row))
+        path = ahi.store.frame_path(dataset.frame_table.text("frame_id", row))
         data = saved.setdefault(path, path.read_bytes())
         damaged = bytearray(data)
         damaged[len(damaged) - 40] ^= 0x5A

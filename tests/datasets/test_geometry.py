@@ -114,7 +114,8 @@ def test_irregular_series_warn_by_default_and_fail_on_request(ahi: LocalAHI, ser
     assert specs["missing"].series_uid in message and "1 missing slice(s): a gap of 5 mm" in message
     assert specs["duplicate"].series_uid in message and "duplicated slice position" in message
     by_series = {
-        volumes.table.text("series_instance_uid", int(rows[0])): unit for unit, rows in enumerate(volumes.volume_rows)
+        volumes.frame_table.text("series_instance_uid", int(rows[0])): unit
+        for unit, rows in enumerate(volumes.volume_rows)
     }
     missing = volumes[by_series[specs["missing"].series_uid]]
     assert missing["meta"]["regular"] is False and "missing slice" in missing["meta"]["irregularity"]

@@ -155,7 +155,7 @@ def test_tissue_keeps_the_patches_over_tissue(ahi: LocalAHI, cohort: Cohort) -> 
         spec = next(
             s
             for s in SPECS.values()
-            if s.series.patient_id == tissue.table.text("patient_id", int(tissue.slide_first_row[slide_number]))
+            if s.series.patient_id == tissue.frame_table.text("patient_id", int(tissue.slide_first_row[slide_number]))
         )
         truth = saturation(slide_pixels(spec, 0)) > 0.2  # the disc, exactly
         kept = {tuple(xy) for xy in tissue.patch_xy[tissue.patch_slide == slide_number].tolist()}
@@ -225,7 +225,7 @@ def test_a_damaged_tile_goes_through_the_error_policy(ahi: LocalAHI, cohort: Coh
     strict = PatchDataset(cohort.slide_index, ahi.client(), size=64, level=0, error_policy="raise")
     skipping = PatchDataset(cohort.slide_index, ahi.client(), size=64, level=0, error_policy="skip")
     row = int(strict._rows(0)[0])
-    path = ahi.store.frame_path(strict.table.text("frame_id", row))
+    path = ahi.store.frame_path(strict.frame_table.text("frame_id", row))
     saved = path.read_bytes()
     damaged = bytearray(saved)
     damaged[len(damaged) - 40] ^= 0x5A

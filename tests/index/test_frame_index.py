@@ -14,7 +14,7 @@ import pytest
 from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex
 from ahi_torch.index.build import SORT_KEYS
-from ahi_torch.index.rows import RowBuffer, sort_rows
+from ahi_torch.index.columns import RowBuffer, sort_rows
 from ahi_torch.metadata import ImageSetMetadata
 from ahi_torch.sample.metadata_documents import DATASTORE, metadata_document
 

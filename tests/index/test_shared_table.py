@@ -26,7 +26,7 @@ from ahi_torch.errors import ConfigError
 from ahi_torch.index import FrameIndex, build_index
 from ahi_torch.index import frame_index as frame_index_module
 from ahi_torch.index.build import SORT_KEYS
-from ahi_torch.index.rows import CODED_TEXT, COLUMNS, RowBuffer, sort_rows
+from ahi_torch.index.columns import CODED_TEXT, COLUMNS, RowBuffer, sort_rows
 from ahi_torch.index.shared_table import STALE_AFTER_S, SharedTable
 from ahi_torch.local import LocalAHI
 from ahi_torch.metadata import ImageSetMetadata
@@ -181,7 +181,7 @@ class _Reader(Dataset[Any]):
         return len(self.dataset)
 
     def __getitem__(self, row: int) -> dict[str, Any]:
-        table = self.dataset.table
+        table = self.dataset.frame_table
         maps = Path("/proc/self/maps").read_text()
         return {
             "ref": repr(table.ref(row)),
@@ -195,7 +195,7 @@ class _Reader(Dataset[Any]):
 def test_workers_map_the_files_instead_of_copying(mixed_index: FrameIndex, tmp_path: Path, start_method: str) -> None:
     client = AHIClient(ClientConfig(endpoint_url="http://127.0.0.1:9", region="us-east-1"))
     dataset = FrameDataset(mixed_index, client, table_dir=tmp_path)
-    state = pickle.dumps(dataset.table)
+    state = pickle.dumps(dataset.frame_table)
     assert len(state) < 1024, "a worker receives the files' path, not the columns"
     loader = DataLoader(
         _Reader(dataset), batch_size=None, num_workers=2, multiprocessing_context=start_method, persistent_workers=False
@@ -203,8 +203,8 @@ def test_workers_map_the_files_instead_of_copying(mixed_index: FrameIndex, tmp_p
     items = list(loader)
     assert {item["pid"] for item in items} - {os.getpid()}
     assert all(item["mapped"] for item in items)
-    assert [item["ref"] for item in items] == [repr(dataset.table.ref(row)) for row in range(len(dataset))]
-    assert [item["meta"] for item in items] == [dataset.table.meta(row) for row in range(len(dataset))]
+    assert [item["ref"] for item in items] == [repr(dataset.frame_table.ref(row)) for row in range(len(dataset))]
+    assert [item["meta"] for item in items] == [dataset.frame_table.meta(row) for row in range(len(dataset))]
 
 
 def test_a_damaged_table_is_written_again_and_stale_ones_are_pruned(mixed_index: FrameIndex, tmp_path: Path) -> None:

@@ -108,7 +108,7 @@ def _scalar_for(value: _Scalar, kind: Any) -> Any:
     return value.text if kind is str or origin is Literal else value.parsed
 
 
-def _coerce(value: Any, kind: Any, where: str) -> Any:
+def _coerce(value: Any, kind: Any, where: str) -> Any:  # noqa: PLR0912 - one branch per config type
     if isinstance(value, _Scalar):
         value = _scalar_for(value, kind)
     origin = typing.get_origin(kind)

@@ -40,7 +40,7 @@ def _describe(value: Any, shape: Shape, sensitive: bool) -> str:
     return f"Value '{text}'"
 
 
-def iter_violations(value: Any, shape: Shape, path: str, sensitive: bool = False) -> Iterator[str]:
+def iter_violations(value: Any, shape: Shape, path: str, sensitive: bool = False) -> Iterator[str]:  # noqa: PLR0912 - one branch per constraint of the model
     """Yield one AWS-style message per constraint that ``value`` breaks; nothing if it is valid."""
     sensitive = sensitive or bool(shape.metadata.get("sensitive"))
     meta = shape.metadata

@@ -39,6 +39,7 @@ class Dataset:
     files: int
     upload_seconds: float = 0.0
     job_seconds: float = 0.0
+    job_cpu_seconds: float = 0.0
 
 
 def build(service: ServiceProcess, size: Size, root: Path) -> Dataset:
@@ -68,4 +69,5 @@ def build(service: ServiceProcess, size: Size, root: Path) -> Dataset:
         size.series * size.slices,
         service.import_seconds["upload"],
         service.import_seconds["job"],
+        service.import_seconds["job_cpu"],
     )

@@ -9,6 +9,7 @@ the same data directory.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -22,6 +23,28 @@ from botocore.config import Config
 
 from ahi_torch.client import AHIClient, ClientConfig
 from ahi_torch.local.imports.uploads import ImportResult, run_import, upload, upload_plan
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a process and every live descendant (Linux ``/proc``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(cpu.get(pid, 0.0) for pid in tree)
 
 
 class ServiceProcess:
@@ -107,6 +130,11 @@ class ServiceProcess:
         started = time.perf_counter()
         upload(s3, upload_plan([root]), "ahi-torch-bench", prefix)
         uploaded = time.perf_counter()
+        cpu_before = tree_cpu_seconds(self.pid)
         result = run_import(mi, s3, datastore_id, f"s3://ahi-torch-bench/{prefix}", "s3://ahi-torch-bench/output/")
-        self.import_seconds = {"upload": uploaded - started, "job": result.job_seconds}
+        self.import_seconds = {
+            "upload": uploaded - started,
+            "job": result.job_seconds,
+            "job_cpu": tree_cpu_seconds(self.pid) - cpu_before,  # the service, its fork server and its pool
+        }
         return result

@@ -103,6 +103,18 @@ def _wait_active(mi: Any, datastore_id: str, image_set_id: str) -> None:
 # --- data stores -------------------------------------------------------------------------------
 
 
+def test_a_datastore_still_creating_refuses_work(tmp_path: Path) -> None:
+    """Until ACTIVE, reads, imports and deletes of a data store are ConflictException (never served early)."""
+    with LocalAHI(tmp_path / "slow", settings=ServiceSettings(transition_seconds=120)) as slow:
+        client = slow.boto3_client(retries={"max_attempts": 1})
+        datastore_id = client.create_datastore(datastoreName="slow")["datastoreId"]
+        assert client.get_datastore(datastoreId=datastore_id)["datastoreProperties"]["datastoreStatus"] == "CREATING"
+        with pytest.raises(client.exceptions.ConflictException, match="is CREATING, not ACTIVE"):
+            client.search_image_sets(datastoreId=datastore_id)
+        with pytest.raises(client.exceptions.ConflictException, match="still CREATING"):
+            client.delete_datastore(datastoreId=datastore_id)
+
+
 def test_datastore_lifecycle(mi: Any) -> None:
     created = mi.create_datastore(datastoreName="life-cycle", clientToken="token-1", tags={"team": "ml"})
     assert created["datastoreStatus"] == "CREATING"

@@ -23,6 +23,7 @@ def test_specs_parse_per_operation_with_a_default() -> None:
     assert faults.spec("ListDatastores") == FaultSpec(error=1.0)
     assert faults.spec("SearchImageSets") == FaultSpec(latency=0.01), "'*' covers operations without their own"
     assert Faults.parse("").specs == {}
+    assert Faults.parse("GetImageFrame:bitflip=1").spec("GetImageFrame").latency == 0.0, "no latency unless asked"
     assert FaultSpec(throttle=1.0).throttle == 1.0 and FaultSpec(latency=5.0).latency == 5.0, (
         "1 is a rate; latency is s"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -253,7 +254,7 @@ def test_files_that_share_a_name_all_arrive(ahi: LocalAHI, tmp_path: Path) -> No
 def test_frames_are_synced_once_before_the_records_that_name_them(
     ahi: LocalAHI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Pool workers write frame files without an fsync each; the job syncs once, before its commit."""
+    """Pool workers write frame files without an fsync each; the job syncs them, and only them, before its commit."""
     from ahi_torch.local.imports import importer
 
     spec = SeriesSpec(patient_id="SYNC", study_key="sync", series_key="sync", slices=4, rows=16, columns=16)
@@ -263,12 +264,13 @@ def test_frames_are_synced_once_before_the_records_that_name_them(
     before = {path.name for path in frames_dir.glob("*/*")}
     seen: list[tuple[int, int]] = []
 
-    def sync() -> None:
+    def sync(paths: Iterable[Path]) -> None:
         written = {path.name for path in frames_dir.glob("*/*")} - before
         visible = len(ahi.client().search_image_sets(datastoreId=datastore_id).get("imageSetsMetadataSummaries", []))
+        assert {path.name for path in paths} == written, "exactly the job's frames are synced"
         seen.append((len(written), visible))
 
-    monkeypatch.setattr(importer, "sync_blobs", sync)
+    monkeypatch.setattr(importer, "sync_files", sync)
     result = ahi.import_dicom(tmp_path / "sync", datastore_id=datastore_id)
     assert result.status == "COMPLETED" and len(result.successes) == 4
     assert seen == [(4, 0)], "one sync per job, with every frame written and no image set visible yet"

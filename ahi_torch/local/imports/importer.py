@@ -40,7 +40,7 @@ from ..models.image_sets import (
     save_version,
 )
 from ..models.levels import identity_of
-from ..models.store import sync_blobs
+from ..models.store import sync_files
 from .dicom_json import merge_missing
 from .examine import examine_into, examiner_pool
 
@@ -299,7 +299,9 @@ class ImportRun:
     def _commit(self, keys: list[str], parsed: list[ParsedInstance]) -> None:
         """Store every group as a new image set version, write the job's output files, mark it COMPLETED."""
         job_id = self.job["id"]
-        sync_blobs()  # the frames the examiners wrote are on disk before a record names them
+        # The frames the examiners wrote are on disk before a record names them.
+        store = self.ctx.store
+        sync_files(store.frame_path(frame["ID"]) for instance in parsed for frame in instance.image_frames)
         with self.ctx.store.transaction() as db:
             if not import_jobs.is_running(db, job_id):
                 return

@@ -10,7 +10,8 @@ Blobs are written first (to a temporary name, then renamed) and the rows that ma
 visible are committed afterwards in one transaction, so a crash leaves at most unreferenced
 files behind (swept by :meth:`Store.sweep_orphans`), never a half-visible image set. An import
 writes its frames without an fsync each (thousands of them cost seconds of CPU here) and makes
-them durable with one sync before the commit that names them.
+them durable before the commit that names them (:func:`sync_files`: after the first fsync has
+written them all back, the others find nothing left to write).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import sqlite3
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 _SCHEMA = """
@@ -145,14 +146,27 @@ def new_id() -> str:
 def write_frame_file(frames_dir: Path, frame_id: str, data: bytes) -> None:
     """Store a frame's bytes as :meth:`Store.read_frame` finds them (an import's pool workers write here too).
 
-    Not yet durable: call :func:`sync_blobs` before committing a record that names the frame.
+    Not yet durable: call :func:`sync_files` before committing a record that names the frame.
     """
     write_atomic(frames_dir / frame_id[:2] / frame_id, data, durable=False)
 
 
-def sync_blobs() -> None:
-    """Make every blob written so far durable: one sync for a job's frames instead of one fsync per frame."""
-    os.sync()
+def sync_files(paths: Iterable[Path]) -> None:
+    """Make files written without an fsync durable, with their directory entries (only these files, not the disk)."""
+    folders = set()
+    for path in paths:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        folders.add(path.parent)
+    for folder in folders:  # the renames that put the files in place
+        descriptor = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 class Store:

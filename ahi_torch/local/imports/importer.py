@@ -95,14 +95,14 @@ class Importer:
         self.ctx = ctx
         self._threads: list[threading.Thread] = []
         self._pool: Executor | None = None
-        self._pool_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the pool and the S3 client, each made on first use
         self._s3: Any = None  # made on the first job: building a boto3 client costs ~0.2 s of CPU
         #: Files examined in the process pool since start (the rest were examined in threads).
         self.examined_in_processes = 0
 
     def s3(self) -> Any:
         """The S3 client every job of this service reads and writes with (boto3 clients are thread-safe)."""
-        with self._pool_lock:
+        with self._lock:
             if self._s3 is None:
                 s3 = self.ctx.settings.s3
                 self._s3 = boto3.session.Session().client(
@@ -117,7 +117,7 @@ class Importer:
 
     def examiners(self) -> Executor:
         """The process pool that examines files (started on the first large job, kept until stop)."""
-        with self._pool_lock:
+        with self._lock:
             if self._pool is None:
                 self._pool = examiner_pool(self.ctx.settings.import_processes or None)
             return self._pool
@@ -140,7 +140,7 @@ class Importer:
         for thread in self._threads:
             thread.join(timeout=30)
         self._threads.clear()
-        with self._pool_lock:
+        with self._lock:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
                 self._pool = None

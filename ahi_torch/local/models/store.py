@@ -143,12 +143,17 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+def frame_file(frames_dir: Path, frame_id: str) -> Path:
+    """Where a frame's bytes live: ``<frames_dir>/<first two characters of its ID>/<ID>``."""
+    return frames_dir / frame_id[:2] / frame_id
+
+
 def write_frame_file(frames_dir: Path, frame_id: str, data: bytes) -> None:
     """Store a frame's bytes as :meth:`Store.read_frame` finds them (an import's pool workers write here too).
 
     Not yet durable: call :func:`sync_files` before committing a record that names the frame.
     """
-    write_atomic(frames_dir / frame_id[:2] / frame_id, data, durable=False)
+    write_atomic(frame_file(frames_dir, frame_id), data, durable=False)
 
 
 def sync_files(paths: Iterable[Path]) -> None:
@@ -224,7 +229,7 @@ class Store:
     # --- blobs ---------------------------------------------------------------------------------
 
     def frame_path(self, frame_id: str) -> Path:
-        return self.frames_dir / frame_id[:2] / frame_id  # as write_frame_file writes it
+        return frame_file(self.frames_dir, frame_id)
 
     def metadata_path(self, image_set_id: str, version: int) -> Path:
         return self.metadata_dir / image_set_id / f"{version}.json.gz"

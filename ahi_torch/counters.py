@@ -11,12 +11,17 @@ forked worker that starts with its parent's numbers, still see only their own sh
 (12, 4)
 
 ``dataset.stats`` adds up what grew during each of the dataset's batches, over every DataLoader
-worker (see :mod:`ahi_torch.datasets.stats`).
+worker (see :mod:`ahi_torch.datasets.stats`). Differences cannot tell apart two threads of one
+process counting at once (two datasets read from two threads): their blocks include each other's
+counts, and the first such overlap warns (:class:`OverlappingCountsWarning`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
+import warnings
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -82,12 +87,38 @@ FIELDS = tuple(field.name for field in dataclasses.fields(Counters))
 COUNTERS = Counters()
 
 
+class OverlappingCountsWarning(UserWarning):
+    """Two threads of one process counted at once: each block's counts include the other's."""
+
+
+_open_blocks: Counter[int] = Counter()  # thread id -> counting() blocks open in it
+_open_lock = threading.Lock()
+_warned = False
+
+
 @contextmanager
 def counting() -> Iterator[Counters]:
-    """What this process counted inside the block, filled in when the block ends."""
+    """What this process counted inside the block, filled in when the block ends (also when it raises)."""
+    global _warned
+    me = threading.get_ident()
+    with _open_lock:
+        overlap = any(thread != me for thread in _open_blocks)
+        _open_blocks[me] += 1
+        warn, _warned = overlap and not _warned, _warned or overlap
+    if warn:
+        warnings.warn(
+            "two threads of this process are counting at once (datasets read from two threads?): their counts, "
+            "dataset.stats included, hold each other's; read each dataset from one thread or in DataLoader workers",
+            OverlappingCountsWarning,
+            stacklevel=3,
+        )
     before = COUNTERS.copy()
     counted = Counters()
     try:
         yield counted
     finally:
         counted.__dict__.update(COUNTERS.minus(before).__dict__)
+        with _open_lock:
+            _open_blocks[me] -= 1
+            if not _open_blocks[me]:
+                del _open_blocks[me]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 
@@ -56,3 +57,37 @@ def test_epoch_stats_add_batches_and_count_from_reset() -> None:
     assert epoch.line() == (
         "0 frames in 1 items, 0 replaced, 0 retried, 0 failed, cache hit rate 0%, 1 requests, 2.5 MB fetched"
     )
+
+
+def test_two_threads_counting_at_once_warn_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Differences cannot keep two threads apart: the first overlap says so, once; nesting in one thread does not."""
+    import threading
+
+    from ahi_torch import counters
+
+    monkeypatch.setattr(counters, "_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with counting(), counting():  # nested in one thread: fine
+            pass
+    inside, release = threading.Event(), threading.Event()
+
+    def other_thread() -> None:
+        with counting():
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    inside.wait(10)
+    try:
+        with pytest.warns(counters.OverlappingCountsWarning, match="two threads"), counting():
+            pass
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with counting():  # said once per process
+                pass
+    finally:
+        release.set()
+        thread.join(10)
+    assert not counters._open_blocks, "every block closed"

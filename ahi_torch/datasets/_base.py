@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..cache import FrameCache
 from ..client import AHIClient
-from ..counters import COUNTERS
+from ..counters import COUNTERS, Counters, counting
 from ..errors import (
     CacheTooSmallWarning,
     ConfigError,
@@ -276,11 +276,12 @@ class AHIDataset(Dataset[Any]):
     @contextmanager
     def _counted(self) -> Iterator[None]:
         """Add what this process counts inside the block to :attr:`stats` (even when it raises)."""
-        before = COUNTERS.copy()
+        counted = Counters()
         try:
-            yield
+            with counting() as counted:
+                yield
         finally:
-            self.stats.record(COUNTERS.minus(before))
+            self.stats.record(counted)  # filled in by now: counting() has ended
 
     def _served(self, indices: Sequence[int]) -> None:
         COUNTERS.items_served += len(indices)

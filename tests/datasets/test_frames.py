@@ -280,7 +280,10 @@ def test_error_policy_retry(ahi: LocalAHI, break_frame: Callable[[FrameDataset, 
     # The fetch layer spent its budget on the frame; the dataset's retry does not multiply it.
     assert counted.requests == RetryPolicy().max_attempts and counted.frames_failed == 1
     assert len(dataset.failures) == 1 and counted.retried == 0 and counted.failed == 1
-    assert dataset.stats.summary()["failed"] == 1, "a batch that raised still reaches dataset.stats"
+    assert dataset.stats.summary()["failed"] == 1, "an item that raised still reaches dataset.stats"
+    with pytest.raises(SampleError):
+        dataset.__getitems__([1, 2])  # a batch, as DataLoader asks for one
+    assert dataset.stats.summary()["failed"] == 2 and dataset.stats.summary()["items_served"] == 0
     assert dataset[1]["meta"]["index"] == 1
 
 

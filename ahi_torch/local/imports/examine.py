@@ -92,7 +92,7 @@ def examine_into(data: bytes, storage_format: str, frames_dir: Path) -> Stored:
 
 
 def examiner_pool(processes: int | None = None) -> Executor:
-    """A pool of ``processes`` (default: every core) that runs :func:`examine`.
+    """A pool of ``processes`` (default: every core) that runs :func:`examine_into`.
 
     Workers come from a fork server: the service runs uvicorn and import threads, and forking a
     threaded process can copy a lock some thread holds.

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import ResourceNotFoundException
 from .models.store import Store, new_id
@@ -26,6 +26,18 @@ class Quotas:
     max_frames_per_copy: int = 1000
     max_update_payload_bytes: int = 10 * 1024
     max_tags_per_resource: int = 50
+
+
+class InProcessS3(Protocol):
+    """An S3 that runs inside the service's process (:class:`.server.EmbeddedS3`), read without HTTP.
+
+    Each method answers ``None`` where it cannot (no such bucket or object): the caller then asks
+    over the S3 API, which reports the problem as S3 does.
+    """
+
+    def read_object(self, bucket: str, key: str) -> bytes | None: ...
+
+    def list_keys(self, bucket: str, prefix: str) -> list[str] | None: ...
 
 
 @dataclass(frozen=True)
@@ -96,8 +108,8 @@ class Context:
         self.frame_requests: Counter[str] = Counter()
         self.request_seconds: Counter[tuple[str, int]] = Counter()
         self._requests_lock = threading.Lock()
-        #: Reads an input object without HTTP when the service embeds its S3 (see EmbeddedS3.read_object).
-        self.read_s3_object: Callable[[str, str], bytes | None] | None = None
+        #: The service's own S3 when it embeds one: import jobs list and read their input from it directly.
+        self.in_process_s3: InProcessS3 | None = None
 
     def count_request(self, operation: str, frame_id: str | None = None) -> None:
         """Count a request as it arrives (before signature checks and injected faults)."""

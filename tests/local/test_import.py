@@ -208,30 +208,61 @@ def test_imports_are_examined_in_processes(ahi: LocalAHI, synthetic_import: Impo
     assert pool.submit(os.getpid).result() != os.getpid(), "in processes of their own"
 
 
-def test_embedded_s3_inputs_are_read_from_moto_without_http(
+def test_embedded_s3_inputs_are_listed_and_read_from_moto_without_http(
     ahi: LocalAHI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The job reads an embedded S3's objects from moto's store; an object it cannot find there goes over HTTP."""
-    from ahi_torch.sample.synthetic import SeriesSpec, write_series
-
+    """The job lists and reads an embedded S3's objects in moto's store; what it cannot find there goes over HTTP."""
     spec = SeriesSpec(patient_id="DIRECT", study_key="direct", series_key="direct", slices=3, rows=16, columns=16)
     paths = write_series(tmp_path / "direct", spec)
-    direct = ahi.context.read_s3_object
-    assert direct is not None
+    assert ahi.context is not None
+    in_process = ahi.context.in_process_s3
+    assert in_process is not None
     read: list[bool] = []
+    listed: list[list[str] | None] = []
 
-    def counted(bucket: str, key: str) -> bytes | None:
-        found = direct(bucket, key)
-        read.append(found is not None)
-        return found
+    class Counted:
+        def read_object(self, bucket: str, key: str) -> bytes | None:
+            found = in_process.read_object(bucket, key)
+            read.append(found is not None)
+            return found
 
-    monkeypatch.setattr(ahi.context, "read_s3_object", counted)
+        def list_keys(self, bucket: str, prefix: str) -> list[str] | None:
+            listed.append(in_process.list_keys(bucket, prefix))
+            return listed[-1]
+
+    monkeypatch.setattr(ahi.context, "in_process_s3", Counted())
     result = ahi.import_dicom(tmp_path / "direct")
     assert result.status == "COMPLETED" and len(result.successes) == len(paths) == len(read)
     assert all(read), "every input came from moto's store, none over HTTP"
-    monkeypatch.setattr(ahi.context, "read_s3_object", lambda bucket, key: None)  # not in moto's store
+    assert len(listed) == 1 and listed[0] is not None and len(listed[0]) == len(paths), "listed in moto's store"
+
+    class Absent:  # neither the bucket nor the objects are in moto's store: the S3 API answers instead
+        def read_object(self, bucket: str, key: str) -> bytes | None:
+            return None
+
+        def list_keys(self, bucket: str, prefix: str) -> list[str] | None:
+            return None
+
+    monkeypatch.setattr(ahi.context, "in_process_s3", Absent())
     again = ahi.import_dicom(tmp_path / "direct", datastore_id=result.datastore_id)
-    assert again.status == "COMPLETED" and len(again.successes) == len(paths), "read over HTTP instead"
+    assert again.status == "COMPLETED" and len(again.successes) == len(paths), "listed and read over HTTP instead"
+    assert again.manifest["jobSummary"]["numberOfScannedFiles"] == len(paths)
+
+
+def test_in_process_listing_matches_the_s3_api(ahi: LocalAHI) -> None:
+    """Keys listed in moto's store are those ListObjectsV2 pages through, in its order; no such bucket: None."""
+    assert ahi.context is not None and ahi.context.in_process_s3 is not None
+    s3 = ahi.s3_client()
+    s3.create_bucket(Bucket="listing")
+    for name in ["p/b", "p/a/2", "p/a/10", "p/\u00e9", "q/x", "p/", "p/Z", "pq"]:
+        s3.put_object(Bucket="listing", Key=name, Body=b"x")
+    pages = s3.get_paginator("list_objects_v2").paginate(
+        Bucket="listing", Prefix="p/", PaginationConfig={"PageSize": 2}
+    )
+    over_http = [item["Key"] for page in pages for item in page.get("Contents", [])]
+    assert len(over_http) == 6
+    assert ahi.context.in_process_s3.list_keys("listing", "p/") == over_http
+    assert ahi.context.in_process_s3.list_keys("no-such-bucket", "") is None
 
 
 def test_files_that_share_a_name_all_arrive(ahi: LocalAHI, tmp_path: Path) -> None:
@@ -251,27 +282,35 @@ def test_files_that_share_a_name_all_arrive(ahi: LocalAHI, tmp_path: Path) -> No
     assert direct.manifest["jobSummary"]["numberOfImportedFiles"] == 2, "two same-named files given directly"
 
 
-def test_frames_are_synced_once_before_the_records_that_name_them(
+def test_frames_are_synced_before_the_records_that_name_them(
     ahi: LocalAHI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pool workers write frame files without an fsync each; the job syncs them, and only them, before its commit."""
-    from ahi_torch.local.imports import importer
+    from ahi_torch.local.models import store
 
     spec = SeriesSpec(patient_id="SYNC", study_key="sync", series_key="sync", slices=4, rows=16, columns=16)
     write_series(tmp_path / "sync", spec)
     datastore_id = ahi.create_datastore("sync")
+    assert ahi.context is not None
     frames_dir = ahi.context.store.frames_dir
     before = {path.name for path in frames_dir.glob("*/*")}
-    seen: list[tuple[int, int]] = []
+    synced: list[Path] = []
+    visible: list[int] = []
+    fsync_each = store._fsync_each
 
     def sync(paths: Iterable[Path]) -> None:
-        written = {path.name for path in frames_dir.glob("*/*")} - before
-        visible = len(ahi.client().search_image_sets(datastoreId=datastore_id).get("imageSetsMetadataSummaries", []))
-        assert {path.name for path in paths} == written, "exactly the job's frames are synced"
-        seen.append((len(written), visible))
+        paths = list(paths)
+        fsync_each(paths)
+        synced.extend(paths)
+        found = ahi.client().search_image_sets(datastoreId=datastore_id).get("imageSetsMetadataSummaries", [])
+        visible.append(len(found))
 
-    monkeypatch.setattr(importer, "sync_files", sync)
+    monkeypatch.setattr(store, "_fsync_each", sync)
     result = ahi.import_dicom(tmp_path / "sync", datastore_id=datastore_id)
     assert result.status == "COMPLETED" and len(result.successes) == 4
-    assert seen == [(4, 0)], "one sync per job, with every frame written and no image set visible yet"
+    written = {path.name for path in frames_dir.glob("*/*")} - before
+    files = [path for path in synced if path.parent.parent == frames_dir]
+    assert len(written) == 4 and sorted(path.name for path in files) == sorted(written), "each frame once"
+    assert synced[len(files) :] == sorted({path.parent for path in files}), "then the folders that name them"
+    assert visible and set(visible) == {0}, "every sync before any image set is visible"
     assert 0 < result.job_seconds < 60, "the job's own time, from submittedAt to endedAt"

@@ -40,7 +40,7 @@ from ..models.image_sets import (
     save_version,
 )
 from ..models.levels import identity_of
-from ..models.store import sync_files
+from ..models.store import FileSyncer, frame_file
 from .dicom_json import merge_missing
 from .examine import examine_into, examiner_pool
 
@@ -188,6 +188,7 @@ class ImportRun:
         self.s3 = s3
         self.storage_format = get_row(ctx.store.connection(), job["datastore_id"])["storage_format"]
         self.failures: list[dict[str, Any]] = []
+        self.syncer = FileSyncer()  # syncs the frames each examiner writes while the rest are examined
 
     def run(self) -> None:
         if self.job["import_configuration"]:
@@ -208,21 +209,24 @@ class ImportRun:
             # Parse and transcode in processes; threads only read S3 and write frame files.
             self.pool = self.examiners()
             workers = 2 * (settings.import_processes or os.cpu_count() or 2)  # the pool's size, twice
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ahi-import-file") as threads:
-            parsed = [p for p in threads.map(self._process, keys) if p is not None]
-        self._commit(keys, parsed)
+        with self.syncer:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ahi-import-file") as threads:
+                parsed = [p for p in threads.map(self._process, keys) if p is not None]
+            self._commit(keys, parsed)
 
     def _list_inputs(self) -> list[str]:
         bucket, prefix = _split_uri(self.job["input_uri"])
         output_bucket, output_prefix = _split_uri(self.job["output_uri"])
+        in_process = self.ctx.in_process_s3
+        listed = in_process.list_keys(bucket, prefix) if in_process is not None else None
+        if listed is not None:
+            return [key for key in listed if self._is_input(key, bucket == output_bucket, output_prefix)]
         keys: list[str] = []
         try:
             for listing in self.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
                 for item in listing.get("Contents", []):
-                    key = item["Key"]
-                    if key.endswith("/") or (bucket == output_bucket and key.startswith(output_prefix)):
-                        continue
-                    keys.append(key)
+                    if self._is_input(item["Key"], bucket == output_bucket, output_prefix):
+                        keys.append(item["Key"])
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             raise JobFailure(f"INPUT_S3_ACCESS_FAILED: cannot list {self.job['input_uri']} ({code})") from exc
@@ -230,14 +234,19 @@ class ImportRun:
             raise JobFailure("INPUT_S3_UNREACHABLE: the S3 endpoint could not be reached") from exc
         return sorted(keys)
 
+    @staticmethod
+    def _is_input(key: str, same_bucket: bool, output_prefix: str) -> bool:
+        """Not a folder marker, and not the job's (or an earlier job's) output under the input prefix."""
+        return not key.endswith("/") and not (same_bucket and key.startswith(output_prefix))
+
     def _fail(self, key: str, kind: str, message: str) -> None:
         self.failures.append({"inputFile": key, "exception": {"exceptionType": kind, "message": message}})
 
     def _process(self, key: str) -> ParsedInstance | None:
         bucket, _ = _split_uri(self.job["input_uri"])
-        direct = self.ctx.read_s3_object
+        in_process = self.ctx.in_process_s3
         try:
-            found = direct(bucket, key) if direct is not None else None
+            found = in_process.read_object(bucket, key) if in_process is not None else None
             data = found if found is not None else self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         except (ClientError, BotoCoreError) as exc:
             self._fail(key, "InternalServerException", f"could not read the object: {type(exc).__name__}")
@@ -252,6 +261,7 @@ class ImportRun:
         if stored.failure is not None:
             self._fail(key, *stored.failure)
             return None
+        self.syncer.add(frame_file(frames_dir, frame["ID"]) for frame in stored.image_frames)
         return ParsedInstance(key, stored.levels, stored.stored_syntax, stored.image_frames)
 
     # --- grouping and commit --------------------------------------------------------------------
@@ -299,9 +309,7 @@ class ImportRun:
     def _commit(self, keys: list[str], parsed: list[ParsedInstance]) -> None:
         """Store every group as a new image set version, write the job's output files, mark it COMPLETED."""
         job_id = self.job["id"]
-        # The frames the examiners wrote are on disk before a record names them.
-        store = self.ctx.store
-        sync_files(store.frame_path(frame["ID"]) for instance in parsed for frame in instance.image_frames)
+        self.syncer.finish()  # the frames the examiners wrote are on disk before a record names them
         with self.ctx.store.transaction() as db:
             if not import_jobs.is_running(db, job_id):
                 return

@@ -6,12 +6,12 @@ Layout of a data directory::
     blobs/frames/ab/<frameId>        stored frame bytes, exactly as GetImageFrame returns them
     blobs/metadata/<imageSetId>/<version>.json.gz   the gzip metadata document of each version
 
-Blobs are written first (to a temporary name, then renamed) and the rows that make them
-visible are committed afterwards in one transaction, so a crash leaves at most unreferenced
-files behind (swept by :meth:`Store.sweep_orphans`), never a half-visible image set. An import
-writes its frames without an fsync each (thousands of them cost seconds of CPU here) and makes
-them durable before the commit that names them (:func:`sync_files`: after the first fsync has
-written them all back, the others find nothing left to write).
+Blobs are written first (metadata to a temporary name, then renamed; a frame, whose ID is new,
+in place) and the rows that make them visible are committed afterwards in one transaction, so a
+crash leaves at most unreferenced files behind (swept by :meth:`Store.sweep_orphans`), never a
+half-visible image set. An import writes its frames without an fsync each (thousands of them
+cost seconds of CPU here) and a :class:`FileSyncer` makes them durable in batches, while the
+import goes on, before the commit that names them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 _SCHEMA = """
@@ -149,29 +150,79 @@ def frame_file(frames_dir: Path, frame_id: str) -> Path:
 
 
 def write_frame_file(frames_dir: Path, frame_id: str, data: bytes) -> None:
-    """Store a frame's bytes as :meth:`Store.read_frame` finds them (an import's pool workers write here too).
+    """Store a new frame's bytes as :meth:`Store.read_frame` finds them (an import's pool workers write here too).
 
-    Not yet durable: call :func:`sync_files` before committing a record that names the frame.
+    Written in place, not renamed into place: a frame ID is new, so nothing reads the file before
+    a committed record names it, and a crash mid-write leaves a file no record names (swept as an
+    orphan at start). Not yet durable: sync it (:class:`FileSyncer`) before committing that record.
     """
-    write_atomic(frame_file(frames_dir, frame_id), data, durable=False)
+    path = frame_file(frames_dir, frame_id)
+    try:
+        handle = path.open("xb")
+    except FileNotFoundError:  # the first frame of its folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("xb")
+    with handle:
+        handle.write(data)
 
 
-def sync_files(paths: Iterable[Path]) -> None:
-    """Make files written without an fsync durable, with their directory entries (only these files, not the disk)."""
-    folders = set()
+def _fsync_each(paths: Iterable[Path]) -> None:
     for path in paths:
         descriptor = os.open(path, os.O_RDONLY)
         try:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        folders.add(path.parent)
-    for folder in folders:  # the renames that put the files in place
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+
+
+class FileSyncer:
+    """Makes files written without an fsync durable, in batches, on a thread of its own, while more are written.
+
+    Only these files and the folders that hold them are synced, not the disk. One fsync per file
+    as it was written cost about 0.6 ms of CPU each on this machine (a journal commit each); a batch
+    shares the commit, and syncing while the import still examines files hides the disk's wait
+    behind that work instead of adding it at the end.
+
+    >>> with FileSyncer() as syncer:
+    ...     syncer.add([path])  # as each is written, from any thread
+    ...     syncer.finish()  # all on disk, with their directory entries; raises the first error
+    """
+
+    def __init__(self, batch: int = 256) -> None:
+        self._batch = batch
+        self._lock = threading.Lock()
+        self._pending: list[Path] = []
+        self._folders: set[Path] = set()
+        self._syncs: list[Future[None]] = []
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahi-fsync")
+
+    def add(self, paths: Iterable[Path]) -> None:
+        with self._lock:
+            self._pending.extend(paths)
+            if len(self._pending) >= self._batch:
+                self._submit_pending()
+
+    def _submit_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        self._folders.update(path.parent for path in batch)
+        self._syncs.append(self._thread.submit(_fsync_each, batch))
+
+    def finish(self) -> None:
+        """Return once every file added (and each folder, for the names that put them there) is synced."""
+        with self._lock:
+            if self._pending:
+                self._submit_pending()
+            syncs, folders = list(self._syncs), sorted(self._folders)
+        for sync in syncs:
+            sync.result()
+        if folders:
+            _fsync_each(folders)
+
+    def __enter__(self) -> FileSyncer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
 
 
 class Store:

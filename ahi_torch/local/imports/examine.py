@@ -1,11 +1,11 @@
 """One input file of an import, examined: parsed, checked, split into levels, its frames stored as AHI stores them.
 
 :func:`examine` is pure (bytes in, a picklable result out), so the importer runs it in a pool
-of processes sized to the machine: transcoding to HTJ2K and verifying every frame is CPU work
-that threads cannot share out under the GIL. :func:`examine_into` also writes the stored frames
-as blob files where it runs and returns only their ``ImageFrames`` entries, so a frame's bytes
-never travel back to the importer's process; the importer's process keeps every record (SQLite),
-and a frame file no committed record names is swept as an orphan.
+of processes sized to the machine (:mod:`.examiners`): transcoding to HTJ2K and verifying every
+frame is CPU work that threads cannot share out under the GIL. :func:`examine_into` also writes
+the stored frames as blob files where it runs and returns only their ``ImageFrames`` entries, so
+a frame's bytes never travel back to the importer's process; the importer's process keeps every
+record (SQLite), and a frame file no committed record names is swept as an orphan.
 
 >>> result = examine(dicom_bytes, "HTJ2K")
 >>> result.failure or (result.stored_syntax, len(result.frames))
@@ -15,12 +15,7 @@ and a frame file no committed record names is swept as an orphan.
 from __future__ import annotations
 
 import io
-import os
-import threading
-import time
-from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -89,43 +84,3 @@ def examine_into(data: bytes, storage_format: str, frames_dir: Path) -> Stored:
         write_frame_file(frames_dir, frame_id, frame.data)
         entries.append(frame.image_frame_entry(frame_id))
     return Stored(examined.levels, examined.stored_syntax, entries)
-
-
-def examiner_pool(processes: int | None = None) -> Executor:
-    """A pool of ``processes`` (default: every core) that runs :func:`examine_into`.
-
-    Workers come from a fork server: the service runs uvicorn and import threads, and forking a
-    threaded process can copy a lock some thread holds.
-    """
-    count = processes or os.cpu_count() or 1
-    context = get_context("forkserver")
-    # The fork server imports pydicom, the codecs and this module once; each worker forks from it
-    # ready to examine, instead of importing them all again (about a second of CPU each).
-    context.set_forkserver_preload([__name__])
-    return ProcessPoolExecutor(
-        max_workers=count, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),)
-    )
-
-
-def _worker_start(owner: int) -> None:
-    """Set up a pool worker: one codec thread, and an exit as soon as the service that owns it is gone.
-
-    A worker holds both ends of its own call queue, so it never sees the owner's end close: a
-    service stopped by SIGKILL (or one that never called ``stop``) would leave it, the fork
-    server's other workers and the resource tracker running for good.
-    """
-    from . import transcode
-
-    transcode.CODEC_SHARED_BY_THREADS = False  # no other thread runs the codec: one decode per level
-    threading.Thread(target=_exit_with, args=(owner,), name="ahi-owner-watch", daemon=True).start()
-
-
-def _exit_with(owner: int, interval: float = 1.0) -> None:
-    while True:
-        time.sleep(interval)
-        try:
-            os.kill(owner, 0)
-        except ProcessLookupError:
-            os._exit(0)
-        except PermissionError:  # a pid reused by another user's process: the owner is gone
-            os._exit(0)

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,8 @@ from ..models.image_sets import (
 from ..models.levels import identity_of
 from ..models.store import FileSyncer, frame_file
 from .dicom_json import merge_missing
-from .examine import examine_into, examiner_pool
+from .examine import examine_into
+from .examiners import ExaminerPool
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class Importer:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._threads: list[threading.Thread] = []
-        self._pool: Executor | None = None
+        self._pool: ExaminerPool | None = None
         self._lock = threading.Lock()  # guards the pool and the S3 client, each made on first use
         self._s3: Any = None  # made on the first job: building a boto3 client costs ~0.2 s of CPU
         #: Files examined in the process pool since start (the rest were examined in threads).
@@ -115,11 +116,11 @@ class Importer:
                 )
             return self._s3
 
-    def examiners(self) -> Executor:
+    def examiners(self) -> ExaminerPool:
         """The process pool that examines files (started on the first large job, kept until stop)."""
         with self._lock:
             if self._pool is None:
-                self._pool = examiner_pool(self.ctx.settings.import_processes or None)
+                self._pool = ExaminerPool(self.ctx.settings.import_processes or None)
             return self._pool
 
     def start(self) -> None:
@@ -142,7 +143,7 @@ class Importer:
         self._threads.clear()
         with self._lock:
             if self._pool is not None:
-                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool.close()
                 self._pool = None
 
     def _work(self) -> None:
@@ -177,12 +178,12 @@ class ImportRun:
     """One execution of one import job."""
 
     def __init__(
-        self, ctx: Context, job: dict[str, Any], s3: Any, examiners: Callable[[], Executor] | None = None
+        self, ctx: Context, job: dict[str, Any], s3: Any, examiners: Callable[[], ExaminerPool] | None = None
     ) -> None:
         self.ctx = ctx
         self.job = job
         self.examiners = examiners
-        self.pool: Executor | None = None
+        self.pool: ExaminerPool | None = None
         self.examined_in_processes = 0
         self._count_lock = threading.Lock()
         self.s3 = s3
@@ -206,9 +207,9 @@ class ImportRun:
             and settings.import_processes != 1
             and len(keys) >= settings.import_pool_min_files
         ):
-            # Parse and transcode in processes; threads only read S3 and write frame files.
+            # Parse, transcode and store frames in processes; threads only read S3 and hand files over.
             self.pool = self.examiners()
-            workers = 2 * (settings.import_processes or os.cpu_count() or 2)  # the pool's size, twice
+            workers = 2 * self.pool.processes  # one file in flight per slot
         with self.syncer:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ahi-import-file") as threads:
                 parsed = [p for p in threads.map(self._process, keys) if p is not None]
@@ -253,7 +254,7 @@ class ImportRun:
             return None
         frames_dir = self.ctx.store.frames_dir
         if self.pool is not None:
-            stored = self.pool.submit(examine_into, data, self.storage_format, frames_dir).result()
+            stored = self.pool.examine(data, self.storage_format, frames_dir)
             with self._count_lock:
                 self.examined_in_processes += 1
         else:

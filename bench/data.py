@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ahi_torch.sample.synthetic import SeriesSpec, write_series
@@ -40,9 +41,17 @@ class Dataset:
     upload_seconds: float = 0.0
     job_seconds: float = 0.0
     job_cpu_seconds: float = 0.0
+    #: What ``measure(root)`` gave right before the import job and right after it.
+    measured_beside_job: list[float] = field(default_factory=list)
 
 
-def build(service: ServiceProcess, size: Size, root: Path) -> Dataset:
+def build(service: ServiceProcess, size: Size, root: Path, measure: Callable[[Path], float] | None = None) -> Dataset:
+    """Write the series under ``root`` and import them; ``measure(root)`` runs right before and after the job.
+
+    A rate the import is compared with is measured on both sides of it: on this shared machine
+    the same work's speed drifts by a fifth within minutes, and the mean of the two brackets
+    the job's own conditions.
+    """
     started = time.perf_counter()
     for series in range(size.series):
         spec = SeriesSpec(
@@ -58,16 +67,17 @@ def build(service: ServiceProcess, size: Size, root: Path) -> Dataset:
         )
         write_series(root / spec.series_key, spec)
     written = time.perf_counter()
-    result = service.import_dicom(root)
+    result = service.import_dicom(root, (lambda: measure(root)) if measure is not None else None)
     if result.status != "COMPLETED" or result.failures:
         raise RuntimeError(f"benchmark import failed: {result.message or result.failures[:3]}")
     return Dataset(
         result.datastore_id,
         root,
         written - started,
-        time.perf_counter() - written,
+        service.import_seconds["total"],
         size.series * size.slices,
         service.import_seconds["upload"],
         service.import_seconds["job"],
         service.import_seconds["job_cpu"],
+        service.measured_beside_job,
     )

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +116,15 @@ class ServiceProcess:
             service, endpoint_url=self.endpoint_url, config=Config(inject_host_prefix=False, **config)
         )
 
-    def import_dicom(self, root: Path) -> ImportResult:
+    def import_dicom(self, root: Path, beside_job: Callable[[], float] | None = None) -> ImportResult:
         """Upload a folder to the service's S3 and run StartDICOMImportJob on it, in a new data store.
 
-        The seconds of each step land in :attr:`import_seconds`: ``upload``, and ``job`` from the
+        The seconds of each step land in :attr:`import_seconds`: ``upload``, ``job`` from the
         job's submittedAt to its endedAt as the service reports them (the client's polling, which
-        backs off to 2 s between calls, is not the job's time).
+        backs off to 2 s between calls, is not the job's time), and ``total`` (upload and job as
+        the user waits for them). ``beside_job`` runs right before the job and right after it,
+        its results in :attr:`measured_beside_job`: a rate compared with the job's, measured on
+        both sides of it.
         """
         mi = self.boto3("medical-imaging")
         datastore_id = self.client().create_datastore(datastoreName="bench")["datastoreId"]
@@ -130,11 +134,15 @@ class ServiceProcess:
         started = time.perf_counter()
         upload(s3, upload_plan([root]), "ahi-torch-bench", prefix)
         uploaded = time.perf_counter()
+        self.measured_beside_job = [beside_job()] if beside_job is not None else []
+        job_started = time.perf_counter()
         cpu_before = tree_cpu_seconds(self.pid)
         result = run_import(mi, s3, datastore_id, f"s3://ahi-torch-bench/{prefix}", "s3://ahi-torch-bench/output/")
         self.import_seconds = {
             "upload": uploaded - started,
             "job": result.job_seconds,
             "job_cpu": tree_cpu_seconds(self.pid) - cpu_before,  # the service, its fork server and its pool
+            "total": uploaded - started + time.perf_counter() - job_started,
         }
+        self.measured_beside_job += [beside_job()] if beside_job is not None else []
         return result

@@ -68,6 +68,9 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert row in table, row
     assert 1.0 <= results["patches"]["tiles_per_patch"] <= 4.0, "a 256² patch on 256² tiles covers one to four"
     assert results["index"]["frames"] == 12 and results["volumes"]["count"] == 2
+    before, after = results["import"]["examine_per_s_before_after"]  # the bound brackets the job
+    assert before > 0 and after > 0 and results["import"]["examine_per_s_1_process"] == (before + after) / 2
+    assert f"right before the job and {after:.0f} right after it" in table
     assert set(results["cold"]) == {"lan", "wan", "decode_only"}
     assert "| ratio | measured (range) | target | verdict |" in completed.stdout
     # Every ratio in the table is the median of the run's own per-run quotients.

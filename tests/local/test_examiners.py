@@ -102,6 +102,16 @@ def test_slots_live_in_a_folder_of_their_own_removed_on_close(tmp_path: Path) ->
     assert sorted(path.name for path in slots.folder.iterdir()) == ["0", "1", "2"]
     slots.close()
     assert not slots.folder.exists()
+    slots.close()  # again: nothing to unmap or remove, and no wait for slots that are gone
+
+
+def test_closing_slots_whose_folder_is_gone_does_not_fail(tmp_path: Path) -> None:
+    """Something else (a reboot's cleaner, a user) emptied /dev/shm: stopping the service must still succeed."""
+    import shutil
+
+    slots = InputSlots(2, 1024, tmp_path)
+    shutil.rmtree(slots.folder)
+    slots.close()
 
 
 def test_slot_folders_of_dead_services_are_swept_and_nothing_else(tmp_path: Path) -> None:

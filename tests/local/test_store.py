@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ahi_torch.local.models import store
-from ahi_torch.local.models.store import FileSyncer, frame_file, new_id, write_frame_file
+from ahi_torch.local.models.image_sets import add_frames
+from ahi_torch.local.models.store import FileSyncer, Store, frame_file, new_id, write_frame_file
 
 
 def test_a_new_frame_is_written_under_its_folder(tmp_path: Path) -> None:
@@ -29,6 +31,27 @@ def test_a_frame_id_is_never_written_twice(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError):
         write_frame_file(tmp_path, frame_id, b"other")
     assert frame_file(tmp_path, frame_id).read_bytes() == b"stored"
+
+
+def test_frames_no_record_names_are_swept_at_start(tmp_path: Path) -> None:
+    """A frame written in place by a job that crashed before its commit is an orphan; recorded frames stay."""
+    store = Store(tmp_path)
+    recorded, orphan = new_id(), new_id()
+    for frame_id in (recorded, orphan):
+        write_frame_file(store.frames_dir, frame_id, b"bytes")
+    temporary = frame_file(store.frames_dir, recorded).parent / ".tmp-partial"
+    temporary.write_bytes(b"half")
+    with store.transaction() as db:
+        add_frames(db, "1.2.840.10008.1.2.4.202", [{"ID": recorded, "FrameSizeInBytes": 5}])
+    assert store.sweep_orphans() == 2
+    assert frame_file(store.frames_dir, recorded).read_bytes() == b"bytes"
+    assert not frame_file(store.frames_dir, orphan).exists() and not temporary.exists()
+
+
+def test_a_frame_without_a_syntax_is_refused_not_dropped(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    with pytest.raises(sqlite3.IntegrityError), store.transaction() as db:
+        add_frames(db, None, [{"ID": new_id(), "FrameSizeInBytes": 5}])
 
 
 def _recording(monkeypatch: pytest.MonkeyPatch) -> list[list[Path]]:

@@ -92,9 +92,11 @@ class InputSlots:
             self._free.put(slot)
 
     def close(self) -> None:
+        """Unmap every slot (waiting for those in use) and remove the folder; again, it does nothing."""
         for _ in range(self._count):
             self._free.get().mapping.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self._count = 0
+        shutil.rmtree(self.folder, ignore_errors=True)  # a cleaner may have emptied /dev/shm already
 
 
 def _sweep_stale(root: Path) -> None:

@@ -279,8 +279,12 @@ def latest_version(db: sqlite3.Connection, image_set_id: str) -> int:
 
 
 def add_frames(db: sqlite3.Connection, stored_syntax: str | None, image_frames: list[dict[str, Any]]) -> None:
-    """Record an instance's stored frames (their syntax and size); a frame already recorded stays as it is."""
+    """Record an instance's stored frames (their syntax and size); a frame already recorded stays as it is.
+
+    Only a frame already recorded is skipped (``OR IGNORE`` would also drop a row that breaks
+    NOT NULL without a word, leaving its file to the orphan sweep).
+    """
     db.executemany(
-        "INSERT OR IGNORE INTO frames (id, transfer_syntax, size) VALUES (?, ?, ?)",
+        "INSERT INTO frames (id, transfer_syntax, size) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
         [(frame["ID"], stored_syntax, frame["FrameSizeInBytes"]) for frame in image_frames],
     )

@@ -40,7 +40,7 @@ from ..models.image_sets import (
     save_version,
 )
 from ..models.levels import identity_of
-from ..models.store import FileSyncer, frame_file
+from ..models.store import FileSyncer
 from .dicom_json import merge_missing
 from .examine import examine_into
 from .examiners import ExaminerPool
@@ -98,8 +98,6 @@ class Importer:
         self._pool: ExaminerPool | None = None
         self._lock = threading.Lock()  # guards the pool and the S3 client, each made on first use
         self._s3: Any = None  # made on the first job: building a boto3 client costs ~0.2 s of CPU
-        #: Files examined in the process pool since start (the rest were examined in threads).
-        self.examined_in_processes = 0
 
     def s3(self) -> Any:
         """The S3 client every job of this service reads and writes with (boto3 clients are thread-safe)."""
@@ -169,7 +167,6 @@ class Importer:
         try:
             run = ImportRun(self.ctx, dict(job), self.s3(), self.examiners)
             run.run()
-            self.examined_in_processes += run.examined_in_processes
         except JobFailure as failure:
             self._finish(job_id, "FAILED", str(failure))
 
@@ -184,8 +181,6 @@ class ImportRun:
         self.job = job
         self.examiners = examiners
         self.pool: ExaminerPool | None = None
-        self.examined_in_processes = 0
-        self._count_lock = threading.Lock()
         self.s3 = s3
         self.storage_format = get_row(ctx.store.connection(), job["datastore_id"])["storage_format"]
         self.failures: list[dict[str, Any]] = []
@@ -255,14 +250,12 @@ class ImportRun:
         frames_dir = self.ctx.store.frames_dir
         if self.pool is not None:
             stored = self.pool.examine(data, self.storage_format, frames_dir)
-            with self._count_lock:
-                self.examined_in_processes += 1
         else:
             stored = examine_into(data, self.storage_format, frames_dir)
         if stored.failure is not None:
             self._fail(key, *stored.failure)
             return None
-        self.syncer.add(frame_file(frames_dir, frame["ID"]) for frame in stored.image_frames)
+        self.syncer.add(self.ctx.store.frame_path(frame["ID"]) for frame in stored.image_frames)
         return ParsedInstance(key, stored.levels, stored.stored_syntax, stored.image_frames)
 
     # --- grouping and commit --------------------------------------------------------------------

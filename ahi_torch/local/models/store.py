@@ -120,19 +120,15 @@ CREATE TABLE IF NOT EXISTS tags (
 """
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never part.
-
-    ``durable``: on disk before this returns (fsync); otherwise the caller syncs before it commits.
-    """
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` durably, so that readers see the old file or the whole new one, never part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
+            os.fsync(handle.fileno())
         Path(tmp).replace(path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -67,6 +67,28 @@ def test_a_slot_reused_for_a_larger_file_is_read_whole(pool: ExaminerPool, files
             _same(pool.examine(data, "HTJ2K", tmp_path), examine_into(data, "HTJ2K", tmp_path), tmp_path)
 
 
+@pytest.mark.parametrize("data", [b"", b"not a DICOM file" * 100], ids=["empty", "not DICOM"])
+def test_a_file_that_cannot_be_imported_fails_as_in_place(pool: ExaminerPool, data: bytes, tmp_path: Path) -> None:
+    handed, here = pool.examine(data, "HTJ2K", tmp_path), examine_into(data, "HTJ2K", tmp_path)
+    assert handed.failure is not None and handed.failure == here.failure and not handed.image_frames
+
+
+def test_more_files_in_flight_than_slots_each_get_their_own_result(
+    pool: ExaminerPool, files: list[bytes], tmp_path: Path
+) -> None:
+    """Threads of two jobs share the pool's slots: a thread waits for a free one, and never reads another's file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = []  # 12 different files (sizes and patients) from 6 threads on 2 slots
+    for number in range(12):
+        spec = SeriesSpec(patient_id=f"MANY{number}", series_key=f"many{number}", slices=1, rows=16 + 4 * number)
+        inputs += [path.read_bytes() for path in write_series(tmp_path / "many" / str(number), spec)]
+    with ThreadPoolExecutor(6) as threads:
+        results = list(threads.map(lambda data: pool.examine(data, "HTJ2K", tmp_path), inputs))
+    for data, stored in zip(inputs, results, strict=True):
+        _same(stored, examine_into(data, "HTJ2K", tmp_path), tmp_path)
+
+
 def test_a_file_over_the_limit_goes_through_the_pipe(pool: ExaminerPool, files: list[bytes], tmp_path: Path) -> None:
     large = files[2]
     assert len(large) > 16 * 1024

@@ -263,6 +263,15 @@ def test_in_process_listing_matches_the_s3_api(ahi: LocalAHI) -> None:
     assert len(over_http) == 6
     assert ahi.context.in_process_s3.list_keys("listing", "p/") == over_http
     assert ahi.context.in_process_s3.list_keys("no-such-bucket", "") is None
+    # One step aside: the bucket's root as the input, and a versioned bucket where a key was deleted.
+    s3.put_bucket_versioning(Bucket="listing", VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket="listing", Key="p/b", Body=b"again")
+    s3.delete_object(Bucket="listing", Key="p/a/2")
+    for prefix in ("", "p/"):
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket="listing", Prefix=prefix)
+        expected = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        assert ahi.context.in_process_s3.list_keys("listing", prefix) == expected, prefix
+    assert "p/a/2" not in expected and "p/b" in expected, "a deleted key is not an input, a rewritten one once"
 
 
 def test_files_that_share_a_name_all_arrive(ahi: LocalAHI, tmp_path: Path) -> None:

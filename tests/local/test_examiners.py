@@ -50,12 +50,20 @@ def _same(handed: Stored, here: Stored, frames_dir: Path) -> None:
     assert _frames(handed, frames_dir) == _frames(here, frames_dir), "the same frame bytes stored"
 
 
-def test_a_file_in_a_slot_is_examined_as_in_place(pool: ExaminerPool, files: list[bytes], tmp_path: Path) -> None:
+@pytest.mark.parametrize("storage_format", ["HTJ2K", "JPEG_2000_LOSSLESS"])
+def test_a_file_in_a_slot_is_examined_as_in_place(
+    pool: ExaminerPool, files: list[bytes], tmp_path: Path, storage_format: str
+) -> None:
     small = files[0]
     assert 1024 < len(small) <= 16 * 1024, "grows the slot, and fits the limit"
     before = pool.through_slots
-    _same(pool.examine(small, "HTJ2K", tmp_path), examine_into(small, "HTJ2K", tmp_path), tmp_path)
+    handed = pool.examine(small, storage_format, tmp_path)
+    _same(handed, examine_into(small, storage_format, tmp_path), tmp_path)
     assert pool.through_slots == before + 1
+    assert (
+        handed.stored_syntax
+        == {"HTJ2K": "1.2.840.10008.1.2.4.202", "JPEG_2000_LOSSLESS": "1.2.840.10008.1.2.4.90"}[storage_format]
+    ), "the data store's storage format reaches the worker"
 
 
 def test_a_slot_reused_for_a_larger_file_is_read_whole(pool: ExaminerPool, files: list[bytes], tmp_path: Path) -> None:
